@@ -1,0 +1,30 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLUE_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "glue"))
+
+
+def tiny_bert_config(**kw):
+    from paddlenlp.transformers import BertConfig
+
+    args = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args.update(kw)
+    return BertConfig(**args)
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_bert_config()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,231 @@
+"""binarize_model: what is replaced, the numbers it computes (vs numpy), training, save/reload."""
+
+import numpy as np
+import paddle
+import pytest
+from paddle import nn
+from paddlenlp.transformers import BertForSequenceClassification
+from scipy.special import erf
+
+from paddle_bibert import (BiEmbedding, BiLinear, BiMultiHeadAttention, BinarizeConfig,
+                           binarize_model, load_binarized, save_binarized)
+from paddle_bibert.surgery import CONFIG_NAME
+
+from conftest import tiny_bert_config
+
+
+def np_sign(x):
+    return np.where(np.signbit(x), -1.0, 1.0)
+
+
+def np_binw(w, axis=0):  # [in, out] weight: per output channel
+    return np.abs(w).mean(axis=axis, keepdims=True) * np_sign(w - w.mean(axis=axis, keepdims=True))
+
+
+def np_ln(x, g, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * g + b
+
+
+def np_bibert_logits(sd, ids, cfg, eps_emb, eps_layer, attention="bool"):
+    """The BiBERT equations (spec sections 1-2), eval mode, from the raw state dict."""
+    w = {k: v.astype(np.float64) for k, v in sd.items()}
+    b_, n = ids.shape
+    heads, d = cfg.num_attention_heads, cfg.hidden_size
+    dh = d // heads
+    rows = w["bert.embeddings.word_embeddings.weight"][ids]
+    x = np_binw(rows, axis=-1) + w["bert.embeddings.position_embeddings.weight"][np.arange(n)][None] \
+        + w["bert.embeddings.token_type_embeddings.weight"][0]
+    x = np_ln(x, w["bert.embeddings.layer_norm.weight"], w["bert.embeddings.layer_norm.bias"], eps_emb)
+    mask = np.where(ids == cfg.pad_token_id, -1e4, 0.0)[:, None, None, :]
+
+    def blin(name, h):
+        return np_sign(h) @ np_binw(w[name + ".weight"]) + w[name + ".bias"]
+
+    def split(t):
+        return t.reshape(b_, n, heads, dh).transpose(0, 2, 1, 3)
+
+    for i in range(cfg.num_hidden_layers):
+        p = f"bert.encoder.layers.{i}."
+        q, k, v = (split(blin(p + f"self_attn.{m}_proj", x)) for m in "qkv")
+        s = np_sign(q) @ np_sign(k).transpose(0, 1, 3, 2) / np.sqrt(dh) + mask
+        if attention == "bool":
+            a = (s > 0).astype(np.float64)
+        else:  # softmax_sign baseline: sign of a positive map is 1 on every unmasked key
+            a = np.broadcast_to(mask > -1e2, s.shape).astype(np.float64)
+        ctx = (a @ np_sign(v)).transpose(0, 2, 1, 3).reshape(b_, n, d)
+        x = np_ln(x + blin(p + "self_attn.out_proj", ctx), w[p + "norm1.weight"], w[p + "norm1.bias"], eps_layer)
+        h = blin(p + "linear1", x)
+        gelu = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+        x = np_ln(x + blin(p + "linear2", gelu), w[p + "norm2.weight"], w[p + "norm2.bias"], eps_layer)
+    pooled = np.tanh(blin("bert.pooler.dense", x[:, 0]))
+    return pooled @ w["classifier.weight"] + w["classifier.bias"]
+
+
+def make_model(seed=0, **kw):
+    """Tiny BERT with every parameter random (non-zero biases: with zero biases and even
+    widths, binary dot products tie at exactly 0 and float summation order decides the sign)."""
+    paddle.seed(seed)
+    model = BertForSequenceClassification(tiny_bert_config(**kw))
+    rng = np.random.default_rng(seed)
+    model.set_state_dict({k: (rng.standard_normal(v.shape) * (0.5 if v.ndim > 1 else 0.1)
+                              + (1.0 if "norm" in k and k.endswith("weight") else 0.0)).astype("float32")
+                          for k, v in model.state_dict().items()})
+    model.eval()
+    return model
+
+
+IDS = np.array([[2, 17, 33, 9, 41, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12], [3, 59, 0, 0, 0, 0, 0, 0]])
+
+
+def test_replaced_modules_exactly_bibert_111():
+    model, report = binarize_model(make_model())
+    replaced = set(report.replaced_paths)
+    expect = {"bert.embeddings.word_embeddings", "bert.pooler.dense"}
+    for i in range(2):
+        p = f"bert.encoder.layers.{i}."
+        expect |= {p + "self_attn", p + "linear1", p + "linear2"}
+        expect |= {p + f"self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    assert replaced == expect
+    assert {p for p, _ in report.kept} == {"bert.embeddings.position_embeddings",
+                                           "bert.embeddings.token_type_embeddings", "classifier"}
+    assert type(model.classifier) is nn.Linear
+    assert type(model.bert.embeddings.position_embeddings) is nn.Embedding
+    assert type(model.bert.embeddings.layer_norm) is nn.LayerNorm
+    assert isinstance(model.bert.embeddings.word_embeddings, BiEmbedding)
+    att = model.bert.encoder.layers[0].self_attn
+    assert isinstance(att, BiMultiHeadAttention) and att.attention == "bool"
+    assert all(isinstance(getattr(att, f"{m}_proj"), BiLinear) for m in "qkv")
+    assert "bert.pooler.dense: Linear -> BiLinear" in str(report)
+
+
+@pytest.mark.parametrize("attention", ["bool", "softmax_sign"])
+def test_logits_match_independent_numpy_forward(attention):
+    model = make_model(seed=1)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    cfg = model.config
+    binarize_model(model, {"attention": attention})
+    # Binary activations make the forward sensitive to near-zero values; these inputs give a
+    # margin far above float32 rounding (checked by the numpy forward itself being stable).
+    logits = model(paddle.to_tensor(IDS)).numpy()
+    eps_emb = model.bert.embeddings.layer_norm._epsilon
+    eps_layer = model.bert.encoder.layers[0].norm1._epsilon
+    ref = np_bibert_logits(sd, IDS, cfg, eps_emb, eps_layer, attention)
+    np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+    # and binarization really changed the function
+    fp = make_model(seed=1)(paddle.to_tensor(IDS)).numpy()
+    assert np.abs(fp - logits).max() > 1e-3
+
+
+def test_attention_masks_all_forms_and_padded_keys_get_zero(rng):
+    att = BiMultiHeadAttention(16, 4, need_weights=True)
+    x = paddle.to_tensor(rng.standard_normal((2, 5, 16)).astype("float32"))
+    keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    forms = {
+        "float": paddle.to_tensor(((1 - keep) * -1e4)[:, None, None, :].astype("float32")),
+        "bool": paddle.to_tensor(keep[:, None, None, :].astype(bool)),
+        "int": paddle.to_tensor(keep[:, None, None, :].astype("int64")),
+    }
+    outs = {k: att(x, attn_mask=m) for k, m in forms.items()}
+    for k, (out, a) in outs.items():
+        a = a.numpy()
+        assert set(np.unique(a)) <= {0.0, 1.0}, k
+        assert (a[0, :, :, 3:] == 0).all(), k
+        np.testing.assert_array_equal(out.numpy(), outs["float"][0].numpy())
+    # unmasked map is exactly the bool of the binarized scores
+    q, k = (np_sign(getattr(att, f"{m}_proj")(x).numpy().reshape(2, 5, 4, 4).transpose(0, 2, 1, 3))
+            for m in "qk")
+    s = q @ k.transpose(0, 1, 3, 2) / 2.0
+    np.testing.assert_array_equal(outs["float"][1].numpy()[1], (s[1] > 0).astype(np.float32))
+
+
+def test_baseline_softmax_sign_map_is_all_ones_except_padding(rng):
+    att = BiMultiHeadAttention(16, 4, attention="softmax_sign", need_weights=True)
+    x = paddle.to_tensor(rng.standard_normal((1, 4, 16)).astype("float32"))
+    _, a = att(x, attn_mask=paddle.to_tensor([[[[1, 1, 1, 0]]]]))
+    np.testing.assert_array_equal(a.numpy()[0, :, :, :3], 1.0)
+    np.testing.assert_array_equal(a.numpy()[0, :, :, 3], 0.0)
+
+
+def test_training_steps_lower_loss_and_reach_every_latent_weight():
+    model = make_model(seed=2)
+    model.train()
+    binarize_model(model)
+    ids = paddle.to_tensor(IDS)
+    labels = paddle.to_tensor([0, 1, 1])
+    opt = paddle.optimizer.AdamW(learning_rate=5e-3, parameters=model.parameters())
+    losses = []
+    for step in range(15):
+        loss = nn.functional.cross_entropy(model(ids), labels)
+        loss.backward()
+        if step == 0:
+            no_grad = [n for n, p in model.named_parameters()
+                       if p.grad is None or not np.abs(p.grad.numpy()).sum() > 0]
+            # token_type row 1 is never used; everything else must receive a gradient
+            assert no_grad == [], no_grad
+        opt.step()
+        opt.clear_grad()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_save_and_reload_identical_logits(tmp_path):
+    model = make_model(seed=3)
+    binarize_model(model, {"ffn_in": False})
+    save_binarized(model, str(tmp_path))
+    assert (tmp_path / CONFIG_NAME).exists()
+    again = load_binarized(str(tmp_path), BertForSequenceClassification)
+    again.eval()
+    ids = paddle.to_tensor(IDS)
+    np.testing.assert_array_equal(model(ids).numpy(), again(ids).numpy())
+    att = again.bert.encoder.layers[1].self_attn
+    assert isinstance(att, BiMultiHeadAttention) and att.attention == "bool"
+    assert type(again.bert.encoder.layers[1].linear1) is nn.Linear  # the switched-off part
+
+
+def test_config_switches_and_yaml(tmp_path):
+    cfg = BinarizeConfig(word_embeddings=False, pooler=False, attention="softmax")
+    path = tmp_path / "b.yaml"
+    cfg.to_yaml(str(path))
+    model, report = binarize_model(make_model(), str(path))
+    assert type(model.bert.embeddings.word_embeddings) is nn.Embedding
+    assert type(model.bert.pooler.dense) is nn.Linear
+    assert model.bert.encoder.layers[0].self_attn.attention == "softmax"
+    assert BinarizeConfig.preset("baseline").attention == "softmax_sign"
+
+
+def test_filter_fn_chooses_modules():
+    model, report = binarize_model(make_model(), filter_fn=lambda m, fqn: fqn == "classifier")
+    assert report.replaced_paths == ["classifier"]
+    assert isinstance(model.classifier, BiLinear)
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="found nothing to binarize"):
+        binarize_model(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="unknown binarization config key.*'atention'"):
+        binarize_model(make_model(), {"atention": "bool"})
+    with pytest.raises(ValueError, match="unknown quantizer 'sgn'"):
+        binarize_model(make_model(), {"act_quantizer": "sgn"})
+    with pytest.raises(ValueError, match="unknown mode"):
+        BinarizeConfig(attention="softmax-sign")
+    model, _ = binarize_model(make_model())
+    with pytest.raises(RuntimeError, match="already binarized"):
+        binarize_model(model)
+
+
+def test_ernie_binarizes_and_runs():
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    paddle.seed(0)
+    cfg = ErnieConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    model = ErnieForSequenceClassification(cfg)
+    model.eval()
+    fp = model(paddle.to_tensor(IDS)).numpy()
+    model, report = binarize_model(model)
+    assert "ernie.encoder.layers.1.self_attn" in report.replaced_paths
+    assert "ernie.embeddings.word_embeddings" in report.replaced_paths
+    out = model(paddle.to_tensor(IDS)).numpy()
+    assert out.shape == (3, 3) and np.isfinite(out).all() and np.abs(out - fp).max() > 1e-4
