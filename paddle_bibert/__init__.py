@@ -1,20 +1,33 @@
-"""paddle-bibert: fully binarized BERT (BiBERT) for PaddlePaddle / PaddleNLP."""
+"""paddle-bibert: fully binarized BERT (BiBERT) for PaddlePaddle / PaddleNLP.
 
-from .quant import BiEmbedding, BiLinear, BiMultiHeadAttention, get_quantizer, register_quantizer
-from .surgery import (
-    BinarizeConfig,
-    BinarizeReport,
-    binarize_model,
-    is_binarized,
-    load_binarized,
-    save_binarized,
-)
-from .distill.taps import Taps
+The names below are imported on first use (PEP 562), so that ``paddle_bibert.runtime`` and
+``paddle_bibert.export.cost`` can be imported where neither Paddle nor PaddleNLP is installed:
+a packed-model deployment needs only numpy and safetensors.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BiEmbedding", "BiLinear", "BiMultiHeadAttention", "BinarizeConfig", "BinarizeReport",
-    "Taps", "binarize_model", "get_quantizer", "is_binarized", "load_binarized",
-    "register_quantizer", "save_binarized",
-]
+_EXPORTS = {
+    "BiEmbedding": ".quant", "BiLinear": ".quant", "BiMultiHeadAttention": ".quant",
+    "get_quantizer": ".quant", "register_quantizer": ".quant",
+    "BinarizeConfig": ".surgery", "BinarizeReport": ".surgery", "binarize_model": ".surgery",
+    "is_binarized": ".surgery", "load_binarized": ".surgery", "save_binarized": ".surgery",
+    "Taps": ".distill.taps",
+    "export_packed": ".export", "load_packed": ".runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

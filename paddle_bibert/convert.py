@@ -276,12 +276,14 @@ def _check_local(path: str) -> bool:
     return False
 
 
-def load_model(name_or_path, model_cls=None, **config_overrides):
+def load_model(name_or_path, model_cls=None, new_head=False, **config_overrides):
     """Load a PaddleNLP BERT model (default ``BertForSequenceClassification``).
 
     Accepts a HF-layout folder (converted in memory), a PaddleNLP folder or
     model name (``model_cls.from_pretrained``), or ``"minilm"`` for the
     packaged MiniLM.  ``config_overrides`` go to the config (e.g. num_labels).
+    ``new_head=True`` lets a PaddleNLP checkpoint's task head of another size be
+    re-initialised (fine-tuning a model for a task with another label count).
     """
     model_cls = model_cls or BertForSequenceClassification
     path = _resolve(os.fspath(name_or_path))
@@ -292,7 +294,7 @@ def load_model(name_or_path, model_cls=None, **config_overrides):
             converted = convert_hf_state_dict(load_file(os.path.join(path, HF_WEIGHTS)), config.num_hidden_layers)
             _load_converted(model, converted)
         elif _is_paddle_folder(path):
-            model = model_cls.from_pretrained(path, **config_overrides)
+            model = model_cls.from_pretrained(path, ignore_mismatched_sizes=new_head, **config_overrides)
         else:
             hint = " (torch .bin weights: re-save as model.safetensors)" if os.path.exists(
                 os.path.join(path, "pytorch_model.bin")) else ""
@@ -301,7 +303,7 @@ def load_model(name_or_path, model_cls=None, **config_overrides):
                 f"({PADDLE_WEIGHTS} + {CONFIG}) model files{hint}."
             )
     else:
-        model = model_cls.from_pretrained(path, **config_overrides)
+        model = model_cls.from_pretrained(path, ignore_mismatched_sizes=new_head, **config_overrides)
     _set_layer_norm_eps(model, model.config.layer_norm_eps)
     return model
 

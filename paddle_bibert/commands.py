@@ -1,0 +1,306 @@
+"""The two commands users of BiBERT know, as library functions the examples call.
+
+``run_glue(argv)``     fine-tunes the full-precision teacher.
+``task_distill(argv)`` distills a (binarized, with ``--bi``) student from that teacher.
+
+Arguments come from flags, from ``--config FILE.yaml`` (flat keys, plus a ``teacher:`` or
+``student:`` section for the command's own settings), and from the defaults, in that order of
+precedence: a flag given on the command line always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+
+__all__ = ["GlueArgs", "DistillArgs", "run_glue", "task_distill", "parse_args"]
+
+TASK_HELP = "GLUE task (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli) or movie-reviews"
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class CommonArgs:
+    task_name: Optional[str] = _f(None, TASK_HELP)
+    data_dir: Optional[str] = _f(None, "local GLUE-layout folder (<dir>/<Task>/{train,dev}.tsv); "
+                                 "without it PaddleNLP's load_dataset('glue', task) is used")
+    max_seq_length: int = _f(128, "tokens per example, [CLS]/[SEP] included")
+    batch_size: int = _f(32, "training batch size")
+    learning_rate: float = _f(5e-5, "peak learning rate (AdamW, linear warm-up then decay)")
+    num_train_epochs: float = _f(3.0, "epochs")
+    max_steps: int = _f(-1, "if > 0, train this many steps instead of num_train_epochs")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_proportion: float = _f(0.1, "fraction of steps of linear warm-up")
+    logging_steps: int = _f(50, "log the loss terms every N steps")
+    save_steps: int = _f(500, "evaluate on dev, keep the best, and checkpoint every N steps")
+    output_dir: Optional[str] = _f(None, "where checkpoints, best_model/ and summary.json go")
+    device: str = _f("cpu", "cpu or gpu (gpu:0, ...)")
+    seed: int = _f(42, "random seed (data order, dropout, initialisation)")
+    resume: bool = _f(False, "continue the run in --output_dir from its last checkpoint")
+    eval_batch_size: int = _f(64, "dev batch size")
+    progress: bool = _f(True, "show a progress bar")
+    stop_at_step: int = _f(-1, "end the run at this step as if interrupted (for resume tests)")
+
+
+@dataclass
+class GlueArgs(CommonArgs):
+    model_type: str = _f("bert", "model family (bert)")
+    model_name_or_path: str = _f("minilm", "PaddleNLP name, PaddleNLP folder, or Hugging Face folder "
+                                 "(model.safetensors + config.json + vocab.txt); 'minilm' = the "
+                                 "packaged MiniLM-L6-H384")
+
+
+@dataclass
+class DistillArgs(CommonArgs):
+    model_type: str = _f("bert", "student model family (bert)")
+    teacher_model_type: str = _f("bert", "teacher model family (bert)")
+    teacher_path: Optional[str] = _f(None, "fine-tuned teacher: run_glue.py's output folder or its .pdparams")
+    student_model_name_or_path: Optional[str] = _f(None, "student initialisation (default: the teacher)")
+    pred_distill: bool = _f(False, "soft cross-entropy on logits (+0.5 gold CE); MSE for regression")
+    query_distill: bool = _f(False, "direction matching on Q Q^T per layer")
+    key_distill: bool = _f(False, "direction matching on K K^T per layer")
+    value_distill: bool = _f(False, "direction matching on V V^T per layer")
+    intermediate_distill: bool = _f(False, "direction matching on hidden states")
+    temperature: float = _f(1.0, "softmax temperature of the soft cross-entropy")
+    bi: bool = _f(False, "binarize the student (BiBERT 1-1-1) before training")
+    binarize: Optional[dict] = _f(None, "BinarizeConfig fields (YAML only), e.g. {attention: softmax_sign}",
+                                  yaml_only=True)
+
+
+def parse_args(cls, argv=None, section=None):
+    """Flags > ``--config`` YAML (flat keys + ``section``) > dataclass defaults."""
+    parser = argparse.ArgumentParser(
+        description=(cls.__doc__ or "").strip() or None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file of settings; flags override it")
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("yaml_only"):
+            continue
+        kw = dict(help=f.metadata.get("help", ""), default=argparse.SUPPRESS)
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(f"--{f.name}", type=typ, **kw)
+    ns = vars(parser.parse_args(argv))
+    values = {}
+    config = ns.pop("config", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if config:
+        if not os.path.isfile(config):
+            parser.error(f"--config {config}: no such file")
+        with open(config) as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            parser.error(f"--config {config}: expected a mapping of settings")
+        sections = {"teacher", "student"}
+        own = data.get(section) or {}
+        flat = {k: v for k, v in data.items() if k not in sections}
+        for k, v in list(flat.items()) + list(own.items()):
+            if k not in names:
+                parser.error(f"--config {config}: unknown setting {k!r} for this command; "
+                             f"valid: {sorted(names)}")
+            values[k] = v
+    values.update(ns)
+    args = cls(**values)
+    for f in dataclasses.fields(cls):  # YAML gives e.g. 1e-4 as a string; coerce numbers
+        v = getattr(args, f.name)
+        if f.type in ("float", float) and isinstance(v, (str, int)) and not isinstance(v, bool):
+            setattr(args, f.name, float(v))
+        elif f.type in ("int", int) and isinstance(v, str):
+            setattr(args, f.name, int(v))
+    if not args.task_name:
+        parser.error("--task_name is required (" + TASK_HELP + ")")
+    if not args.output_dir:
+        parser.error("--output_dir is required")
+    return args
+
+
+# ---- shared pieces ----------------------------------------------------------------------
+
+def _setup(args):
+    import paddle
+
+    from .distill.trainer import set_seed
+
+    try:
+        paddle.set_device(args.device)
+    except Exception as e:  # e.g. gpu on a CPU-only build
+        raise SystemExit(f"--device {args.device}: {e}. Use --device cpu on this machine.")
+    set_seed(args.seed)
+    from paddlenlp.utils.log import logger as nlp_logger
+
+    nlp_logger.set_level("WARNING")  # PaddleNLP logs every save/load at INFO; keep the run's log readable
+    if args.model_type != "bert":
+        raise SystemExit(f"--model_type {args.model_type}: only 'bert' models are supported by these "
+                         "commands (binarize_model itself also handles ERNIE/RoBERTa)")
+
+
+def resolve_model_path(path: str) -> str:
+    """A run's output folder (its best_model/), a model folder, or a .pdparams file in one."""
+    if path.endswith(".pdparams"):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path}: no such file")
+        path = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(os.path.join(path, "best_model")):
+        path = os.path.join(path, "best_model")
+    return path
+
+
+def _data(args, tokenizer):
+    from .data.glue import get_task, load_glue
+    from .data.loader import Collator, encode_examples, make_dataloader
+
+    info = get_task(args.task_name)  # raises naming the known tasks
+    train = load_glue(info.name, args.data_dir, "train")
+    dev = load_glue(info.name, args.data_dir, info.dev_splits[0])
+    enc = lambda ex: encode_examples(ex, tokenizer, info.name, args.max_seq_length)
+    collate = Collator(tokenizer, info.name)
+    train_loader = make_dataloader(enc(train), args.batch_size, shuffle=True, seed=args.seed,
+                                   collate_fn=collate)
+    dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate)
+    return info, train_loader, dev_loader, len(train), len(dev)
+
+
+def _check_positions(args, model):
+    limit = model.config.max_position_embeddings
+    if args.max_seq_length > limit:
+        raise SystemExit(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+                         f"{limit} positions; use --max_seq_length {limit} or less")
+
+
+def _train_args(args):
+    from .distill.trainer import TrainArgs
+
+    names = {f.name for f in dataclasses.fields(TrainArgs)}
+    return TrainArgs(**{k: v for k, v in dataclasses.asdict(args).items() if k in names})
+
+
+def _write_summary(args, summary, log):
+    with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    log("[summary] " + json.dumps(summary))
+
+
+# ---- run_glue ---------------------------------------------------------------------------
+
+def run_glue(argv=None, log=None):
+    """Fine-tune a full-precision teacher on a GLUE task; keep the best dev checkpoint."""
+    args = parse_args(GlueArgs, argv, section="teacher")
+    log = log if log is not None else (lambda m: print(m, flush=True))
+    _setup(args)
+    import paddle
+    import paddle.nn.functional as F
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from .convert import load_model, load_tokenizer
+    from .data.glue import get_task
+    from .distill.trainer import Trainer
+
+    info = get_task(args.task_name)
+    path = args.model_name_or_path
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, BertForSequenceClassification, new_head=True, num_labels=info.num_labels)
+    _check_positions(args, model)
+    info, train_loader, dev_loader, n_train, n_dev = _data(args, tokenizer)
+    log(f"run_glue: task {info.name}, {n_train} train / {n_dev} dev examples, "
+        f"{len(train_loader)} steps per epoch, model {path}")
+
+    def loss_fn(batch):
+        logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        if info.is_regression:
+            loss = F.mse_loss(logits.reshape([-1]), batch["labels"])
+        else:
+            loss = F.cross_entropy(logits, batch["labels"])
+        return loss, {}
+
+    def save(m, d):
+        m.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+
+    result = Trainer(model, loss_fn, train_loader, dev_loader, _train_args(args), save, log).train()
+    summary = {"command": "run_glue", "task": info.name, "model": path, **result}
+    _write_summary(args, summary, log)
+    return summary
+
+
+# ---- task_distill -----------------------------------------------------------------------
+
+def _load_for_distill(path, info, role):
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from .convert import load_model, load_tokenizer
+
+    if not path:
+        raise SystemExit(f"--{role} is required: the fine-tuned teacher's output folder (run_glue.py "
+                         "--output_dir) or its .pdparams file")
+    resolved = resolve_model_path(path)
+    if not os.path.exists(resolved) and (os.sep in path or path.startswith(".")):
+        raise SystemExit(f"--{role} {path}: no such file or folder")
+    model = load_model(resolved, BertForSequenceClassification)
+    if model.config.num_labels != info.num_labels:
+        raise SystemExit(f"--{role} {path} has {model.config.num_labels} labels but task {info.name} "
+                         f"has {info.num_labels}: fine-tune a teacher on {info.name} with run_glue.py first")
+    return model, load_tokenizer(resolved), resolved
+
+
+def task_distill(argv=None, log=None):
+    """Distill a (binarized with --bi) student from a fine-tuned teacher."""
+    args = parse_args(DistillArgs, argv, section="student")
+    log = log if log is not None else (lambda m: print(m, flush=True))
+    _setup(args)
+    if args.teacher_model_type != "bert":
+        raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
+    from .data.glue import get_task
+    from .data.metrics import main_metric
+    from .distill.distiller import DistillConfig, Distiller
+    from .distill.trainer import Trainer, evaluate
+    from .surgery import BinarizeConfig, binarize_model, save_binarized
+
+    info = get_task(args.task_name)
+    teacher, t_tok, t_path = _load_for_distill(args.teacher_path, info, "teacher_path")
+    student, s_tok, s_path = _load_for_distill(args.student_model_name_or_path or args.teacher_path,
+                                               info, "student_model_name_or_path")
+    if (teacher.config.vocab_size != student.config.vocab_size
+            or t_tok.vocab.token_to_idx != s_tok.vocab.token_to_idx):
+        raise SystemExit("teacher and student vocabularies differ: the student must share the teacher's "
+                         "tokenizer (initialise it from the teacher's folder)")
+    _check_positions(args, student)
+    info, train_loader, dev_loader, n_train, n_dev = _data(args, s_tok)
+    if args.bi:
+        bconf = BinarizeConfig.from_dict(args.binarize or {})
+        _, report = binarize_model(student, bconf)
+        log(f"binarized the student ({bconf.method}, attention={bconf.attention}): "
+            f"{len(report.replaced)} modules replaced")
+    dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
+                          temperature=args.temperature)
+    distiller = Distiller(student, teacher, dconf, info.is_regression)
+    teacher_metrics = evaluate(teacher, dev_loader, info.name)
+    metric = main_metric(info.name)
+    log(f"task_distill: task {info.name}, {n_train} train / {n_dev} dev, teacher {t_path} "
+        f"({metric} {teacher_metrics[metric]:.4f}), student {s_path}, bi={args.bi}, losses: "
+        + ", ".join(f for f in DistillConfig.FLAGS if getattr(args, f)))
+
+    def save(m, d):
+        (save_binarized(m, d) if args.bi else m.save_pretrained(d))
+        s_tok.save_pretrained(d)
+
+    result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log).train()
+    t_val = teacher_metrics[metric]
+    summary = {"command": "task_distill", "task": info.name, "bi": args.bi,
+               "teacher_metric": t_val, "student_metric": result["best_metric"],
+               "retention": (result["best_metric"] / t_val) if t_val else None, **result}
+    _write_summary(args, summary, log)
+    log(f"teacher {metric} {t_val:.4f} | student {metric} {result['best_metric']:.4f} | "
+        f"student/teacher {summary['retention']:.3f}" if summary["retention"] is not None else "")
+    return summary

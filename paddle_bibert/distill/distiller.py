@@ -1,0 +1,89 @@
+"""The BiBERT / TinyBERT-style distiller: which tensors to compare, and the total loss.
+
+Layer mapping when the student is shallower (k = teacher layers / student layers):
+attention (Q/K/V) of student layer i <- teacher layer i*k + k - 1; hidden state j (0 = the
+embedding output) <- teacher hidden state j*k. The total loss is the unweighted sum of the
+enabled terms; every enabled term appears in the returned dict (and so in the logs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Dict, Tuple
+
+import paddle
+
+from .losses import dmd, pred_loss, relation
+from .taps import Taps
+
+__all__ = ["DistillConfig", "Distiller"]
+
+
+@dataclass
+class DistillConfig:
+    pred_distill: bool = False
+    query_distill: bool = False
+    key_distill: bool = False
+    value_distill: bool = False
+    intermediate_distill: bool = False
+    temperature: float = 1.0
+    gold_weight: float = 0.5
+
+    FLAGS = ("pred_distill", "query_distill", "key_distill", "value_distill", "intermediate_distill")
+
+    def streams(self):
+        s = [x for x, f in (("q", self.query_distill), ("k", self.key_distill),
+                            ("v", self.value_distill), ("hidden", self.intermediate_distill)) if f]
+        return tuple(s)
+
+
+class Distiller:
+    """``loss(batch) -> (total, {term: value})`` for a student taught by a frozen teacher."""
+
+    def __init__(self, student, teacher, config: DistillConfig, is_regression: bool = False):
+        if not any(getattr(config, f) for f in DistillConfig.FLAGS):
+            raise ValueError("no distillation loss is enabled: pass at least one of "
+                             + ", ".join("--" + f for f in DistillConfig.FLAGS))
+        self.student, self.teacher, self.config = student, teacher, config
+        self.is_regression = is_regression
+        teacher.eval()
+        for p in teacher.parameters():
+            p.stop_gradient = True
+        streams = config.streams()
+        self.student_taps = Taps(student, streams) if streams else None
+        self.teacher_taps = Taps(teacher, streams) if streams else None
+        self.k = 1
+        if streams:
+            ls, lt = self.student_taps.num_layers, self.teacher_taps.num_layers
+            if lt % ls:
+                raise ValueError(f"teacher has {lt} layers, student {ls}: the teacher's depth must be a "
+                                 "multiple of the student's")
+            self.k = lt // ls
+
+    def _forward(self, model, taps, batch):
+        if taps is None:
+            return model(batch["input_ids"], token_type_ids=batch["token_type_ids"]), None
+        with taps:
+            logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        return logits, dict(taps.records)
+
+    def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
+        c, k = self.config, self.k
+        with paddle.no_grad():
+            t_logits, t_rec = self._forward(self.teacher, self.teacher_taps, batch)
+        s_logits, s_rec = self._forward(self.student, self.student_taps, batch)
+        terms = {}
+        if c.pred_distill:
+            terms["pred"] = pred_loss(s_logits, t_logits, batch.get("labels"), self.is_regression,
+                                      c.temperature, c.gold_weight)
+        for flag, stream in (("query_distill", "q"), ("key_distill", "k"), ("value_distill", "v")):
+            if getattr(c, flag):
+                terms[stream] = paddle.add_n([dmd(relation(s), relation(t_rec[stream][i * k + k - 1]))
+                                              for i, s in enumerate(s_rec[stream])])
+        if c.intermediate_distill:
+            terms["hidden"] = paddle.add_n([dmd(s, t_rec["hidden"][j * k])
+                                            for j, s in enumerate(s_rec["hidden"])])
+        total = paddle.add_n(list(terms.values()))
+        return total, terms
+
+    __call__ = loss

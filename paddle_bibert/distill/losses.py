@@ -1,0 +1,58 @@
+"""Distillation losses (bibert-spec.md section 3).
+
+    P(X)      = X X^T / sqrt(d_head)                      X: [B, H, L, d_head]
+    dmd(S, T) = || S/||S||_F - T/||T||_F ||_F            norms over the whole tensor
+    soft_ce   = mean(-softmax(t/T) * log_softmax(s/T))   mean over every element
+    pred      = soft_ce + 0.5 * CE(s, gold)              classification
+              = MSE(s, t)                                 regression
+"""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn.functional as F
+
+__all__ = ["relation", "dmd", "soft_cross_entropy", "pred_loss", "MASKED_BELOW"]
+
+#: The reference zeroes relation entries at or below this (masked scores) before the norm.
+MASKED_BELOW = -1e2
+
+
+def relation(x: paddle.Tensor) -> paddle.Tensor:
+    """``X X^T / sqrt(d_head)`` for ``x`` of shape ``[B, H, L, d_head]`` -> ``[B, H, L, L]``."""
+    return paddle.matmul(x, x, transpose_y=True) * (1.0 / math.sqrt(x.shape[-1]))
+
+
+def _normalized(x: paddle.Tensor) -> paddle.Tensor:
+    x = paddle.where(x <= MASKED_BELOW, paddle.zeros_like(x), x)
+    return x / paddle.linalg.norm(x.flatten())
+
+
+def dmd(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
+    """Direction-matching distance: norm of the difference of the two unit-norm tensors.
+
+    Used for the Q/K/V relations and, unchanged, for hidden states.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"distillation shapes differ: student {student.shape} vs teacher {teacher.shape}"
+                         " (hidden sizes, heads or sequence lengths must match)")
+    return paddle.linalg.norm((_normalized(student) - _normalized(teacher)).flatten())
+
+
+def soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0):
+    """``mean(-softmax(t/T) * log_softmax(s/T))`` over every element (TinyBERT/BiBERT)."""
+    t = F.softmax(teacher_logits / temperature, axis=-1)
+    return (-t * F.log_softmax(student_logits / temperature, axis=-1)).mean()
+
+
+def pred_loss(student_logits, teacher_logits, labels=None, is_regression=False,
+              temperature: float = 1.0, gold_weight: float = 0.5):
+    """Prediction distillation: soft CE (+ ``gold_weight`` * CE with gold labels), or MSE."""
+    if is_regression:
+        return F.mse_loss(student_logits.reshape([-1]), teacher_logits.reshape([-1]))
+    loss = soft_cross_entropy(student_logits, teacher_logits, temperature)
+    if labels is not None and gold_weight:
+        loss = loss + gold_weight * F.cross_entropy(student_logits, labels.reshape([-1]))
+    return loss

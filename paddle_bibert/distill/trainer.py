@@ -1,0 +1,332 @@
+"""The training loop shared by fine-tuning and distillation.
+
+One loop for both commands: AdamW with linear warm-up then linear decay, weight decay off for
+biases and LayerNorms, a progress bar with the live loss terms, a log line every
+``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
+and checkpoints that are written atomically and resume to the same result.
+
+Checkpoint layout in ``output_dir``::
+
+    checkpoint-<step>/     model.pdparams, optimizer.pdopt, trainer_state.json, rng.pkl
+    LATEST                 name of the newest complete checkpoint (replaced atomically)
+    best_model/            the best dev model, in the caller's save format
+
+A checkpoint directory is written under a temporary name and renamed when complete, and
+``LATEST`` only ever names a renamed one, so a run killed mid-write resumes from the previous
+checkpoint and never reads a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import paddle
+
+from ..data.metrics import compute_metrics, main_metric
+
+__all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "latest_checkpoint"]
+
+logger = logging.getLogger("paddle_bibert")
+
+LATEST = "LATEST"
+BEST = "best_model"
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str
+    task_name: str
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 3
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    logging_steps: int = 50
+    save_steps: int = 500
+    seed: int = 42
+    max_steps: int = -1  # > 0: stop after this many steps (the schedule is sized to it)
+    resume: bool = False
+    stop_at_step: int = -1  # testing aid: end the process's run here, as if interrupted
+    eval_batch_size: int = 64
+    progress: bool = True
+
+    def validate(self):
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ValueError("num_train_epochs must be > 0 (or set max_steps)")
+        if not 0 <= self.warmup_proportion < 1:
+            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+        if self.logging_steps <= 0 or self.save_steps <= 0:
+            raise ValueError("logging_steps and save_steps must be > 0")
+
+
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    p = os.path.join(output_dir, LATEST)
+    if not os.path.isfile(p):
+        return None
+    with open(p) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    return path if os.path.isdir(path) else None
+
+
+def _atomic_write_text(path: str, text: str):
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_dir(final: str, write: Callable[[str], None]):
+    """Write a directory under a temporary name, then swap it in for ``final``."""
+    parent = os.path.dirname(os.path.abspath(final))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(final) + "-")
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(final):
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@paddle.no_grad()
+def evaluate(model, loader, task) -> Dict[str, float]:
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        preds.append(logits.numpy())
+        labels.append(batch["labels"].numpy())
+    if was_training:
+        model.train()
+    return compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
+
+
+def _decay_params(model) -> List[str]:
+    """Names of parameters that get weight decay: not biases, not LayerNorm weights."""
+    out = []
+    for name, p in model.named_parameters():
+        low = name.lower()
+        if "bias" in low or "norm" in low:
+            continue
+        out.append(p.name)
+    return out
+
+
+class Trainer:
+    """Run ``loss_fn(batch) -> (loss, {term: value})`` over ``train_loader``.
+
+    ``model`` holds the parameters being trained (the student when distilling) and is what
+    ``evaluate`` scores; ``save_model(model, dir)`` writes the best model.
+    """
+
+    def __init__(self, model, loss_fn, train_loader, dev_loader, args: TrainArgs,
+                 save_model: Callable, log=None):
+        args.validate()
+        self.model, self.loss_fn, self.args = model, loss_fn, args
+        self.train_loader, self.dev_loader = train_loader, dev_loader
+        self.save_model = save_model
+        self.log = log if log is not None else (lambda msg: print(msg, flush=True))
+        self.metric = main_metric(args.task_name)
+        self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError("the training set is empty (fewer examples than one batch?)")
+        total = (args.max_steps if args.max_steps > 0
+                 else int(math.ceil(args.num_train_epochs * self.steps_per_epoch)))
+        self.total_steps = total
+        warmup = int(args.warmup_proportion * total)
+
+        def lr_lambda(step):
+            if step < warmup:
+                return step / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        self.scheduler = paddle.optimizer.lr.LambdaDecay(args.learning_rate, lr_lambda)
+        decay = set(_decay_params(model))
+        self.optimizer = paddle.optimizer.AdamW(
+            learning_rate=self.scheduler, parameters=model.parameters(),
+            weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
+        self.state = {"global_step": 0, "best_metric": None, "best_step": None, "history": [],
+                      "train_seconds": 0.0}
+
+    # ---- checkpoints -------------------------------------------------------------------
+    # Paddle keys optimizer state by each parameter's process-global unique name
+    # ("linear_12.w_0_moment1_0"), which differs in a new process; checkpoints key it by the
+    # parameter's path in the model instead, so a resumed run finds its moments.
+    def _portable_optimizer_state(self):
+        names = sorted(((p.name, n) for n, p in self.model.named_parameters()), key=lambda x: -len(x[0]))
+        out = {}
+        for key, value in self.optimizer.state_dict().items():
+            for uniq, path in names:
+                if key.startswith(uniq + "_"):
+                    key = "@" + path + key[len(uniq):]
+                    break
+            out[key] = value
+        return out
+
+    def _load_portable_optimizer_state(self, state):
+        by_path = {n: p.name for n, p in self.model.named_parameters()}
+        out = {}
+        for key, value in state.items():
+            if key.startswith("@"):
+                # parameter paths contain "_" too: take the longest one the key starts with
+                path = max((n for n in by_path if key[1:].startswith(n + "_")), key=len)
+                key = by_path[path] + key[1 + len(path):]
+            out[key] = value
+        self.optimizer.set_state_dict(out)
+
+    def _write_checkpoint(self):
+        step = self.state["global_step"]
+        name = f"checkpoint-{step}"
+        final = os.path.join(self.args.output_dir, name)
+
+        def write(d):
+            paddle.save(self.model.state_dict(), os.path.join(d, "model.pdparams"))
+            paddle.save(self._portable_optimizer_state(), os.path.join(d, "optimizer.pdopt"))
+            with open(os.path.join(d, "rng.pkl"), "wb") as f:
+                pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}, f)
+            with open(os.path.join(d, "trainer_state.json"), "w") as f:
+                json.dump(dict(self.state, scheduler=self.scheduler.state_dict(),
+                               args=asdict(self.args)), f, indent=1)
+
+        atomic_dir(final, write)
+        _atomic_write_text(os.path.join(self.args.output_dir, LATEST), name)
+        for other in os.listdir(self.args.output_dir):  # older checkpoints are now redundant
+            if other.startswith("checkpoint-") and other != name:
+                shutil.rmtree(os.path.join(self.args.output_dir, other), ignore_errors=True)
+
+    def _load_checkpoint(self, path):
+        self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
+        self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            st = json.load(f)
+        self.scheduler.set_state_dict(st.pop("scheduler"))
+        st.pop("args", None)
+        self.state.update(st)
+        with open(os.path.join(path, "rng.pkl"), "rb") as f:
+            rng = pickle.load(f)
+        paddle.set_rng_state(rng["paddle"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    # ---- loop --------------------------------------------------------------------------
+    def _evaluate_and_keep_best(self):
+        metrics = evaluate(self.model, self.dev_loader, self.args.task_name)
+        step = self.state["global_step"]
+        value = metrics[self.metric]
+        if not math.isfinite(value):  # e.g. a correlation of constant predictions
+            value = -math.inf
+        best = self.state["best_metric"]
+        improved = best is None or value > best
+        self.state["history"].append({"step": step, **metrics})
+        if improved:
+            self.state["best_metric"], self.state["best_step"] = value, step
+            atomic_dir(os.path.join(self.args.output_dir, BEST), lambda d: self.save_model(self.model, d))
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self.log(f"[eval] step {step}: {shown}{'  (best so far, saved)' if improved else ''}")
+        return metrics
+
+    def train(self) -> dict:
+        args = self.args
+        os.makedirs(args.output_dir, exist_ok=True)
+        if not os.access(args.output_dir, os.W_OK):
+            raise PermissionError(f"output_dir {args.output_dir} is not writable; choose another --output_dir")
+        if args.resume:
+            ckpt = latest_checkpoint(args.output_dir)
+            if ckpt is None:
+                self.log(f"--resume: no checkpoint in {args.output_dir}; starting from step 0")
+            else:
+                self._load_checkpoint(ckpt)
+                self.log(f"resumed from {ckpt} at step {self.state['global_step']}")
+        elif latest_checkpoint(args.output_dir):
+            raise FileExistsError(f"{args.output_dir} already holds a run's checkpoint; pass --resume "
+                                  "to continue it, or choose an empty --output_dir")
+        step = self.state["global_step"]
+        sampler = self.train_loader.batch_sampler
+        bar = None
+        if args.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=step, file=sys.stderr, dynamic_ncols=True,
+                       mininterval=2.0, desc="train")
+        self.model.train()
+        running: Dict[str, float] = {}
+        t_start = time.time()
+        t_base = self.state["train_seconds"]
+        while step < self.total_steps:
+            epoch, skip = divmod(step, self.steps_per_epoch)
+            sampler.set_epoch(epoch, skip_batches=skip)
+            for batch in self.train_loader:
+                loss, terms = self.loss_fn(batch)
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(
+                        f"loss is {float(loss)} at step {step + 1}; stopping. The last good "
+                        f"checkpoint is {latest_checkpoint(args.output_dir)}; lower --learning_rate")
+                loss.backward()
+                self.optimizer.step()
+                self.optimizer.clear_grad()
+                self.scheduler.step()
+                step += 1
+                self.state["global_step"] = step
+                for k, v in terms.items():
+                    running[k] = running.get(k, 0.0) + float(v)
+                running["loss"] = running.get("loss", 0.0) + float(loss)
+                running["_n"] = running.get("_n", 0) + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in [("loss", loss), *terms.items()]},
+                                    refresh=False)
+                if step % args.logging_steps == 0:
+                    n = running.pop("_n")
+                    shown = ", ".join(f"{k} {v / n:.4f}" for k, v in running.items())
+                    self.log(f"[train] step {step}/{self.total_steps} epoch {step / self.steps_per_epoch:.2f} "
+                             f"lr {self.scheduler.get_lr():.2e}: {shown}")
+                    running = {}
+                last = step >= self.total_steps
+                if step % args.save_steps == 0 or last:
+                    self._evaluate_and_keep_best()
+                    self.state["train_seconds"] = t_base + time.time() - t_start
+                    self._write_checkpoint()
+                if last or step == args.stop_at_step:
+                    break
+            if step == args.stop_at_step:
+                break
+        if bar is not None:
+            bar.close()
+        self.state["train_seconds"] = t_base + time.time() - t_start
+        return {"best_metric": self.state["best_metric"], "best_step": self.state["best_step"],
+                "metric": self.metric, "global_step": step, "total_steps": self.total_steps,
+                "train_seconds": self.state["train_seconds"],
+                "finished": step >= self.total_steps}

@@ -1,0 +1,196 @@
+"""End to end: run_glue.py and task_distill.py on a tiny random BERT over real-data slices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import GLUE_DIR, REPO, tiny_bert_config
+from paddle_bibert.commands import run_glue, task_distill
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
+                                reason=f"real GLUE data folder {GLUE_DIR} is absent")
+
+ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill",
+             "--intermediate_distill"]
+
+
+@pytest.fixture(scope="module")
+def glue_slice(tmp_path_factory):
+    """First rows of the real train/dev files of three tasks, in GLUE layout."""
+    root = tmp_path_factory.mktemp("glue")
+    for task, n_train, n_dev in (("SST-2", 48, 24), ("MRPC", 40, 20), ("STS-B", 40, 20)):
+        os.makedirs(root / task)
+        for split, n in (("train", n_train), ("dev", n_dev)):
+            with open(os.path.join(GLUE_DIR, task, f"{split}.tsv")) as f:
+                lines = [next(f) for _ in range(n + 1)]
+            (root / task / f"{split}.tsv").write_text("".join(lines))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from paddlenlp.transformers import BertForSequenceClassification, BertTokenizer
+
+    from paddle_bibert.convert import packaged_minilm_path
+
+    d = str(tmp_path_factory.mktemp("tiny"))
+    paddle.seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(
+        vocab_size=30522, hidden_size=16, intermediate_size=32, hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=128))
+    model.save_pretrained(d)
+    BertTokenizer(os.path.join(packaged_minilm_path(), "vocab.txt")).save_pretrained(d)
+    return d
+
+
+def common(data_dir, task, out, *extra):
+    return ["--task_name", task, "--data_dir", data_dir, "--max_seq_length", "32", "--batch_size", "8",
+            "--logging_steps", "2", "--save_steps", "3", "--output_dir", str(out), "--no-progress",
+            "--seed", "3", *extra]
+
+
+class Log(list):
+    def __call__(self, msg):
+        self.append(msg)
+
+
+@pytest.mark.parametrize("task,metric", [("sst-2", "acc"), ("mrpc", "acc"), ("sts-b", "corr")])
+def test_teacher_then_binarized_student(glue_slice, tiny_model_dir, tmp_path, task, metric):
+    teacher_out = tmp_path / "teacher"
+    log = Log()
+    summary = run_glue(common(glue_slice, task, teacher_out, "--model_name_or_path", tiny_model_dir,
+                              "--num_train_epochs", "1", "--learning_rate", "1e-3"), log=log)
+    assert summary["metric"] == metric and summary["finished"]
+    assert os.path.isfile(teacher_out / "best_model" / "model_state.pdparams")
+    assert json.loads((teacher_out / "summary.json").read_text())["best_step"] == summary["best_step"]
+    assert any(m.startswith("[eval] step 3") for m in log)
+
+    log = Log()
+    s = task_distill(common(glue_slice, task, tmp_path / "student", "--teacher_path", str(teacher_out),
+                            "--max_steps", "4", "--learning_rate", "1e-3", "--bi", *ALL_FLAGS), log=log)
+    assert s["bi"] and s["teacher_metric"] == pytest.approx(summary["best_metric"])
+    assert s["retention"] == pytest.approx(s["student_metric"] / s["teacher_metric"])
+    train_lines = [m for m in log if m.startswith("[train]")]
+    for term in ("pred", "q ", "k ", "v ", "hidden", "loss"):
+        assert all(f" {term}" in m or f": {term}" in m for m in train_lines), (term, train_lines)
+    best = tmp_path / "student" / "best_model"
+    assert (best / "bibert_config.yaml").exists()
+    from paddle_bibert import load_binarized
+    from paddlenlp.transformers import BertForSequenceClassification
+    reloaded = load_binarized(str(best), BertForSequenceClassification)
+    assert type(reloaded.bert.encoder.layers[0].self_attn).__name__ == "BiMultiHeadAttention"
+
+
+def test_flag_off_contributes_nothing(glue_slice, tiny_model_dir, tmp_path):
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "3"), log=Log())
+    log = Log()
+    task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "t"),
+                        "--max_steps", "2", "--pred_distill", "--key_distill"), log=log)
+    lines = [m for m in log if m.startswith("[train]")]
+    assert lines and all(" k " in m and "pred" in m and " q " not in m and "hidden" not in m for m in lines)
+
+
+def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path):
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "3"), log=Log())
+    args = lambda out: common(glue_slice, "sst-2", out, "--teacher_path", str(tmp_path / "t"),
+                              "--num_train_epochs", "2", "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
+    full = task_distill(args(tmp_path / "a"), log=Log())
+    assert full["total_steps"] == 12  # 48 examples / 8 per batch * 2 epochs, crossing an epoch
+    part = task_distill(args(tmp_path / "b") + ["--stop_at_step", "7"], log=Log())
+    assert not part["finished"]
+    assert os.listdir(tmp_path / "b").count("checkpoint-6") == 1  # last checkpoint before the stop
+    resumed = task_distill(args(tmp_path / "b") + ["--resume"], log=Log())
+    assert resumed["finished"] and resumed["best_metric"] == full["best_metric"]
+    a = paddle.load(str(tmp_path / "a" / "checkpoint-12" / "model.pdparams"))
+    b = paddle.load(str(tmp_path / "b" / "checkpoint-12" / "model.pdparams"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
+    # and training really moved the weights
+    w0 = paddle.load(os.path.join(str(tmp_path / "t"), "best_model", "model_state.pdparams"))
+    assert np.abs(a["bert.encoder.layers.0.linear1.weight"].numpy()
+                  - w0["bert.encoder.layers.0.linear1.weight"].numpy()).max() > 1e-4
+
+
+def test_existing_run_needs_resume(glue_slice, tiny_model_dir, tmp_path):
+    argv = common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir, "--max_steps", "3")
+    run_glue(argv, log=Log())
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_glue(argv, log=Log())
+
+
+def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
+    base = lambda task, *x: common(glue_slice, task, tmp_path / "o", "--model_name_or_path",
+                                   tiny_model_dir, "--max_steps", "1", *x)
+    with pytest.raises(ValueError, match="unknown task.*sst-2"):
+        run_glue(base("sst-3"), log=Log())
+    with pytest.raises(FileNotFoundError, match="CoLA"):
+        run_glue(base("cola"), log=Log())  # the slice has no CoLA folder
+    bad = tmp_path / "bad" / "SST-2"
+    os.makedirs(bad)
+    (bad / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\tmaybe\n")
+    (bad / "dev.tsv").write_text("sentence\tlabel\nok\t1\n")
+    with pytest.raises(ValueError, match=r"train\.tsv.*line 3"):
+        run_glue(common(str(tmp_path / "bad"), "sst-2", tmp_path / "o2", "--model_name_or_path",
+                        tiny_model_dir), log=Log())
+    with pytest.raises(FileNotFoundError, match="does/not/exist"):
+        run_glue(base("sst-2") + ["--model_name_or_path", "./does/not/exist"], log=Log())
+    with pytest.raises(SystemExit, match="exceeds the model's 128 positions"):
+        run_glue(base("sst-2", "--max_seq_length", "512"), log=Log())
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        run_glue(base("sst-2", "--learning_rate", "-1"), log=Log())
+    # teacher fine-tuned for another task (regression, 1 label) cannot teach a 2-class student
+    run_glue(common(glue_slice, "sts-b", tmp_path / "stsb", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "1"), log=Log())
+    with pytest.raises(SystemExit, match="1 labels but task sst-2 has 2"):
+        task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "stsb"),
+                            "--pred_distill"), log=Log())
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher",
+                            "--pred_distill"), log=Log())
+    with pytest.raises(SystemExit):
+        task_distill(["--task_name", "sst-2", "--output_dir", str(tmp_path / "x"), "--pred_distil"])
+    assert "unrecognized arguments: --pred_distil" in capsys.readouterr().err
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    from paddle_bibert.commands import DistillArgs, parse_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task_name: sst-2\nmax_seq_length: 64\nstudent:\n  learning_rate: 1e-4\n  "
+                   "pred_distill: true\n  bi: true\nteacher:\n  learning_rate: 2e-5\n")
+    a = parse_args(DistillArgs, ["--config", str(cfg), "--output_dir", "o", "--max_seq_length", "32",
+                                 "--no-bi"], section="student")
+    assert (a.learning_rate, a.max_seq_length, a.pred_distill, a.bi) == (1e-4, 32, True, False)
+    (tmp_path / "bad.yaml").write_text("task_name: sst-2\nlerning_rate: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(DistillArgs, ["--config", str(tmp_path / "bad.yaml"), "--output_dir", "o"], "student")
+
+
+def test_example_scripts_run_as_commands(glue_slice, tiny_model_dir, tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "examples", "run_glue.py"),
+                        *common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir,
+                                "--max_steps", "2")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[summary]" in r.stdout and (out / "best_model").is_dir()
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".yaml")))
+def test_every_task_config_parses_for_both_commands(name):
+    from paddle_bibert.commands import DistillArgs, GlueArgs, parse_args
+    from paddle_bibert.data.glue import get_task
+
+    path = os.path.join(REPO, "configs", name)
+    t = parse_args(GlueArgs, ["--config", path, "--output_dir", "o"], section="teacher")
+    s = parse_args(DistillArgs, ["--config", path, "--output_dir", "o"], section="student")
+    get_task(s.task_name)
+    assert s.bi and s.pred_distill and s.intermediate_distill and s.batch_size == 16
+    assert isinstance(s.learning_rate, float) and t.learning_rate < s.learning_rate or s.task_name == "rte"
