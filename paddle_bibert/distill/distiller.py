@@ -67,14 +67,24 @@ class Distiller:
             logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
         return logits, dict(taps.records)
 
-    def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
-        c, k = self.config, self.k
+    def teacher_forward(self, batch):
         with paddle.no_grad():
-            t_logits, t_rec = self._forward(self.teacher, self.teacher_taps, batch)
-        s_logits, s_rec = self._forward(self.student, self.student_taps, batch)
+            return self._forward(self.teacher, self.teacher_taps, batch)
+
+    def student_forward(self, batch):
+        return self._forward(self.student, self.student_taps, batch)
+
+    def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
+        t_logits, t_rec = self.teacher_forward(batch)
+        s_logits, s_rec = self.student_forward(batch)
+        return self.terms(s_logits, s_rec, t_logits, t_rec, batch.get("labels"))
+
+    def terms(self, s_logits, s_rec, t_logits, t_rec, labels=None):
+        """The enabled loss terms from both models' outputs and taps; returns (total, terms)."""
+        c, k = self.config, self.k
         terms = {}
         if c.pred_distill:
-            terms["pred"] = pred_loss(s_logits, t_logits, batch.get("labels"), self.is_regression,
+            terms["pred"] = pred_loss(s_logits, t_logits, labels, self.is_regression,
                                       c.temperature, c.gold_weight)
         for flag, stream in (("query_distill", "q"), ("key_distill", "k"), ("value_distill", "v")):
             if getattr(c, flag):
