@@ -4,7 +4,17 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_bibert.quant import QUANTIZERS, get_quantizer
+from paddle_bibert.quant import QUANTIZERS, fused, get_quantizer
+
+
+@pytest.fixture(autouse=True, params=["fused", "plain"])
+def kernel_path(request, monkeypatch):
+    """Every quantizer test runs on the fused C++ kernels and on the plain Paddle ops."""
+    if request.param == "fused":
+        assert fused.ops() is not None, "the fused STE kernels failed to build"
+    else:
+        monkeypatch.setattr(fused, "usable", lambda x: False)
+    return request.param
 
 
 def np_sign(x):

@@ -18,6 +18,8 @@ from typing import Callable, Dict, Optional, Union
 import paddle
 from paddle.autograd import PyLayer
 
+from . import fused
+
 __all__ = [
     "binary_sign",
     "SignSTE",
@@ -80,11 +82,15 @@ class ScaledSignSTE(PyLayer):
     @staticmethod
     def forward(ctx, wc, alpha):
         ctx.save_for_backward(wc)
+        if fused.usable(wc):
+            return fused.ops().bibert_sign_ste(wc) * alpha
         return binary_sign(wc) * alpha
 
     @staticmethod
     def backward(ctx, grad):
         (wc,) = ctx.saved_tensor()
+        if fused.usable(wc):
+            return fused.ops().bibert_ste_mask(wc, grad), None
         return grad * _inside(wc, 1.0, inclusive=True), None
 
 
@@ -127,6 +133,8 @@ class SteSign(Quantizer):
     name = "ste_sign"
 
     def forward(self, x):
+        if fused.usable(x):  # same values and gradient, one pass each way
+            return fused.ops().bibert_sign_ste(x)
         return SignSTE.apply(x)
 
 
@@ -172,6 +180,8 @@ class BoolAttention(Quantizer):
     name = "bool"
 
     def forward(self, s):
+        if fused.usable(s):  # same values and gradient, one pass each way
+            return fused.ops().bibert_bool_ste(s)
         return BoolSTE.apply(s)
 
 

@@ -1,0 +1,178 @@
+"""Accuracy on real data: teacher, BiBERT student, plain baseline and the paper's two ablations.
+
+For each task it runs (through the same code as the two commands):
+
+    teacher        run_glue.py (full precision)
+    bibert         task_distill.py --bi, Bi-Attention (bool), all five distill flags
+    baseline       --bi with sign-binarized softmax attention, --pred_distill only
+    biattn_no_dmd  Bi-Attention, --pred_distill only (ablation: no DMD)
+    dmd_no_biattn  sign-binarized softmax attention, all five flags (ablation: no Bi-Attention)
+
+and writes a markdown table (task metric per cell, retention = student / teacher) with each
+run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
+one continues from its last checkpoint (``--resume`` is passed), so the whole benchmark can be
+stopped and restarted at any point.
+
+    python benchmarks/accuracy.py --tasks sst-2,cola,mrpc,sts-b,rte --teacher_epochs 1 \\
+        --student_steps 300 --out_dir runs/accuracy --table benchmarks/accuracy_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import paddle_bibert  # noqa: E402,F401  (CPU defaults before Paddle loads)
+from paddle_bibert.commands import run_glue, task_distill  # noqa: E402
+
+GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
+ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill", "--intermediate_distill"]
+VARIANTS = {
+    "bibert": ("bool", ALL_FLAGS),
+    "baseline": ("softmax_sign", ["--pred_distill"]),
+    "biattn_no_dmd": ("bool", ["--pred_distill"]),
+    "dmd_no_biattn": ("softmax_sign", ALL_FLAGS),
+}
+PAIR_TASKS = {"mrpc", "sts-b", "rte", "qqp", "mnli", "qnli", "wnli"}
+
+
+def _summary(path):
+    p = os.path.join(path, "summary.json")
+    if os.path.isfile(p):
+        with open(p) as f:
+            s = json.load(f)
+        if s.get("finished"):
+            return s
+    return None
+
+
+def _run(fn, argv, out, log):
+    done = _summary(out)
+    if done:
+        log(f"  {out}: finished earlier, kept")
+        return done
+    resume = ["--resume"] if os.path.isdir(out) else []
+    t0 = time.time()
+    s = fn(argv + ["--output_dir", out] + resume, log=lambda m: log("    " + m) if m.startswith("[eval]") else None)
+    s["wall_minutes"] = (time.time() - t0) / 60
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(s, f, indent=1)
+    return s
+
+
+def run_task(task, args, log):
+    seq = args.pair_seq_len if task in PAIR_TASKS else args.max_seq_length
+    common = ["--task_name", task, "--data_dir", args.data_dir, "--max_seq_length", str(seq),
+              "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--logging_steps", "1000000",
+              "--save_steps", str(args.save_steps), "--no-progress"]
+    tdir = os.path.join(args.out_dir, task, "teacher")
+    log(f"[{task}] teacher")
+    teacher = _run(run_glue, common + ["--model_name_or_path", args.model, "--learning_rate",
+                                       str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs)], tdir, log)
+    rows = {"teacher": teacher}
+    for name in args.variants.split(","):
+        attention, flags = VARIANTS[name]
+        out = os.path.join(args.out_dir, task, name)
+        os.makedirs(out, exist_ok=True)
+        cfg = os.path.join(out, "variant.yaml")
+        with open(cfg, "w") as f:
+            yaml.safe_dump({"student": {"binarize": {"attention": attention}}}, f)
+        log(f"[{task}] {name}")
+        rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", tdir, "--bi",
+                                                  "--learning_rate", str(args.student_lr),
+                                                  "--max_steps", str(args.student_steps)] + flags, out, log)
+    return rows
+
+
+def table(results, args) -> str:
+    names = args.variants.split(",")
+    head = "| task (metric) | teacher | " + " | ".join(names) + " |"
+    lines = [head, "|" + "---|" * (2 + len(names))]
+    for task, rows in results.items():
+        t = rows["teacher"]["best_metric"]
+        cells = [f"{rows[n]['student_metric']:.4f} ({rows[n]['student_metric'] / t:.1%})" for n in names]
+        lines.append(f"| {task} ({rows['teacher']['metric']}) | {t:.4f} | " + " | ".join(cells) + " |")
+    if len(results) > 1:
+        avg = [sum(r[n]["student_metric"] / r["teacher"]["best_metric"] for r in results.values()) / len(results)
+               for n in names]
+        lines.append("| mean retention | 100% | " + " | ".join(f"{a:.1%}" for a in avg) + " |")
+    budget = []
+    for task, rows in results.items():
+        t, b = rows["teacher"], rows.get("bibert") or next(iter(v for k, v in rows.items() if k != "teacher"))
+        budget.append(f"{task}: teacher {t['global_step']} steps ({t['wall_minutes']:.1f} min), each student "
+                      f"{b['global_step']} steps (bibert {b['wall_minutes']:.1f} min)")
+    lines.append("")
+    lines.append("Budget per run: " + "; ".join(budget) + ".")
+    return "\n".join(lines)
+
+
+def plot(results, args, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["teacher"] + args.variants.split(",")
+    tasks = list(results)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(tasks), 3.6))
+    w = 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [results[t][n]["best_metric" if n == "teacher" else "student_metric"] for t in tasks]
+        ax.bar([j + i * w for j in range(len(tasks))], vals, w, label=n)
+    ax.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))])
+    ax.set_xticklabels([f"{t}\n({results[t]['teacher']['metric']})" for t in tasks])
+    ax.set_ylabel("dev metric")
+    ax.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, 1.18))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="sst-2,cola,mrpc,sts-b,rte")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--data_dir", default=GLUE)
+    ap.add_argument("--model", default="minilm", help="pre-trained model (default: the packaged MiniLM)")
+    ap.add_argument("--out_dir", default="runs/accuracy")
+    ap.add_argument("--max_seq_length", type=int, default=64)
+    ap.add_argument("--pair_seq_len", type=int, default=128)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--teacher_epochs", type=float, default=1.0)
+    ap.add_argument("--teacher_lr", type=float, default=5e-5)
+    ap.add_argument("--student_steps", type=int, default=300)
+    ap.add_argument("--student_lr", type=float, default=2e-4)
+    ap.add_argument("--save_steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--table", help="write the markdown table here")
+    ap.add_argument("--plot", help="write the PNG plot here")
+    args = ap.parse_args(argv)
+    for v in args.variants.split(","):
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; known: {sorted(VARIANTS)}")
+    log = lambda m: print(m, flush=True)
+    t0 = time.time()
+    results = {t: run_task(t, args, log) for t in args.tasks.split(",")}
+    text = table(results, args)
+    cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = (f"Date {time.strftime('%Y-%m-%d')}, machine {platform.processor() or platform.machine()} "
+              f"({os.cpu_count()} CPUs), wall time {(time.time() - t0) / 60:.1f} min this invocation.\n"
+              f"Command: `{cmd}`\n\n")
+    print(header + text)
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write(header + text + "\n")
+    if args.plot:
+        plot(results, args, args.plot)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Fused CPU kernels for the STE quantizers, compiled on first use (``_ops.cc``).
+
+Paddle's custom-operator JIT (``paddle.utils.cpp_extension.load``) builds them once per
+machine into ``$PADDLE_BIBERT_OPS_DIR`` (default ``~/.cache/paddle_bibert``), ~25 s with gcc. If
+the build fails (no compiler), or a tensor is not a float32 CPU tensor (GPU training), the
+quantizers use their plain Paddle path, which computes the same values. Set
+``PADDLE_BIBERT_FUSED=0`` to force the plain path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+_lock = threading.Lock()
+_ops = None
+_tried = False
+logger = logging.getLogger("paddle_bibert")
+
+
+def ops():
+    """The compiled module, or None when unavailable (build failed or disabled)."""
+    global _ops, _tried
+    if _tried:
+        return _ops
+    with _lock:
+        if _tried:
+            return _ops
+        _tried = True
+        if os.environ.get("PADDLE_BIBERT_FUSED", "1") == "0":
+            return None
+        try:
+            import paddle
+            from paddle.utils.cpp_extension import load
+
+            build = os.environ.get("PADDLE_BIBERT_OPS_DIR") or os.path.join(
+                os.path.expanduser("~"), ".cache", "paddle_bibert", f"ops-paddle{paddle.__version__}")
+            os.makedirs(build, exist_ok=True)
+            src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ops.cc")
+            _ops = load(name="paddle_bibert_ops", sources=[src], build_directory=build,
+                        extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as e:  # no compiler, headers missing, ...
+            logger.warning("fused STE kernels unavailable (%s); using plain Paddle ops", e)
+            _ops = None
+    return _ops
+
+
+def usable(x) -> bool:
+    """True if the fused kernels can take ``x`` (float32, on the CPU) and are built."""
+    import paddle
+
+    return x.dtype == paddle.float32 and x.place.is_cpu_place() and ops() is not None

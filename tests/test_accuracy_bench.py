@@ -1,0 +1,44 @@
+"""The accuracy benchmark runs end to end (tiny model, real-data slices), and resumes."""
+
+import importlib.util
+import os
+
+import pytest
+
+from conftest import REPO
+from test_commands import glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("accuracy", os.path.join(REPO, "benchmarks", "accuracy.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    bench = _bench()
+    argv = ["--tasks", "sst-2,sts-b", "--data_dir", glue_slice, "--model", tiny_model_dir,
+            "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
+            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "2", "--save_steps", "2",
+            "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
+    results = bench.main(argv)
+    assert set(results) == {"sst-2", "sts-b"}
+    for rows in results.values():
+        assert set(rows) == {"teacher", "bibert", "baseline", "biattn_no_dmd", "dmd_no_biattn"}
+        assert all(r["finished"] for r in rows.values())
+    # the variants really differ in binarization and losses
+    cfg = (tmp_path / "runs" / "sst-2" / "baseline" / "best_model" / "bibert_config.yaml").read_text()
+    assert "attention: softmax_sign" in cfg
+    table = (tmp_path / "t.md").read_text()
+    assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
+    assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    # a second invocation finds every run finished and reproduces the table without training
+    again = bench.main(argv)
+    assert again["sst-2"]["bibert"]["student_metric"] == results["sst-2"]["bibert"]["student_metric"]
+
+
+def test_unknown_variant_rejected():
+    with pytest.raises(SystemExit):
+        _bench().main(["--variants", "bibert,nonsense"])
