@@ -194,3 +194,20 @@ def test_every_task_config_parses_for_both_commands(name):
     get_task(s.task_name)
     assert s.bi and s.pred_distill and s.intermediate_distill and s.batch_size == 16
     assert isinstance(s.learning_rate, float) and t.learning_rate < s.learning_rate or s.task_name == "rte"
+
+
+def test_student_with_another_vocabulary_is_rejected(glue_slice, tiny_model_dir, tmp_path):
+    from paddlenlp.transformers import BertForSequenceClassification, BertTokenizer
+
+    other = tmp_path / "other"
+    os.makedirs(other)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "good", "bad"]
+    (other / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertForSequenceClassification(tiny_bert_config(vocab_size=len(words), hidden_size=16,
+                                                    intermediate_size=32)).save_pretrained(str(other))
+    BertTokenizer(str(other / "vocab.txt")).save_pretrained(str(other))
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "1"), log=Log())
+    with pytest.raises(SystemExit, match="vocabularies differ"):
+        task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "t"),
+                            "--student_model_name_or_path", str(other), "--pred_distill"), log=Log())
