@@ -4,7 +4,29 @@ Paddle itself is not in install_requires: `paddlepaddle` (CPU) and `paddlepaddle
 so the user installs the one for their machine (see README, requirements-cpu.txt).
 """
 
-from setuptools import find_packages, setup
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+# Bitwise kernels of the packed runtime (paddle_bibert/runtime/_kernels.c). Optional: if it
+# cannot be built (no C compiler) the install goes on and the runtime uses its numpy backend
+# (paddle_bibert.runtime reports which one as `backend`).
+KERNELS = Extension("paddle_bibert.runtime._kernels", ["paddle_bibert/runtime/_kernels.c"],
+                    extra_compile_args=["-O3", "-std=gnu99", "-ffp-contract=off", "-pthread"],
+                    extra_link_args=["-pthread"])
+
+
+class OptionalBuildExt(build_ext):
+    """Build the kernels if possible; never fail the install because of them."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as err:  # compiler missing or unusable
+            print(f"warning: could not build {ext.name} ({err}); the packed runtime will use "
+                  "its (slower) numpy backend", file=sys.stderr)
+
 
 setup(
     name="paddle-bibert",
@@ -23,4 +45,6 @@ setup(
         "safetensors",
     ],
     extras_require={"test": ["pytest"]},
+    ext_modules=[KERNELS],
+    cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -7,6 +7,10 @@ a packed-model deployment needs only numpy and safetensors.
 
 import importlib
 
+from ._cpu import apply_cpu_defaults
+
+apply_cpu_defaults()  # speed-only CPU settings, before anything imports Paddle (see _cpu.py)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

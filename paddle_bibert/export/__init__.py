@@ -1,0 +1,16 @@
+"""Bit-packed export of binarized models: packing, the file format, size/FLOPs accounting.
+
+Reads the conventions of ``paddle_bibert.quant`` (sign bit, per-output-channel scales) and
+knows nothing of training. Importing it does not import Paddle; ``export_packed`` does.
+Size/FLOPs accounting: ``paddle_bibert.export.cost``.
+"""
+
+from .format import (FORMAT_NAME, FORMAT_VERSION, PackedFile, PackedFormatError, export_packed,
+                     read_packed, write_packed)
+from .pack import nwords, pack_bits, pack_signs, unpack_bits, unpack_signs
+
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "PackedFile", "PackedFormatError",
+    "export_packed", "nwords", "pack_bits", "pack_signs", "read_packed", "unpack_bits",
+    "unpack_signs", "write_packed",
+]

@@ -1,0 +1,1095 @@
+/*
+ * Bitwise kernels of the packed BiBERT runtime (CPython extension, no numpy headers: arrays
+ * arrive through the buffer protocol, shapes as integers, outputs preallocated by Python).
+ *
+ * Bit layout (paddle_bibert/export/pack.py): element k of a length-n vector is bit k % 64 of
+ * uint64 word k / 64; the bit is the float's sign bit (1 = -1, 0 = +1); pad bits are 0.
+ *
+ *   {-1,+1} . {-1,+1}   a.w = n - 2 popcount(a XOR w)
+ *   {0,1}   . {-1,+1}   A.v = popcount(A) - 2 popcount(A AND v)
+ * (v holds sign bits, 1 = -1: the spec's 2 popcount(A AND v+) - popcount(A) with v+ = NOT v).
+ *
+ * Right-hand operands use an "interleaved" layout: 8 output channels side by side per word,
+ *   B_il[nb][w][l] = word w of channel 8*nb + l        (shape [ceil(N/8), kw, 8])
+ * so one 512-bit load holds word w of 8 channels and the activation word is broadcast: the
+ * micro-kernel never needs a horizontal sum. A binary linear whose output is only binarized
+ * again (Q/K/V, FFN-in) writes just the sign bits of its float result, and the attention
+ * reads those bits: at batch 32 the float outputs would cost more memory traffic than the
+ * popcounts cost time. The instruction set is chosen at run time
+ * (__builtin_cpu_supports): AVX-512 VPOPCNTDQ, AVX2 (nibble-table popcount), scalar POPCNT,
+ * or portable C. Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off)
+ * so that the epilogues give the same bits as the numpy reference. Threads: a small pthread
+ * pool (see "thread pool" below), sized by BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else the
+ * number of CPUs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define BB_X86 1
+#endif
+
+#define AI __attribute__((always_inline)) inline
+enum { OP_XOR = 0, OP_AND = 1 };
+enum { MODE_BOOL = 0, MODE_KEEP = 1 };
+/* Tile of the popcount GEMM: TM rows x TN interleaved blocks (TN * 8 channels). */
+enum { TM = 4, TN = 4 };
+/* Memory-bound elementwise kernels (packing, LayerNorm, embedding) are split into chunks only
+ * above this many values: below it, waking a thread costs more than it saves. */
+#define PAR_ELEMENTS (1 << 20)
+
+/* c[r*ldc + 8j + l] = sum_w popcount(a[r*kw + w] OP b[j*kw*8 + w*8 + l]), r < mr, j < nb. */
+typedef void (*tile_fn)(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
+                        size_t ldc, int mr, int nb);
+/* out[w] = sign bits of x[0..n) (bit = signbit), pad bits 0. */
+typedef void (*pack_fn)(const float *x, size_t n, uint64_t *out);
+/* Attention row: bit j of A[j / 64] = 1[popcount(q XOR k_j) < thr] for keys j < 8 * LB, with
+ * k interleaved [LB, dw, 8]; thr = (d + 1) / 2, so the bit is 1[d - 2 popcount > 0] = 1[S > 0]. */
+typedef void (*scores_fn)(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB, long thr,
+                          uint64_t *A);
+/* Attention context row: out[d] = pa - 2 sum_w popcount(A[w] AND v[d, w]), v interleaved
+ * [DB, Lw, 8], for d < dh; pa = popcount(A). */
+typedef void (*context_fn)(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh, long pa,
+                           float *out);
+
+static size_t nwords(size_t n) { return (n + 63) / 64; }
+
+/* ---------------------------------------------------------------- portable + scalar POPCNT */
+
+static AI void tile_scalar_body(const uint64_t *a, size_t kw, const uint64_t *b, int op,
+                                int32_t *c, size_t ldc, int mr, int nb) {
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nb; j++) {
+            int32_t s[8] = {0};
+            const uint64_t *bj = b + (size_t)j * kw * 8, *ar = a + (size_t)r * kw;
+            for (size_t w = 0; w < kw; w++)
+                for (int l = 0; l < 8; l++) {
+                    uint64_t x = op == OP_AND ? (ar[w] & bj[w * 8 + l]) : (ar[w] ^ bj[w * 8 + l]);
+                    s[l] += __builtin_popcountll(x);
+                }
+            memcpy(c + (size_t)r * ldc + 8 * j, s, sizeof s);
+        }
+}
+
+static void tile_generic(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
+                         size_t ldc, int mr, int nb) {
+    tile_scalar_body(a, kw, b, op, c, ldc, mr, nb);
+}
+
+static AI void pack_scalar_body(const float *x, size_t n, uint64_t *out) {
+    for (size_t w = 0; w < nwords(n); w++) {
+        uint64_t word = 0;
+        size_t end = n - 64 * w < 64 ? n - 64 * w : 64;
+        for (size_t j = 0; j < end; j++) {
+            uint32_t u;
+            memcpy(&u, x + 64 * w + j, 4);
+            word |= (uint64_t)(u >> 31) << j;
+        }
+        out[w] = word;
+    }
+}
+
+static void pack_generic(const float *x, size_t n, uint64_t *out) { pack_scalar_body(x, n, out); }
+
+static AI void scores_scalar_body(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
+                                  long thr, uint64_t *A) {
+    for (size_t jb = 0; jb < LB; jb++)
+        for (int l = 0; l < 8; l++) {
+            long c = 0;
+            for (size_t w = 0; w < dw; w++) c += __builtin_popcountll(q[w] ^ kil[(jb * dw + w) * 8 + l]);
+            size_t j = jb * 8 + (size_t)l;
+            if (c < thr) A[j / 64] |= 1ULL << (j % 64);
+        }
+}
+
+static AI void context_scalar_body(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
+                                   long pa, float *out) {
+    for (size_t d = 0; d < dh; d++) {
+        long c = 0;
+        for (size_t w = 0; w < Lw; w++) c += __builtin_popcountll(A[w] & vil[((d / 8) * Lw + w) * 8 + d % 8]);
+        out[d] = (float)(pa - 2 * c);
+    }
+}
+
+static void scores_generic(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB, long thr,
+                           uint64_t *A) {
+    scores_scalar_body(q, dw, kil, LB, thr, A);
+}
+
+static void context_generic(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh, long pa,
+                            float *out) {
+    context_scalar_body(A, Lw, vil, dh, pa, out);
+}
+
+#ifdef BB_X86
+/* Same C as tile_generic; inlined here __builtin_popcountll becomes the POPCNT instruction. */
+__attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *a, size_t kw,
+                                                          const uint64_t *b, int op, int32_t *c,
+                                                          size_t ldc, int mr, int nb) {
+    tile_scalar_body(a, kw, b, op, c, ldc, mr, nb);
+}
+
+__attribute__((target("popcnt"))) static void scores_popcnt(const uint64_t *q, size_t dw,
+                                                            const uint64_t *kil, size_t LB,
+                                                            long thr, uint64_t *A) {
+    scores_scalar_body(q, dw, kil, LB, thr, A);
+}
+
+__attribute__((target("popcnt"))) static void context_popcnt(const uint64_t *A, size_t Lw,
+                                                             const uint64_t *vil, size_t dh,
+                                                             long pa, float *out) {
+    context_scalar_body(A, Lw, vil, dh, pa, out);
+}
+
+/* ------------------------------------------------------------------------------ AVX2 */
+#define T256 __attribute__((target("avx2,popcnt")))
+
+/* Per 64-bit lane popcount: nibble lookup (vpshufb), then byte sums (vpsadbw). */
+static AI T256 __m256i popcnt256(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(v, low);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+    return _mm256_sad_epu8(cnt, _mm256_setzero_si256());
+}
+
+static T256 void tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
+                           size_t ldc, int mr, int nb) {
+    for (int j = 0; j < nb; j++) {
+        const uint64_t *bj = b + (size_t)j * kw * 8;
+        for (int r = 0; r < mr; r++) {
+            const uint64_t *ar = a + (size_t)r * kw;
+            __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+            for (size_t w = 0; w < kw; w++) {
+                __m256i av = _mm256_set1_epi64x((long long)ar[w]);
+                __m256i b0 = _mm256_loadu_si256((const __m256i *)(bj + w * 8));
+                __m256i b1 = _mm256_loadu_si256((const __m256i *)(bj + w * 8 + 4));
+                __m256i x0 = op == OP_AND ? _mm256_and_si256(av, b0) : _mm256_xor_si256(av, b0);
+                __m256i x1 = op == OP_AND ? _mm256_and_si256(av, b1) : _mm256_xor_si256(av, b1);
+                lo = _mm256_add_epi64(lo, popcnt256(x0));
+                hi = _mm256_add_epi64(hi, popcnt256(x1));
+            }
+            int64_t t[8];
+            _mm256_storeu_si256((__m256i *)t, lo);
+            _mm256_storeu_si256((__m256i *)(t + 4), hi);
+            for (int l = 0; l < 8; l++) c[(size_t)r * ldc + 8 * j + l] = (int32_t)t[l];
+        }
+    }
+}
+
+/* movemask_ps collects exactly the 8 sign bits of 8 floats. */
+static T256 void pack_avx2(const float *x, size_t n, uint64_t *out) {
+    size_t full = n / 64;
+    for (size_t w = 0; w < full; w++) {
+        uint64_t word = 0;
+        for (int q = 0; q < 8; q++)
+            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_loadu_ps(x + 64 * w + 8 * q))
+                    << (8 * q);
+        out[w] = word;
+    }
+    if (n % 64) { /* last word: whole groups of 8 by movemask, then single floats */
+        const float *t = x + 64 * full;
+        size_t rem = n % 64, q = 0;
+        uint64_t word = 0;
+        for (; q + 8 <= rem; q += 8)
+            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_loadu_ps(t + q)) << q;
+        for (; q < rem; q++) {
+            uint32_t u;
+            memcpy(&u, t + q, 4);
+            word |= (uint64_t)(u >> 31) << q;
+        }
+        out[full] = word;
+    }
+}
+
+/* --------------------------------------------------------------- AVX-512 VPOPCNTDQ */
+#define T512 __attribute__((target("avx512f,avx512dq,avx512vpopcntdq,avx2,popcnt")))
+
+/* MR x NB accumulators of 8 x 64-bit counts; constant MR/NB calls are fully unrolled. */
+static AI T512 void mk512(const uint64_t *a, size_t kw, const uint64_t *b, const int op,
+                          int32_t *c, size_t ldc, const int MR, const int NB) {
+    __m512i acc[TM][TN];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NB; j++) acc[r][j] = _mm512_setzero_si512();
+    for (size_t w = 0; w < kw; w++) {
+        __m512i bv[TN];
+        for (int j = 0; j < NB; j++) bv[j] = _mm512_loadu_si512(b + (size_t)j * kw * 8 + w * 8);
+        for (int r = 0; r < MR; r++) {
+            __m512i av = _mm512_set1_epi64((long long)a[(size_t)r * kw + w]);
+            for (int j = 0; j < NB; j++) {
+                __m512i x = op == OP_AND ? _mm512_and_si512(av, bv[j]) : _mm512_xor_si512(av, bv[j]);
+                acc[r][j] = _mm512_add_epi64(acc[r][j], _mm512_popcnt_epi64(x));
+            }
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NB; j++)
+            _mm256_storeu_si256((__m256i *)(c + (size_t)r * ldc + 8 * j),
+                                _mm512_cvtepi64_epi32(acc[r][j]));
+}
+
+/* Full 4 x 32 tile with the binary-linear epilogue fused (no count round trip through memory):
+ * o[r, 8j + l] = (float)((K - 2 count) * alpha + bias) in double, as popc_gemm. */
+static T512 void lin_tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, float *o,
+                                 size_t ldo, const float *alpha, const float *bias, long K,
+                                 uint32_t *bits, size_t ldb) {
+    __m512i acc[TM][TN];
+    for (int r = 0; r < TM; r++)
+        for (int j = 0; j < TN; j++) acc[r][j] = _mm512_setzero_si512();
+    for (size_t w = 0; w < kw; w++) {
+        __m512i bv[TN];
+        for (int j = 0; j < TN; j++) bv[j] = _mm512_loadu_si512(b + (size_t)j * kw * 8 + w * 8);
+        for (int r = 0; r < TM; r++) {
+            __m512i av = _mm512_set1_epi64((long long)a[(size_t)r * kw + w]);
+            for (int j = 0; j < TN; j++)
+                acc[r][j] = _mm512_add_epi64(acc[r][j],
+                                             _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[j])));
+        }
+    }
+    const __m512i kk = _mm512_set1_epi64(K);
+    uint32_t sg[TM] = {0};
+    for (int j = 0; j < TN; j++) {
+        __m512d al = _mm512_cvtps_pd(_mm256_loadu_ps(alpha + 8 * j));
+        __m512d bi = _mm512_cvtps_pd(_mm256_loadu_ps(bias + 8 * j));
+        for (int r = 0; r < TM; r++) {
+            __m512d d = _mm512_cvtepi64_pd(_mm512_sub_epi64(kk, _mm512_add_epi64(acc[r][j], acc[r][j])));
+            __m256 y = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(d, al), bi));
+            if (bits) sg[r] |= (uint32_t)_mm256_movemask_ps(y) << (8 * j); /* sign bits of y */
+            else _mm256_storeu_ps(o + (size_t)r * ldo + 8 * j, y);
+        }
+    }
+    if (bits)
+        for (int r = 0; r < TM; r++) bits[(size_t)r * ldb] = sg[r];
+}
+
+static T512 void tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
+                             size_t ldc, int mr, int nb) {
+    if (mr == TM && nb == TN) {
+        if (op == OP_XOR) mk512(a, kw, b, OP_XOR, c, ldc, TM, TN);
+        else mk512(a, kw, b, OP_AND, c, ldc, TM, TN);
+    } else if (mr == 1 && nb == TN) { /* attention rows, pooler */
+        if (op == OP_XOR) mk512(a, kw, b, OP_XOR, c, ldc, 1, TN);
+        else mk512(a, kw, b, OP_AND, c, ldc, 1, TN);
+    } else {
+        if (op == OP_XOR) mk512(a, kw, b, OP_XOR, c, ldc, mr, nb);
+        else mk512(a, kw, b, OP_AND, c, ldc, mr, nb);
+    }
+}
+static T512 void scores_avx512(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
+                               long thr, uint64_t *A) {
+    const __m512i t = _mm512_set1_epi64(thr);
+    for (size_t jb = 0; jb < LB; jb++) {
+        __m512i acc = _mm512_setzero_si512();
+        for (size_t w = 0; w < dw; w++)
+            acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(
+                      _mm512_set1_epi64((long long)q[w]), _mm512_loadu_si512(kil + (jb * dw + w) * 8))));
+        A[jb / 8] |= (uint64_t)_mm512_cmplt_epi64_mask(acc, t) << (8 * (jb % 8));
+    }
+}
+
+static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
+                                long pa, float *out) {
+    const __m512i p = _mm512_set1_epi64(pa);
+    for (size_t db = 0; db < (dh + 7) / 8; db++) {
+        __m512i acc = _mm512_setzero_si512();
+        for (size_t w = 0; w < Lw; w++)
+            acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_and_si512(
+                      _mm512_set1_epi64((long long)A[w]), _mm512_loadu_si512(vil + (db * Lw + w) * 8))));
+        __m256 v = _mm512_cvtepi64_ps(_mm512_sub_epi64(p, _mm512_add_epi64(acc, acc)));
+        if (8 * db + 8 <= dh) {
+            _mm256_storeu_ps(out + 8 * db, v);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, v);
+            memcpy(out + 8 * db, tmp, (dh - 8 * db) * sizeof(float));
+        }
+    }
+}
+#endif /* BB_X86 */
+
+/* ------------------------------------------------------------------------ LayerNorm */
+/* One row: s = x + res (float; res may be NULL); mean and variance of s in double, two passes,
+ * each summed over 8 lanes (lane l takes elements l, l + 8, ...; the tail goes to lane 0;
+ * lanes combined pairwise); out = (float)((s - mean) * (1 / sqrt(var + eps)) * g + b), all in
+ * double and rounded once, so an output near 0 has the sign of the exact value (the next layer
+ * binarizes it). The AVX2 version keeps exactly this order, so both give the same bits. */
+static void ln_row_generic(const float *x, const float *res, size_t H, const float *g,
+                           const float *b, double eps, float *o) {
+    double acc[8] = {0}, m, v;
+    size_t d;
+    for (d = 0; d < H; d++) o[d] = res ? x[d] + res[d] : x[d];
+    for (d = 0; d + 8 <= H; d += 8)
+        for (int l = 0; l < 8; l++) acc[l] += o[d + l];
+    for (; d < H; d++) acc[0] += o[d];
+    m = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
+    memset(acc, 0, sizeof acc);
+    for (d = 0; d + 8 <= H; d += 8)
+        for (int l = 0; l < 8; l++) acc[l] += ((double)o[d + l] - m) * ((double)o[d + l] - m);
+    for (; d < H; d++) acc[0] += ((double)o[d] - m) * ((double)o[d] - m);
+    v = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
+    const double rstd = 1.0 / sqrt(v + eps);
+    for (d = 0; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * (double)g[d] + (double)b[d]);
+}
+
+#ifdef BB_X86
+/* The generic code's lane combination: lanes 0..3 in lo, 4..7 in hi, tail added to lane 0. */
+static T256 double lanes_sum(__m256d lo, __m256d hi, double tail) {
+    double a[8];
+    _mm256_storeu_pd(a, lo);
+    _mm256_storeu_pd(a + 4, hi);
+    a[0] += tail;
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const float *g,
+                             const float *b, double eps, float *o) {
+    const size_t full = H - H % 8;
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    double tail = 0.0;
+    for (size_t d = 0; d < full; d += 8) {
+        __m256 s = _mm256_loadu_ps(x + d);
+        if (res) s = _mm256_add_ps(s, _mm256_loadu_ps(res + d));
+        _mm256_storeu_ps(o + d, s);
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+    }
+    for (size_t d = full; d < H; d++) {
+        o[d] = res ? x[d] + res[d] : x[d];
+        tail += o[d];
+    }
+    const double m = lanes_sum(lo, hi, tail) / (double)H;
+    const __m256d mv = _mm256_set1_pd(m);
+    lo = hi = _mm256_setzero_pd();
+    tail = 0.0;
+    for (size_t d = 0; d < full; d += 8) {
+        __m256 s = _mm256_loadu_ps(o + d);
+        __m256d a0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv);
+        __m256d a1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv);
+        lo = _mm256_add_pd(lo, _mm256_mul_pd(a0, a0));
+        hi = _mm256_add_pd(hi, _mm256_mul_pd(a1, a1));
+    }
+    for (size_t d = full; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
+    const double rstd = 1.0 / sqrt(lanes_sum(lo, hi, tail) / (double)H + eps);
+    const __m256d rv = _mm256_set1_pd(rstd);
+    for (size_t d = 0; d < full; d += 8) {
+        __m256 s = _mm256_loadu_ps(o + d), gg = _mm256_loadu_ps(g + d), bb = _mm256_loadu_ps(b + d);
+        __m256d y0 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv), rv);
+        __m256d y1 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv), rv);
+        y0 = _mm256_add_pd(_mm256_mul_pd(y0, _mm256_cvtps_pd(_mm256_castps256_ps128(gg))),
+                           _mm256_cvtps_pd(_mm256_castps256_ps128(bb)));
+        y1 = _mm256_add_pd(_mm256_mul_pd(y1, _mm256_cvtps_pd(_mm256_extractf128_ps(gg, 1))),
+                           _mm256_cvtps_pd(_mm256_extractf128_ps(bb, 1)));
+        _mm256_storeu_ps(o + d, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(y0)),
+                                                     _mm256_cvtpd_ps(y1), 1));
+    }
+    for (size_t d = full; d < H; d++)
+        o[d] = (float)(((double)o[d] - m) * rstd * (double)g[d] + (double)b[d]);
+}
+#endif
+
+/* ------------------------------------------------------------------------- dispatch */
+
+/* Optional fused binary-linear tile (TM rows x TN * 8 channels, all valid): float outputs, or
+ * if bits is not NULL only their sign bits, one uint32 per row (TN * 8 = 32 channels). */
+typedef void (*lin_tile_fn)(const uint64_t *a, size_t kw, const uint64_t *b, float *o, size_t ldo,
+                            const float *alpha, const float *bias, long K, uint32_t *bits,
+                            size_t ldb);
+
+typedef struct {
+    const char *name;
+    tile_fn tile;
+    lin_tile_fn lin_tile;
+    pack_fn pack;
+    scores_fn scores;
+    context_fn context;
+    void (*ln_row)(const float *x, const float *res, size_t H, const float *g, const float *b,
+                   double eps, float *o);
+} isa_t;
+
+static const isa_t ISAS[] = {
+#ifdef BB_X86
+    {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512, ln_row_avx2},
+    {"avx2", tile_avx2, NULL, pack_avx2, scores_popcnt, context_popcnt, ln_row_avx2},
+    {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic},
+#endif
+    {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic},
+};
+#define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
+static const isa_t *g_isa = &ISAS[N_ISAS - 1];
+
+static int isa_supported(const isa_t *isa) {
+#ifdef BB_X86
+    __builtin_cpu_init();
+    if (!strcmp(isa->name, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("popcnt");
+    if (!strcmp(isa->name, "avx2"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    if (!strcmp(isa->name, "popcnt")) return __builtin_cpu_supports("popcnt");
+#endif
+    return !strcmp(isa->name, "generic");
+}
+
+/* ------------------------------------------------------------------- thread pool */
+/* A job is n independent chunks. The caller and the workers take chunks from one atomic
+ * counter; the caller then waits only for chunks already taken. A worker that is not running
+ * (the CPU is shared, or it is still waking up) takes nothing and delays nothing: the job
+ * never waits for a thread to arrive, unlike a fork/join barrier (OpenMP), which on an
+ * oversubscribed CPU costs a scheduler time slice per parallel region. The counter holds
+ * (job generation << 32 | next chunk), so a worker late for one job cannot take chunks of the
+ * next. Jobs from concurrent callers do not queue: a caller that finds the pool busy runs its
+ * job alone. */
+
+typedef void (*task_fn)(void *ctx, long chunk, int tid);
+#define MAX_THREADS 256
+
+static struct {
+    pthread_mutex_t mu, run_mu;
+    pthread_cond_t cv;
+    pthread_t th[MAX_THREADS];
+    int want, started, stop;
+    uint64_t gen; /* written under mu, read atomically */
+    task_fn fn;
+    void *ctx;
+    long n;
+    uint64_t next; /* atomic */
+    long done;     /* atomic: chunks of the current job finished */
+} P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static inline void cpu_relax(void) {
+#ifdef BB_X86
+    __builtin_ia32_pause();
+#endif
+}
+
+static long grab(uint64_t gen, long n) {
+    uint64_t v = __atomic_load_n(&P.next, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if ((v >> 32) != (gen & 0xffffffffULL) || (long)(v & 0xffffffffULL) >= n) return -1;
+        if (__atomic_compare_exchange_n(&P.next, &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return (long)(v & 0xffffffffULL);
+    }
+}
+
+static void *pool_worker(void *arg) {
+    const int tid = (int)(intptr_t)arg;
+    uint64_t seen = 0;
+    for (;;) {
+        /* Back-to-back jobs (one per kernel call) arrive within microseconds: spin briefly
+         * before sleeping. */
+        for (int i = 0; i < 4000 && __atomic_load_n(&P.gen, __ATOMIC_ACQUIRE) == seen; i++)
+            cpu_relax();
+        pthread_mutex_lock(&P.mu);
+        while (P.gen == seen && !P.stop) pthread_cond_wait(&P.cv, &P.mu);
+        if (P.stop) {
+            pthread_mutex_unlock(&P.mu);
+            return NULL;
+        }
+        seen = P.gen;
+        task_fn fn = P.fn;
+        void *ctx = P.ctx;
+        long n = P.n;
+        pthread_mutex_unlock(&P.mu);
+        for (long i; (i = grab(seen, n)) >= 0;) {
+            fn(ctx, i, tid);
+            __atomic_add_fetch(&P.done, 1, __ATOMIC_ACQ_REL);
+        }
+    }
+}
+
+static void pool_stop(void) { /* call with run_mu held */
+    pthread_mutex_lock(&P.mu);
+    P.stop = 1;
+    pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    for (int i = 1; i < P.started; i++) pthread_join(P.th[i], NULL);
+    P.started = 0;
+    P.stop = 0;
+}
+
+static int default_threads(void) {
+    const char *names[] = {"BIBERT_NUM_THREADS", "OMP_NUM_THREADS"};
+    for (int i = 0; i < 2; i++) {
+        const char *e = getenv(names[i]);
+        if (e && atoi(e) > 0) return atoi(e) < MAX_THREADS ? atoi(e) : MAX_THREADS;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n < MAX_THREADS ? (int)n : MAX_THREADS);
+}
+
+static void pool_run(task_fn fn, void *ctx, long n) {
+    if (n <= 0) return;
+    if (n == 1 || P.want <= 1 || pthread_mutex_trylock(&P.run_mu)) {
+        for (long i = 0; i < n; i++) fn(ctx, i, 0);
+        return;
+    }
+    if (!P.started) { /* workers start on first use */
+        P.started = 1;
+        for (int i = 1; i < P.want; i++) {
+            if (pthread_create(&P.th[i], NULL, pool_worker, (void *)(intptr_t)i)) break;
+            P.started = i + 1;
+        }
+    }
+    pthread_mutex_lock(&P.mu);
+    uint64_t gen = P.gen + 1;
+    P.fn = fn;
+    P.ctx = ctx;
+    P.n = n;
+    __atomic_store_n(&P.done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&P.next, (gen & 0xffffffffULL) << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&P.gen, gen, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    long mine = 0;
+    for (long i; (i = grab(gen, n)) >= 0; mine++) fn(ctx, i, 0);
+    __atomic_add_fetch(&P.done, mine, __ATOMIC_ACQ_REL);
+    for (long spins = 0; __atomic_load_n(&P.done, __ATOMIC_ACQUIRE) < n; spins++) {
+        if (spins < 20000) cpu_relax();
+        else sched_yield(); /* a worker holding a chunk was descheduled: let it run */
+    }
+    pthread_mutex_unlock(&P.run_mu);
+}
+
+/* A forked child has none of the workers and maybe a mutex held by one: start afresh. */
+static void pool_atfork_child(void) {
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_mutex_init(&P.run_mu, NULL);
+    pthread_cond_init(&P.cv, NULL);
+    P.started = 0;
+    P.stop = 0;
+}
+
+static void pool_set_threads(int n) {
+    pthread_mutex_lock(&P.run_mu);
+    if (P.started) pool_stop();
+    P.want = n < 1 ? 1 : (n < MAX_THREADS ? n : MAX_THREADS);
+    pthread_mutex_unlock(&P.run_mu);
+}
+
+/* ------------------------------------------------------------------ driver kernels */
+
+/* Row chunks for the memory-bound elementwise kernels (packing, LayerNorm, embedding): a job
+ * is split only above PAR_ELEMENTS values, where a chunk is worth more than waking a thread. */
+#define ROW_CHUNK(rows, n) ((rows) * (n) > PAR_ELEMENTS ? 64 : (rows))
+
+typedef struct {
+    const uint64_t *a, *b;
+    size_t M, kw, N;
+    int op;
+    int32_t *cnt;
+    float *out_f;
+    uint32_t *out_bits; /* sign bits of the linear's output instead of out_f: [M, 2 nwords(N)] */
+    const float *alpha, *bias;
+    long K;
+    long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
+} gemm_job;
+
+/* A GEMM chunk is GEMM_TILES row tiles (TM rows each) x GEMM_PANELS weight panels (TN * 8
+ * channels each): its activation rows stay in L1 across the panels, each panel across the
+ * rows, and its outputs are whole 1 KiB runs of a few rows. (Chunks of one panel over all rows
+ * write each output line in 128-byte pieces at a stride of 4N bytes, which at batch 32 costs
+ * more than the popcounts.) */
+enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
+
+static void gemm_chunk(void *vctx, long chunk, int tid) {
+    const gemm_job *g = vctx;
+    const tile_fn tile = g_isa->tile;
+    const lin_tile_fn lin = g_isa->lin_tile;
+    const long npg = (g->nnt + GEMM_PANELS - 1) / GEMM_PANELS;
+    const long it0 = (chunk / npg) * GEMM_TILES, jt0 = (chunk % npg) * GEMM_PANELS;
+    const long it1 = it0 + GEMM_TILES < g->nmt ? it0 + GEMM_TILES : g->nmt;
+    const long jt1 = jt0 + GEMM_PANELS < g->nnt ? jt0 + GEMM_PANELS : g->nnt;
+    const size_t M = g->M, kw = g->kw, N = g->N;
+    (void)tid;
+    for (long jt = jt0; jt < jt1; jt++) {
+        const size_t n0 = (size_t)jt * TN * 8;
+        const int nb = (int)(g->NB - jt * TN < TN ? g->NB - jt * TN : TN);
+        for (long it = it0; it < it1; it++) {
+            int32_t loc[TM * TN * 8];
+            size_t m0 = (size_t)it * TM;
+            int mr = (int)(M - m0 < TM ? M - m0 : TM);
+            const int linear = g->out_f || g->out_bits;
+            const size_t ldb = 2 * nwords(N); /* uint32 per output row */
+            if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N) {
+                lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->out_f ? g->out_f + m0 * N + n0 : NULL,
+                    N, g->alpha + n0, g->bias + n0, g->K,
+                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb);
+                continue;
+            }
+            tile(g->a + m0 * kw, kw, g->b + n0 * kw, g->op, loc, TN * 8, mr, nb);
+            size_t nn = N - n0 < (size_t)nb * 8 ? N - n0 : (size_t)nb * 8;
+            for (int r = 0; r < mr; r++) {
+                const int32_t *lr = loc + r * TN * 8;
+                if (linear) {
+                    uint32_t sg = 0;
+                    for (size_t l = 0; l < nn; l++) {
+                        double d = (double)(g->K - 2 * (long)lr[l]);
+                        float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
+                        if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
+                        uint32_t u;
+                        memcpy(&u, &y, 4);
+                        sg |= (u >> 31) << l; /* n0 is a multiple of 32: l < 32 */
+                    }
+                    if (g->out_bits) g->out_bits[(m0 + r) * ldb + n0 / 32] = sg;
+                } else {
+                    memcpy(g->cnt + (m0 + r) * N + n0, lr, nn * sizeof(int32_t));
+                }
+            }
+        }
+    }
+}
+
+/* Popcount GEMM over [M, kw] x interleaved [NB, kw, 8]; with neither out_f nor out_bits,
+ * writes the raw counts to cnt[M][N]; else the binary linear epilogue
+ *     y[m, n] = (float)((K - 2 * count) * alpha[n] + bias[n])       (in double, no FMA)
+ * The product of the integer dot (< 2^24) and a float is exact in double, so y is the exact
+ * value rounded (twice: to double, to float), and its sign is the exact sign: a float32
+ * evaluation (Paddle's GEMM summing +-alpha) can get it wrong where the exact value is within
+ * its rounding error of 0 (e.g. a dot product of exactly 0 and a bias below ~1e-6).
+ * to out_f, or only its sign bits, packed, to out_bits (words [M, nwords(N)], seen as uint32;
+ * the caller zeroes it: the pad bits past N are never written).
+ */
+static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
+                      int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
+                      const float *bias, long K) {
+    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K};
+    g.NB = (long)((N + 7) / 8);
+    g.nmt = (long)((M + TM - 1) / TM);
+    g.nnt = (g.NB + TN - 1) / TN;
+    g.groups = (g.nmt + GEMM_TILES - 1) / GEMM_TILES;
+    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + GEMM_PANELS - 1) / GEMM_PANELS));
+}
+
+typedef struct {
+    const float *x;
+    size_t rows, n, chunk;
+    uint64_t *out;
+} pack_job;
+
+static void pack_chunk(void *vctx, long c, int tid) {
+    const pack_job *j = vctx;
+    const pack_fn pack = g_isa->pack;
+    const size_t nw = nwords(j->n), r1 = (c + 1) * j->chunk < j->rows ? (c + 1) * j->chunk : j->rows;
+    (void)tid;
+    for (size_t r = c * j->chunk; r < r1; r++) pack(j->x + r * j->n, j->n, j->out + r * nw);
+}
+
+static void pack_rows(const float *x, size_t rows, size_t n, uint64_t *out) {
+    pack_job j = {x, rows, n, ROW_CHUNK(rows, n), out};
+    pool_run(pack_chunk, &j, (long)((rows + j.chunk - 1) / j.chunk));
+}
+/* In-place transpose of a 64 x 64 bit matrix: bit c of m[r] <-> bit r of m[c]. Swaps the
+ * off-diagonal j x j blocks for j = 32, 16, ..., 1 (mask: bits whose index has bit j clear). */
+static void transpose64(uint64_t m[64]) {
+    static const uint64_t masks[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL,
+                                      0x00FF00FF00FF00FFULL, 0x0F0F0F0F0F0F0F0FULL,
+                                      0x3333333333333333ULL, 0x5555555555555555ULL};
+    for (int s = 0, j = 32; j; j >>= 1, s++)
+        for (int k = 0; k < 64; k++)
+            if (!(k & j)) {
+                uint64_t t = ((m[k] >> j) ^ m[k + j]) & masks[s];
+                m[k + j] ^= t;
+                m[k] ^= t << j;
+            }
+}
+
+/* out[0..nwords(len)) = bits [start, start + len) of a packed row of rw words; pad bits 0. */
+static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t len, uint64_t *out) {
+    const size_t w0 = start / 64, sh = start % 64, nw = nwords(len);
+    for (size_t i = 0; i < nw; i++) {
+        uint64_t lo = row[w0 + i] >> sh;
+        uint64_t hi = sh && w0 + i + 1 < rw ? row[w0 + i + 1] << (64 - sh) : 0;
+        out[i] = lo | hi;
+    }
+    if (len % 64) out[nw - 1] &= (1ULL << (len % 64)) - 1;
+}
+
+/* Bi-Attention for one (batch b, head h), from the packed sign bits of the Q/K/V projections
+ * (token rows of rw words holding [Q | K | V], 3H bits; head h is bits h*dh.. of each part):
+ *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
+ *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept])
+ *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
+ * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw].
+ */
+static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
+                         size_t dh, size_t b, size_t h, int mode, float *ctx, uint64_t *scratch) {
+    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8, DB = (dh + 7) / 8;
+    uint64_t *Qb = scratch, *Kil = Qb + L * dw, *A = Kil + LB * dw * 8, *Vil = A + L * Lw;
+    uint64_t *Vb = Vil + DB * Lw * 8;
+    uint64_t kbits[Lw > dw ? Lw : dw], blk[64];
+    const uint8_t *kp = keep + b * L;
+
+    memset(Kil, 0, LB * dw * 8 * sizeof(uint64_t));
+    memset(Vb, 0, 64 * Lw * dw * sizeof(uint64_t));
+    for (size_t j = 0; j < L; j++) {
+        const uint64_t *row = qkvb + (b * L + j) * rw;
+        extract_bits(row, rw, h * dh, dh, Qb + j * dw);
+        extract_bits(row, rw, H + h * dh, dh, kbits);
+        for (size_t w = 0; w < dw; w++) Kil[(j / 8) * dw * 8 + w * 8 + j % 8] = kbits[w];
+        extract_bits(row, rw, 2 * H + h * dh, dh, Vb + j * dw);
+    }
+    /* V_il: sign bits of V transposed (keys along the words), 64 x 64 blocks at a time. */
+    for (size_t w = 0; w < Lw; w++)
+        for (size_t cw = 0; cw < dw; cw++) {
+            for (int r = 0; r < 64; r++) blk[r] = Vb[(64 * w + r) * dw + cw];
+            transpose64(blk);
+            for (size_t c = 0; c < 64 && 64 * cw + c < dh; c++) {
+                size_t d = 64 * cw + c;
+                Vil[((d / 8) * Lw + w) * 8 + d % 8] = blk[c];
+            }
+        }
+    memset(kbits, 0, Lw * sizeof(uint64_t));
+    for (size_t j = 0; j < L; j++)
+        if (kp[j]) kbits[j / 64] |= 1ULL << (j % 64);
+    for (size_t i = 0; i < L; i++) {
+        uint64_t *Ai = A + i * Lw;
+        if (mode == MODE_KEEP) {
+            memcpy(Ai, kbits, Lw * sizeof(uint64_t));
+        } else {
+            memset(Ai, 0, Lw * sizeof(uint64_t));
+            g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
+            for (size_t w = 0; w < Lw; w++) Ai[w] &= kbits[w]; /* also clears keys j >= L */
+        }
+        long pa = 0;
+        for (size_t w = 0; w < Lw; w++) pa += __builtin_popcountll(Ai[w]);
+        g_isa->context(Ai, Lw, Vil, dh, pa, ctx + (b * L + i) * H + h * dh);
+    }
+}
+
+typedef struct {
+    const uint64_t *qkvb;
+    size_t rw;
+    const uint8_t *keep;
+    size_t L, H, heads, dh;
+    int mode;
+    float *ctx;
+    uint64_t **scratch; /* one per thread id */
+} att_job;
+
+static void att_chunk(void *vctx, long t, int tid) {
+    const att_job *j = vctx;
+    attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, (size_t)t / j->heads,
+                 (size_t)t % j->heads, j->mode, j->ctx, j->scratch[tid]);
+}
+
+static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
+                     size_t heads, int mode, float *ctx) {
+    const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
+    const size_t words = L * dw + ((L + 7) / 8) * dw * 8 + L * Lw + ((dh + 7) / 8) * Lw * 8 +
+                         64 * Lw * dw;
+    const int nt = P.want < 1 ? 1 : P.want;
+    uint64_t *bufs[MAX_THREADS];
+    int ok = 1;
+    for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
+    if (ok) {
+        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, ctx, bufs};
+        pool_run(att_chunk, &j, (long)(B * heads));
+    }
+    for (int i = 0; i < nt; i++) free(bufs[i]);
+    return ok ? 0 : -1;
+}
+
+typedef struct {
+    const int64_t *ids, *tt;
+    size_t T, L, H, chunk;
+    const uint64_t *wbits;
+    const float *walpha, *pos, *tok;
+    float *out;
+} embed_job;
+
+/* Embedding: out[t] = (alpha[id] * sign_bits(row id) + pos[t % L]) + tok[tt]   (Paddle's order). */
+static void embed_chunk(void *vctx, long c, int tid) {
+    const embed_job *j = vctx;
+    const size_t hw = nwords(j->H), H = j->H;
+    const size_t t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
+    (void)tid;
+    for (size_t t = c * j->chunk; t < t1; t++) {
+        const uint64_t *row = j->wbits + (size_t)j->ids[t] * hw;
+        const float al = j->walpha[j->ids[t]];
+        const float *p = j->pos + (t % j->L) * H, *k = j->tok + (size_t)j->tt[t] * H;
+        float *o = j->out + t * H;
+        for (size_t d = 0; d < H; d++) {
+            float e = (row[d / 64] >> (d % 64)) & 1 ? -al : al;
+            float s = e + p[d];
+            o[d] = s + k[d];
+        }
+    }
+}
+
+static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
+                  const float *walpha, size_t H, const float *pos, const float *tok, float *out) {
+    embed_job j = {ids, tt, T, L, H, ROW_CHUNK(T, H), wbits, walpha, pos, tok, out};
+    pool_run(embed_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
+}
+
+typedef struct {
+    const float *x, *res, *g, *b;
+    size_t T, H, chunk;
+    double eps;
+    float *out;
+} ln_job;
+
+static void ln_chunk(void *vctx, long c, int tid) {
+    const ln_job *j = vctx;
+    const size_t H = j->H, t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
+    (void)tid;
+    for (size_t t = c * j->chunk; t < t1; t++)
+        g_isa->ln_row(j->x + t * H, j->res ? j->res + t * H : NULL, H, j->g, j->b, j->eps,
+                      j->out + t * H);
+}
+
+static void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
+                       const float *bta, double eps, float *out) {
+    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK(T, H), eps, out};
+    pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
+}
+
+/* ------------------------------------------------------------------- Python glue */
+
+static int need(Py_buffer *b, size_t bytes, const char *what) {
+    if ((size_t)b->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, kernel needs %zu", what, b->len,
+                     bytes);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
+    Py_buffer x, out;
+    Py_ssize_t rows, n;
+    if (!PyArg_ParseTuple(args, "y*nnw*", &x, &rows, &n, &out)) return NULL;
+    PyObject *ret = NULL;
+    if (need(&x, (size_t)rows * n * 4, "x") && need(&out, (size_t)rows * nwords(n) * 8, "out")) {
+        Py_BEGIN_ALLOW_THREADS pack_rows(x.buf, rows, n, out.buf);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+/* popcount_gemm(a, M, kw, b_il, N, op, out_i32) or bin_linear(a, M, kw, b_il, N, K, alpha, bias, out) */
+static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
+    Py_buffer a, b, out;
+    Py_ssize_t M, kw, N;
+    int op;
+    if (!PyArg_ParseTuple(args, "y*nny*niw*", &a, &M, &kw, &b, &N, &op, &out)) return NULL;
+    PyObject *ret = NULL;
+    size_t nb = ((size_t)N + 7) / 8;
+    if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "b") &&
+        need(&out, (size_t)M * N * 4, "out")) {
+        Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, op ? OP_AND : OP_XOR, out.buf,
+                                         NULL, NULL, NULL, NULL, 0);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
+    Py_buffer a, b, al, bi, out;
+    Py_ssize_t M, kw, N, K;
+    int signs;
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
+                          &signs))
+        return NULL;
+    PyObject *ret = NULL;
+    size_t nb = ((size_t)N + 7) / 8;
+    if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "w") &&
+        need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
+        need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out")) {
+        Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, OP_XOR, NULL,
+                                         signs ? NULL : out.buf, signs ? out.buf : NULL, al.buf,
+                                         bi.buf, (long)K);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&al);
+    PyBuffer_Release(&bi);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_attention(PyObject *self, PyObject *args) {
+    Py_buffer qkv, keep, out;
+    Py_ssize_t B, L, H, heads;
+    int mode;
+    if (!PyArg_ParseTuple(args, "y*y*nnnniw*", &qkv, &keep, &B, &L, &H, &heads, &mode, &out))
+        return NULL;
+    PyObject *ret = NULL;
+    if (heads <= 0 || H % heads) {
+        PyErr_SetString(PyExc_ValueError, "hidden size is not a multiple of the head count");
+    } else if (need(&qkv, (size_t)B * L * nwords(3 * H) * 8, "qkv") &&
+               need(&keep, (size_t)B * L, "keep") &&
+               need(&out, (size_t)B * L * H * 4, "out")) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads,
+                                              mode ? MODE_KEEP : MODE_BOOL, out.buf);
+        Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
+        else {
+            ret = Py_None;
+            Py_INCREF(ret);
+        }
+    }
+    PyBuffer_Release(&qkv);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_embed(PyObject *self, PyObject *args) {
+    Py_buffer ids, tt, wb, wa, pos, tok, out;
+    Py_ssize_t T, L, H;
+    if (!PyArg_ParseTuple(args, "y*y*nny*y*ny*y*w*", &ids, &tt, &T, &L, &wb, &wa, &H, &pos, &tok,
+                          &out))
+        return NULL;
+    PyObject *ret = NULL;
+    /* Index ranges are checked by the Python caller (it knows the table sizes). */
+    if (need(&ids, (size_t)T * 8, "ids") && need(&tt, (size_t)T * 8, "token_type_ids") &&
+        need(&out, (size_t)T * H * 4, "out")) {
+        Py_BEGIN_ALLOW_THREADS embed(ids.buf, tt.buf, T, L, wb.buf, wa.buf, H, pos.buf, tok.buf,
+                                     out.buf);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&tt);
+    PyBuffer_Release(&wb);
+    PyBuffer_Release(&wa);
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&tok);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
+    Py_buffer x, res = {0}, g, bt, out;
+    PyObject *res_obj;
+    Py_ssize_t T, H;
+    double eps;
+    if (!PyArg_ParseTuple(args, "y*Onny*y*dw*", &x, &res_obj, &T, &H, &g, &bt, &eps, &out))
+        return NULL;
+    PyObject *ret = NULL;
+    int has_res = res_obj != Py_None;
+    if (has_res && PyObject_GetBuffer(res_obj, &res, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&g);
+        PyBuffer_Release(&bt);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    size_t sz = (size_t)T * H * 4;
+    if (need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
+        need(&g, (size_t)H * 4, "weight") && need(&bt, (size_t)H * 4, "bias") &&
+        need(&out, sz, "out")) {
+        Py_BEGIN_ALLOW_THREADS layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf, bt.buf,
+                                          eps, out.buf);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&x);
+    if (has_res) PyBuffer_Release(&res);
+    PyBuffer_Release(&g);
+    PyBuffer_Release(&bt);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_available_isas(PyObject *self, PyObject *noargs) {
+    PyObject *lst = PyList_New(0);
+    for (int i = 0; lst && i < N_ISAS; i++)
+        if (isa_supported(&ISAS[i])) {
+            PyObject *s = PyUnicode_FromString(ISAS[i].name);
+            if (!s || PyList_Append(lst, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(lst);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    return lst;
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(g_isa->name);
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = 0; i < N_ISAS; i++)
+        if (!strcmp(ISAS[i].name, name)) {
+            if (!isa_supported(&ISAS[i]))
+                return PyErr_Format(PyExc_RuntimeError, "this CPU does not support the %s kernels",
+                                    name);
+            g_isa = &ISAS[i];
+            Py_RETURN_NONE;
+        }
+    return PyErr_Format(PyExc_ValueError, "unknown kernel set %s", name);
+}
+
+static PyObject *py_num_threads(PyObject *self, PyObject *noargs) {
+    return PyLong_FromLong(P.want);
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (n < 1) return PyErr_Format(PyExc_ValueError, "num_threads must be >= 1, got %d", n);
+    Py_BEGIN_ALLOW_THREADS pool_set_threads(n);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"pack_signs", py_pack_signs, METH_VARARGS, "pack_signs(x, rows, n, out)"},
+    {"popcount_gemm", py_popcount_gemm, METH_VARARGS, "popcount_gemm(a, M, kw, b_il, N, op, out)"},
+    {"bin_linear", py_bin_linear, METH_VARARGS,
+     "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs): out = y, or its sign bits"},
+    {"attention", py_attention, METH_VARARGS, "attention(qkv_bits, keep, B, L, H, heads, mode, out)"},
+    {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
+    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out)"},
+    {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
+    {"get_isa", py_get_isa, METH_NOARGS, "the kernel set in use"},
+    {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name)"},
+    {"num_threads", py_num_threads, METH_NOARGS, "threads a kernel call uses (BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs)"},
+    {"set_num_threads", py_set_num_threads, METH_VARARGS, "set_num_threads(n)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_kernels",
+                                    "Bitwise BiBERT kernels (see _kernels.c).", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    for (int i = 0; i < N_ISAS; i++)
+        if (isa_supported(&ISAS[i])) {
+            g_isa = &ISAS[i]; /* ISAS is ordered fastest first */
+            break;
+        }
+    P.want = default_threads();
+    pthread_atfork(NULL, NULL, pool_atfork_child);
+    PyObject *m = PyModule_Create(&moddef);
+    if (m) {
+        PyModule_AddIntConstant(m, "OP_XOR", OP_XOR);
+        PyModule_AddIntConstant(m, "OP_AND", OP_AND);
+        PyModule_AddIntConstant(m, "MODE_BOOL", MODE_BOOL);
+        PyModule_AddIntConstant(m, "MODE_KEEP", MODE_KEEP);
+    }
+    return m;
+}

@@ -1,0 +1,197 @@
+"""The runtime's kernels behind one interface: the compiled extension or the numpy reference.
+
+``get_kernels("auto")`` gives the compiled kernels (``_kernels.c``) when the extension was built
+by ``pip install -e .`` / ``python setup.py build_ext --inplace``, else the numpy reference
+(``reference.py``). ``BIBERT_BACKEND=numpy|c`` and ``BIBERT_ISA=avx512|avx2|popcnt|generic``
+override the choice. The instruction set and the thread count (``BIBERT_NUM_THREADS``, else
+``OMP_NUM_THREADS``, else the CPU count) are process-wide settings of the extension.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from ..export.pack import nwords
+from . import reference as ref
+
+try:
+    from . import _kernels as _C
+except ImportError as err:  # not built: numpy backend
+    _C = None
+    _IMPORT_ERROR = err
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["Kernels", "get_kernels", "compiled_available", "available_isas"]
+
+OP_XOR, OP_AND = ref.OP_XOR, ref.OP_AND
+MODE_BOOL, MODE_KEEP = ref.MODE_BOOL, ref.MODE_KEEP
+
+
+def compiled_available() -> bool:
+    return _C is not None
+
+
+def available_isas():
+    """Kernel sets of the compiled extension this CPU runs, fastest first ([] if not built)."""
+    return list(_C.available_isas()) if _C is not None else []
+
+
+def _f32(x):
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _u64(x):
+    return np.ascontiguousarray(x, dtype=np.uint64)
+
+
+def _rows(x, what):
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: empty batch (0 rows); pass at least one example")
+    return x
+
+
+class Kernels:
+    """Numpy-in, numpy-out kernels of one backend (``"c"`` or ``"numpy"``).
+
+    All packed operands follow ``paddle_bibert.export.pack`` (LSB-first uint64 words, sign bit,
+    zero padding); right-hand binary operands are pre-arranged once with :meth:`prepare`.
+    """
+
+    def __init__(self, backend: str = "auto", isa: Optional[str] = None,
+                 num_threads: Optional[int] = None):
+        backend = os.environ.get("BIBERT_BACKEND", backend) if backend == "auto" else backend
+        if backend not in ("auto", "c", "numpy"):
+            raise ValueError(f"unknown backend {backend!r}; choose auto, c or numpy")
+        if backend == "c" and _C is None:
+            raise RuntimeError(f"the compiled kernels are not built ({_IMPORT_ERROR}); run "
+                               "`pip install -e .` with a C compiler, or use backend='numpy'")
+        self.compiled = backend != "numpy" and _C is not None
+        if self.compiled:
+            isa = isa or os.environ.get("BIBERT_ISA")
+            if isa:
+                _C.set_isa(isa)
+            if num_threads:
+                _C.set_num_threads(int(num_threads))
+
+    @property
+    def name(self) -> str:
+        """``c-<isa>`` (e.g. ``c-avx512``) or ``numpy``."""
+        return f"c-{_C.get_isa()}" if self.compiled else "numpy"
+
+    @property
+    def num_threads(self) -> int:
+        return _C.num_threads() if self.compiled else 1
+
+    # -- packing ---------------------------------------------------------------------------
+
+    def pack_signs(self, x: np.ndarray) -> np.ndarray:
+        """``[rows, n]`` float32 -> ``[rows, nwords(n)]`` uint64 sign bits."""
+        x = _rows(_f32(x), "pack_signs")
+        if not self.compiled:
+            return ref.pack_signs(x)
+        out = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64)
+        _C.pack_signs(x, x.shape[0], x.shape[1], out)
+        return out
+
+    @staticmethod
+    def prepare(bits: np.ndarray) -> np.ndarray:
+        """Packed ``[N, kw]`` right-hand operand -> the kernels' interleaved ``[N/8, kw, 8]``."""
+        return ref.interleave8(_u64(bits))
+
+    # -- products --------------------------------------------------------------------------
+
+    def popcount_gemm(self, a, b_il, n: int, op: int = OP_XOR) -> np.ndarray:
+        """``C[m, j] = sum_w popcount(a[m, w] OP b[j, w])`` as int32 ``[M, n]``."""
+        a = _rows(_u64(a), "popcount_gemm")
+        b_il = _u64(b_il)
+        self._check_rhs(a, b_il, n)
+        if not self.compiled:
+            return ref.popcount_gemm(a, b_il, n, op)
+        out = np.empty((a.shape[0], n), np.int32)
+        _C.popcount_gemm(a, a.shape[0], a.shape[1], b_il, n, op, out)
+        return out
+
+    def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False) -> np.ndarray:
+        """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
+        float32: its sign is the exact one), float32 ``[M, n]``; with
+        ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
+        binary layer consumes: 32x less memory traffic than writing y and packing it)."""
+        a = _rows(_u64(a), "bin_linear")
+        w_il = _u64(w_il)
+        self._check_rhs(a, w_il, n)
+        if a.shape[1] != nwords(k):
+            raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
+        alpha, bias = _f32(alpha), _f32(bias)
+        if not self.compiled:
+            y = ref.bin_linear(a, w_il, n, k, alpha, bias)
+            return ref.pack_signs(y) if signs else y
+        if signs:
+            out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
+        else:
+            out = np.empty((a.shape[0], n), np.float32)
+        _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs)
+        return out
+
+    @staticmethod
+    def _check_rhs(a, b_il, n):
+        if b_il.ndim != 3 or b_il.shape[2] != 8 or b_il.shape[1] != a.shape[1] \
+                or b_il.shape[0] != (n + 7) // 8:
+            raise ValueError(f"right operand of shape {b_il.shape} is not the interleaved form "
+                             f"of {n} rows of {a.shape[1]} words (use Kernels.prepare)")
+
+    def attention(self, qkv_bits, keep, hidden: int, heads: int,
+                  mode: int = MODE_BOOL) -> np.ndarray:
+        """Bi-Attention context ``[B, L, hidden]`` from the packed sign bits of a layer's Q/K/V
+        projections, ``[B, L, nwords(3 * hidden)]`` (each token row holds Q, K, V in order);
+        ``keep`` ``[B, L]`` is False on padded keys. See :func:`reference.attention`."""
+        qkv_bits = _u64(qkv_bits)
+        if qkv_bits.ndim != 3 or qkv_bits.shape[0] == 0 or qkv_bits.shape[1] == 0:
+            raise ValueError(f"attention: expected non-empty [B, L, words] bits, got "
+                             f"{qkv_bits.shape}")
+        b, l, words = qkv_bits.shape
+        if words != nwords(3 * hidden) or hidden % heads:
+            raise ValueError(f"attention: {words} words per token do not hold Q, K, V of "
+                             f"hidden size {hidden} split in {heads} heads")
+        keep = np.ascontiguousarray(keep, dtype=np.uint8)
+        if keep.shape != (b, l):
+            raise ValueError(f"attention: keep mask {keep.shape} does not match {(b, l)}")
+        if not self.compiled:
+            return ref.attention(qkv_bits, keep, hidden, heads, mode)
+        out = np.empty((b, l, hidden), np.float32)
+        _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out)
+        return out
+
+    # -- full-precision parts --------------------------------------------------------------
+
+    def embed(self, ids, token_type_ids, word_bits, word_alpha, pos, tok) -> np.ndarray:
+        """Word rows ``alpha * sign`` + position + token type, float32 ``[B*L, H]``."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        tt = np.ascontiguousarray(token_type_ids, dtype=np.int64)
+        if not self.compiled:
+            return ref.embed(ids, tt, word_bits, word_alpha, pos, tok)
+        b, l = ids.shape
+        out = np.empty((b * l, pos.shape[1]), np.float32)
+        _C.embed(ids, tt, b * l, l, _u64(word_bits), _f32(word_alpha), pos.shape[1], _f32(pos),
+                 _f32(tok), out)
+        return out
+
+    def layer_norm(self, x, residual, weight, bias, eps: float) -> np.ndarray:
+        """``LayerNorm(x + residual)`` over the last axis of ``[T, H]`` (residual may be None)."""
+        x = _rows(_f32(x), "layer_norm")
+        if not self.compiled:
+            return ref.layer_norm(x, residual, weight, bias, eps)
+        out = np.empty_like(x)
+        res = None if residual is None else _f32(residual)
+        _C.layer_norm(x, res, x.shape[0], x.shape[1], _f32(weight), _f32(bias), float(eps), out)
+        return out
+
+
+def get_kernels(backend: str = "auto", isa: Optional[str] = None,
+                num_threads: Optional[int] = None) -> Kernels:
+    return Kernels(backend, isa, num_threads)

@@ -1,0 +1,246 @@
+"""Packed runtime: compiled kernels vs numpy on odd sizes, and logits vs the Paddle model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_bibert import binarize_model, export_packed
+from paddle_bibert.export import pack_signs
+from paddle_bibert.runtime import Kernels, available_isas, compiled_available, load_packed
+from paddle_bibert.runtime import reference as ref
+
+from test_surgery import IDS, make_model, np_bibert_logits
+
+ISAS = available_isas()
+needs_c = pytest.mark.skipif(not compiled_available(), reason="extension not built")
+
+
+@pytest.fixture(params=ISAS or [None])
+def kern(request):
+    """Compiled kernels of each instruction set this CPU has (process-wide: restored after)."""
+    if request.param is None:
+        pytest.skip("extension not built")
+    k = Kernels("c", isa=request.param)
+    yield k
+    Kernels("c", isa=ISAS[0])
+
+
+NUMPY = Kernels("numpy")
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (1, 9, 63), (5, 13, 65), (9, 37, 130),
+                                     (6, 8, 64), (4, 33, 200), (9, 100, 130)])
+def test_binary_products_match_numpy(kern, rng, m, n, k):
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0, 0] = -0.0  # sign -1
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    a = kern.pack_signs(x)
+    np.testing.assert_array_equal(a, pack_signs(x))
+    w_il = kern.prepare(pack_signs(w))
+    for op in (0, 1):
+        np.testing.assert_array_equal(kern.popcount_gemm(a, w_il, n, op),
+                                      NUMPY.popcount_gemm(a, w_il, n, op))
+    alpha = rng.random(n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = kern.bin_linear(a, w_il, n, k, alpha, bias)
+    # bit-identical to the numpy reference, and equal to the float math it stands for
+    np.testing.assert_array_equal(y, NUMPY.bin_linear(a, w_il, n, k, alpha, bias))
+    # the sign-bit output is exactly the packed sign of y (pad bits 0)
+    np.testing.assert_array_equal(kern.bin_linear(a, w_il, n, k, alpha, bias, signs=True),
+                                  pack_signs(y))
+    sx, sw = np.where(np.signbit(x), -1.0, 1.0), np.where(np.signbit(w), -1.0, 1.0)
+    np.testing.assert_allclose(y, (sx @ sw.T) * alpha + bias, rtol=1e-6, atol=1e-6)
+
+
+def test_binary_linear_output_has_the_exact_sign(kern):
+    """A dot product of exactly 0 plus a tiny bias: the output is the bias itself (a float32
+    sum of +-alpha terms can leave a residue of ~1e-6 of either sign and flip it)."""
+    k, n = 768, 8
+    a = pack_signs(np.tile([1.0, -1.0], (4, k // 2)).astype(np.float32))  # dot with +1s = 0
+    w_il = kern.prepare(pack_signs(np.ones((n, k), np.float32)))
+    alpha = np.full(n, 0.4127, np.float32)
+    bias = np.array([3e-9, -3e-9, 2.8e-7, -2.8e-7, 0.0, -1e-45, 1e-30, -1e-30], np.float32)
+    y = kern.bin_linear(a, w_il, n, k, alpha, bias)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias, y.shape))
+    signs = kern.bin_linear(a, w_il, n, k, alpha, bias, signs=True)
+    np.testing.assert_array_equal(signs, pack_signs(np.broadcast_to(bias, y.shape)))
+
+
+@pytest.mark.parametrize("b, l, h, heads", [(1, 1, 8, 2), (2, 7, 32, 4), (3, 70, 24, 2),
+                                            (1, 65, 65, 1), (2, 130, 256, 2)])
+@pytest.mark.parametrize("mode", [0, 1])
+def test_attention_matches_numpy(kern, rng, b, l, h, heads, mode):
+    qkv = rng.standard_normal((b, l, 3 * h)).astype(np.float32)
+    keep = rng.random((b, l)) > 0.3
+    ctx = kern.attention(pack_signs(qkv), keep, h, heads, mode)
+    np.testing.assert_array_equal(ctx, ref.attention(pack_signs(qkv), keep, h, heads, mode))
+    # spelled out for one head: A = 1[Qb Kb^T > 0] on kept keys, context = A Vb
+    s = np.where(np.signbit(qkv), -1.0, 1.0).reshape(b, l, 3, heads, h // heads)[0, :, :, -1]
+    a = ((s[:, 0] @ s[:, 1].T) > 0) & keep[0] if mode == 0 else np.broadcast_to(keep[0], (l, l))
+    np.testing.assert_array_equal(ctx[0, :, -(h // heads):], a @ s[:, 2])
+
+
+def test_embedding_and_layer_norm_match_numpy(kern, rng):
+    v, h = 50, 70
+    bits = pack_signs(rng.standard_normal((v, h)).astype(np.float32))
+    alpha = rng.random(v).astype(np.float32)
+    pos, tok = (rng.standard_normal((r, h)).astype(np.float32) for r in (20, 2))
+    ids, tt = rng.integers(0, v, (3, 9)), rng.integers(0, 2, (3, 9))
+    np.testing.assert_array_equal(kern.embed(ids, tt, bits, alpha, pos, tok),
+                                  NUMPY.embed(ids, tt, bits, alpha, pos, tok))
+    x, r = (rng.standard_normal((5, h)).astype(np.float32) for _ in range(2))
+    x[0], r[0] = np.resize([1.0, -1.0, 2.0, -2.0], h), 0.0  # a row with mean exactly 0
+    g, bt = rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
+    np.testing.assert_allclose(kern.layer_norm(x, r, g, bt, 1e-12),
+                               NUMPY.layer_norm(x, r, g, bt, 1e-12), rtol=1e-6, atol=1e-6)
+    s = (x + r).astype(np.float64)
+    z = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-12)
+    np.testing.assert_allclose(kern.layer_norm(x, r, g, bt, 1e-12), z * g + bt, rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_empty_batch_rejected(backend, tmp_path):
+    if backend == "c" and not compiled_available():
+        pytest.skip("extension not built")
+    k = Kernels(backend)
+    with pytest.raises(ValueError, match="empty batch"):
+        k.pack_signs(np.zeros((0, 8), np.float32))
+    with pytest.raises(ValueError, match="empty batch"):
+        k.bin_linear(np.zeros((0, 1), np.uint64), k.prepare(np.zeros((8, 1), np.uint64)), 8, 64,
+                     np.ones(8), np.zeros(8))
+    with pytest.raises(ValueError, match="non-empty"):
+        k.attention(np.zeros((0, 4, 1), np.uint64), np.zeros((0, 4), bool), 8, 2)
+    model = make_model()
+    binarize_model(model)
+    export_packed(model, str(tmp_path / "m.bibert"))
+    runtime = load_packed(str(tmp_path / "m.bibert"), backend=backend)
+    with pytest.raises(ValueError, match="empty batch"):
+        runtime(np.zeros((0, 8), np.int64))
+    with pytest.raises(ValueError, match="outside"):
+        runtime(np.array([[1, 2, 999]]))
+
+
+@needs_c
+def test_unknown_or_unsupported_isa_rejected():
+    with pytest.raises(ValueError, match="unknown kernel set"):
+        Kernels("c", isa="sse9")
+
+
+def _ids(rng, b=12, l=16, vocab=60):
+    ids = rng.integers(1, vocab, (b, l))
+    for i in range(b):
+        ids[i, rng.integers(1, l + 1):] = 0  # pad id 0 at the end, lengths 1..l
+    return ids
+
+
+@pytest.mark.parametrize("attention", ["bool", "softmax_sign"])
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_runtime_matches_paddle_binarized_model(tmp_path, rng, attention, backend):
+    if backend == "c" and not compiled_available():
+        pytest.skip("extension not built")
+    for seed in (1, 2):
+        model = make_model(seed=seed)
+        binarize_model(model, {"attention": attention})
+        path = str(tmp_path / f"{seed}.bibert")
+        export_packed(model, path)
+        runtime = load_packed(path, backend=backend)
+        assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+        ids = np.concatenate([IDS, _ids(rng)[:, :8]])
+        tt = (rng.random(ids.shape) > 0.5).astype(np.int64)
+        with paddle.no_grad():
+            want = model(paddle.to_tensor(ids), paddle.to_tensor(tt)).numpy()
+        got = runtime(ids, tt)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+        assert np.abs(want).max() > 0.1  # logits are not trivially zero
+
+
+def test_runtime_matches_the_float64_equations(tmp_path):
+    """Independent of Paddle: tests/test_surgery.py's float64 numpy forward of BiBERT."""
+    model = make_model(seed=8)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    binarize_model(model)
+    export_packed(model, str(tmp_path / "m.bibert"))
+    eps = (model.bert.embeddings.layer_norm._epsilon, model.bert.encoder.layers[0].norm1._epsilon)
+    want = np_bibert_logits(sd, IDS, model.config, *eps)
+    np.testing.assert_allclose(load_packed(str(tmp_path / "m.bibert"))(IDS), want, atol=1e-4)
+
+
+def test_gelu_underflow_keeps_the_sign_of_h(tmp_path):
+    """float32 GELU returns -0.0 for h <= -6 or so; the runtime binarizes sign bits of h, which
+    must equal sign(gelu(h)) there, so the two agree on a model where that happens a lot."""
+    model = make_model(seed=3)
+    binarize_model(model)
+    seen = {}
+
+    def keep_h(layer, inp, out):  # returns None: the output is left as it is
+        seen["h"] = out.numpy()
+
+    hook = model.bert.encoder.layers[0].linear1.register_forward_post_hook(keep_h)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(IDS)).numpy()
+    hook.remove()
+    h = seen["h"]
+    g = paddle.nn.functional.gelu(paddle.to_tensor(h)).numpy()
+    underflow = (g == 0) & (h < 0)
+    assert underflow.sum() > 10 and np.signbit(g[underflow]).all()  # -0.0 from Paddle's GELU
+    np.testing.assert_array_equal(np.signbit(g), np.signbit(h))
+    export_packed(model, str(tmp_path / "m.bibert"))
+    np.testing.assert_allclose(load_packed(str(tmp_path / "m.bibert"))(IDS), want, atol=1e-4)
+
+
+def test_hidden_states_and_every_sign_decision_match_paddle(tmp_path):
+    model = make_model(seed=6)
+    binarize_model(model)
+    export_packed(model, str(tmp_path / "m.bibert"))
+    runtime = load_packed(str(tmp_path / "m.bibert"))
+    seen = {}
+
+    def tap(name):
+        def hook(layer, inp, out):
+            seen[name] = out.numpy()
+        return hook
+
+    hooks = [model.bert.embeddings.layer_norm.register_forward_post_hook(tap("embeddings"))]
+    for i, layer in enumerate(model.bert.encoder.layers):
+        for sub, name in [(layer.self_attn.q_proj, "q"), (layer.self_attn.k_proj, "k"),
+                          (layer.self_attn.v_proj, "v"), (layer.norm1, "ln1"),
+                          (layer.linear1, "ffn_in"), (layer.norm2, "ln2")]:
+            hooks.append(sub.register_forward_post_hook(tap(f"layers.{i}.{name}")))
+    with paddle.no_grad():
+        _, _, states = model.bert(paddle.to_tensor(IDS), output_hidden_states=True,
+                                  return_dict=False)
+    for hk in hooks:
+        hk.remove()
+    logits, mine = runtime(IDS, output_hidden_states=True)
+    assert len(mine) == len(states) == 3
+    for a, b in zip(mine, states):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
+    trace = runtime.intermediates(IDS)
+    for i in range(2):
+        seen[f"layers.{i}.qkv"] = np.concatenate([seen.pop(f"layers.{i}.{m}") for m in "qkv"], -1)
+    assert set(seen) <= set(trace)
+    for name, want in seen.items():  # identical bits wherever the forward takes a sign
+        np.testing.assert_array_equal(np.signbit(trace[name]), np.signbit(want), err_msg=name)
+    np.testing.assert_array_equal(trace["logits"], logits)
+
+
+def test_runtime_imports_neither_paddle_nor_paddlenlp(tmp_path):
+    model = make_model()
+    binarize_model(model)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    code = ("import sys, numpy as np\n"
+            "from paddle_bibert.runtime import load_packed\n"
+            f"m = load_packed({path!r})\n"
+            "print(m(np.array([[2, 3, 4, 0]])).shape, m.backend)\n"
+            "bad = [k for k in sys.modules if k.split('.')[0] in ('paddle', 'paddlenlp')]\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "(1, 2)" in out.stdout
