@@ -21,7 +21,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
-SETTINGS = {"default": {}, "mkl_avx2": {"MKL_DEBUG_CPU_TYPE": "5"}}
+# Paddle defaults / stride kernel off (paddle_bibert's default on import) / plus MKL's AVX2 path.
+SETTINGS = {
+    "paddle_default": {"FLAGS_use_stride_kernel": "1"},
+    "no_stride": {"FLAGS_use_stride_kernel": "0"},
+    "no_stride_mkl5": {"FLAGS_use_stride_kernel": "0", "MKL_DEBUG_CPU_TYPE": "5"},
+}
 PHASES = ("teacher_fwd", "student_fwd", "losses", "backward", "optimizer")
 
 
@@ -112,7 +117,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data_dir", default=GLUE)
     ap.add_argument("--models", default="fp,distill", help="comma list of fp, distill, fp-distill")
-    ap.add_argument("--settings", default="default,mkl_avx2")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -123,7 +128,7 @@ def main():
     for model in args.models.split(","):
         for name in args.settings.split(","):
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **SETTINGS[name])
-            if not SETTINGS[name]:
+            if "MKL_DEBUG_CPU_TYPE" not in SETTINGS[name]:
                 env.pop("MKL_DEBUG_CPU_TYPE", None)
             out = subprocess.run([sys.executable, __file__, "--model", model] + argv, env=env,
                                  capture_output=True, text=True)

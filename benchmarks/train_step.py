@@ -20,7 +20,12 @@ SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
 }
-SETTINGS = {"default": {}, "mkl_avx2": {"MKL_DEBUG_CPU_TYPE": "5"}}
+# Paddle defaults / stride kernel off (paddle_bibert's default on import) / plus MKL's AVX2 path.
+SETTINGS = {
+    "paddle_default": {"FLAGS_use_stride_kernel": "1"},
+    "no_stride": {"FLAGS_use_stride_kernel": "0"},
+    "no_stride_mkl5": {"FLAGS_use_stride_kernel": "0", "MKL_DEBUG_CPU_TYPE": "5"},
+}
 
 
 def worker(args):
@@ -72,7 +77,7 @@ def main():
     for model in ("fp", "bi"):
         for name, extra in SETTINGS.items():
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **extra)
-            if not extra:
+            if "MKL_DEBUG_CPU_TYPE" not in extra:
                 env.pop("MKL_DEBUG_CPU_TYPE", None)
             cmd = [sys.executable, __file__, "--model", model] + sys.argv[1:]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -7,6 +7,8 @@
 //   bool:  y = s > 0 ? 1 : 0                   ds = dy * (|s| <  1)
 //   mask:  dx = dy * (|x| <= 1)                (the weight STE's backward)
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -39,12 +41,16 @@ static paddle::Tensor ClippedGrad(const paddle::Tensor& x, const paddle::Tensor&
   const float* pg = dy.data<float>();
   float* po = dx.data<float>();
   const int64_t n = x.numel();
+  // Branch-free select (gradient bits AND an all-ones/all-zeros mask) so the loop
+  // vectorizes; the result is exactly dy or +0.0, as the ternary would give.
+  const uint32_t* gb = reinterpret_cast<const uint32_t*>(pg);
+  uint32_t* ob = reinterpret_cast<uint32_t*>(po);
   if (inclusive) {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) po[i] = std::fabs(px[i]) <= 1.0f ? pg[i] : 0.0f;
+    for (int64_t i = 0; i < n; ++i) ob[i] = gb[i] & (0u - static_cast<uint32_t>(std::fabs(px[i]) <= 1.0f));
   } else {
 #pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) po[i] = std::fabs(px[i]) < 1.0f ? pg[i] : 0.0f;
+    for (int64_t i = 0; i < n; ++i) ob[i] = gb[i] & (0u - static_cast<uint32_t>(std::fabs(px[i]) < 1.0f));
   }
   return dx;
 }
