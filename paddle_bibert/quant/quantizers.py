@@ -154,6 +154,9 @@ class ChannelMeanSign(Quantizer):
     axis = 0
 
     def forward(self, w):
+        if fused.usable(w) and (self.axis == -1 or w.ndim == 2):
+            # one kernel each way instead of ~6 ops forward and ~6 backward
+            return fused.ops().bibert_channel_sign(w, self.axis == -1)
         wc = w - w.mean(axis=self.axis, keepdim=True)
         alpha = w.detach().abs().mean(axis=self.axis, keepdim=True)
         return ScaledSignSTE.apply(wc, alpha)
