@@ -211,3 +211,49 @@ def test_student_with_another_vocabulary_is_rejected(glue_slice, tiny_model_dir,
     with pytest.raises(SystemExit, match="vocabularies differ"):
         task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "t"),
                             "--student_model_name_or_path", str(other), "--pred_distill"), log=Log())
+
+
+def test_sigkill_mid_run_then_resume_loses_nothing(glue_slice, tiny_model_dir, tmp_path):
+    """A run killed with SIGKILL resumes from its last complete checkpoint to the same weights."""
+    import signal
+    import time
+
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "2"), log=Log())
+    args = lambda out: common(glue_slice, "sst-2", out, "--teacher_path", str(tmp_path / "t"),
+                              "--max_steps", "60", "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
+    full = task_distill(args(tmp_path / "a"), log=Log())
+    script = os.path.join(REPO, "examples", "task_distill.py")
+    proc = subprocess.Popen([sys.executable, script, *args(tmp_path / "b")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "b" / "LATEST"
+    deadline = time.time() + 240
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest.read_text().strip()
+    # whatever the kill interrupted (a step, an eval, a checkpoint being written), LATEST names a
+    # complete checkpoint and the resumed run ends where the uninterrupted one did
+    resumed = task_distill(args(tmp_path / "b") + ["--resume"], log=Log())
+    assert resumed["finished"] and resumed["best_metric"] == full["best_metric"], killed_at
+    a = paddle.load(str(tmp_path / "a" / "checkpoint-60" / "model.pdparams"))
+    b = paddle.load(str(tmp_path / "b" / "checkpoint-60" / "model.pdparams"))
+    for k in a:
+        np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
+
+
+def test_half_written_checkpoint_is_never_picked_up(glue_slice, tiny_model_dir, tmp_path):
+    from paddle_bibert.distill.trainer import latest_checkpoint
+
+    out = tmp_path / "t"
+    run_glue(common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "3"),
+             log=Log())
+    assert latest_checkpoint(str(out)).endswith("checkpoint-3")
+    # what a kill during a save leaves: a temporary folder, never named by LATEST
+    os.makedirs(out / ".tmp-checkpoint-6-abc")
+    (out / ".tmp-checkpoint-6-abc" / "model.pdparams").write_bytes(b"\0" * 10)
+    assert latest_checkpoint(str(out)).endswith("checkpoint-3")
+    s = run_glue(common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "3",
+                        "--resume"), log=Log())
+    assert s["global_step"] == 3 and s["finished"]
