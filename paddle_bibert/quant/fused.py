@@ -1,7 +1,7 @@
 """Fused CPU kernels for the STE quantizers, compiled on first use (``_ops.cc``).
 
 Paddle's custom-operator JIT (``paddle.utils.cpp_extension.load``) builds them once per
-machine into ``$PADDLE_BIBERT_OPS_DIR`` (default ``~/.cache/paddle_bibert``), ~25 s with gcc. If
+machine into ``$PADDLE_BIBERT_OPS_DIR`` (default ``~/.cache/paddle_bibert/ops-paddle<version>-<hash of the source path>``), ~25 s with gcc. If
 the build fails (no compiler), or a tensor is not a float32 CPU tensor (GPU training), the
 quantizers use their plain Paddle path, which computes the same values. Set
 ``PADDLE_BIBERT_FUSED=0`` to force the plain path.
@@ -9,6 +9,7 @@ quantizers use their plain Paddle path, which computes the same values. Set
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -34,10 +35,14 @@ def ops():
             import paddle
             from paddle.utils.cpp_extension import load
 
-            build = os.environ.get("PADDLE_BIBERT_OPS_DIR") or os.path.join(
-                os.path.expanduser("~"), ".cache", "paddle_bibert", f"ops-paddle{paddle.__version__}")
-            os.makedirs(build, exist_ok=True)
             src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ops.cc")
+            # one build folder per Paddle version and source location: Paddle rebuilds when the
+            # recorded source path changes, so two checkouts sharing a folder would keep
+            # rebuilding each other's library (and could race).
+            tag = hashlib.sha1(src.encode()).hexdigest()[:10]
+            build = os.environ.get("PADDLE_BIBERT_OPS_DIR") or os.path.join(
+                os.path.expanduser("~"), ".cache", "paddle_bibert", f"ops-paddle{paddle.__version__}-{tag}")
+            os.makedirs(build, exist_ok=True)
             _ops = load(name="paddle_bibert_ops", sources=[src], build_directory=build,
                         extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, headers missing, ...
