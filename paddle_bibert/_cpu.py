@@ -4,8 +4,8 @@ Both only change speed, never results, and a value the user has set is never ove
 
 - ``FLAGS_use_stride_kernel=0``: Paddle 3 makes ``transpose`` return a strided view, and its CPU
   matmul on such a view runs ~18x slower than on a contiguous tensor; attention does exactly
-  that. With the flag off, a MiniLM fine-tuning step on real SST-2 batches of 32 took 1.15 s
-  instead of 1.86 s here (benchmarks/distill_step.py).
+  that. With the flag off, a MiniLM fine-tuning step took 1.31 s instead of 1.89 s here
+  (benchmarks/train_step.py, batch 32 x 64).
 - ``MKL_DEBUG_CPU_TYPE=5`` on AMD processors only: Paddle's MKL takes a slow generic path on
   them otherwise (3.4x on a 2048x384x1536 matmul on an AMD host). On Intel the default path is
   already the fast one (and the override measured slower here).
