@@ -59,8 +59,9 @@ class BiLinear(nn.Layer):
     def binary_weight(self):
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
-    def forward(self, x):
-        if self.input_quantizer is not None:
+    def forward(self, x, prequantized=False):
+        """``prequantized=True``: ``x`` is already ``input_quantizer(x)`` (shared by Q/K/V)."""
+        if self.input_quantizer is not None and not prequantized:
             x = self.input_quantizer(x)
         return F.linear(x, self.binary_weight(), self.bias)
 
@@ -160,9 +161,16 @@ class BiMultiHeadAttention(nn.Layer):
                 "(BERT-style encoders never pass one unless use_cache=True)")
         key = query if key is None else key
         value = query if value is None else value
-        q = self._heads(self.q_proj(query))
-        k = self._heads(self.k_proj(key))
-        v = self._heads(self.v_proj(value))
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if key is query and value is query and _same_input_quantizer(projs):
+            # Self-attention: binarize the shared input once instead of three times (the same
+            # values, and the same gradient up to the order of a three-term sum).
+            xb = self.q_proj.input_quantizer(query)
+            q, k, v = (self._heads(p(xb, prequantized=True)) for p in projs)
+        else:
+            q = self._heads(self.q_proj(query))
+            k = self._heads(self.k_proj(key))
+            v = self._heads(self.v_proj(value))
         if self.qkv_quantizer is not None:
             q, k, v = self.qkv_quantizer(q), self.qkv_quantizer(k), self.qkv_quantizer(v)
         s = paddle.matmul(q, k, transpose_y=True) * (1.0 / math.sqrt(self.head_dim))
@@ -189,6 +197,14 @@ class BiMultiHeadAttention(nn.Layer):
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"attention={self.attention}, qkv={_qname(self.qkv_quantizer)}")
+
+
+def _same_input_quantizer(projs) -> bool:
+    """True when every projection is a BiLinear whose input quantizer is a parameter-free
+    quantizer of the same type (so one application serves all three)."""
+    qs = [p.input_quantizer if isinstance(p, BiLinear) else None for p in projs]
+    return (qs[0] is not None and not qs[0].parameters()
+            and all(type(q) is type(qs[0]) for q in qs))
 
 
 def _qname(q: Optional[nn.Layer]) -> str:
