@@ -107,6 +107,11 @@ def atomic_dir(final: str, write: Callable[[str], None]):
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(final) + "-")
     try:
         write(tmp)
+        for name in os.listdir(tmp):  # contents durable before the rename makes them visible
+            p = os.path.join(tmp, name)
+            if os.path.isfile(p):
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -264,6 +269,9 @@ class Trainer:
         os.makedirs(args.output_dir, exist_ok=True)
         if not os.access(args.output_dir, os.W_OK):
             raise PermissionError(f"output_dir {args.output_dir} is not writable; choose another --output_dir")
+        best, best_old = os.path.join(args.output_dir, BEST), os.path.join(args.output_dir, BEST + ".old")
+        if not os.path.exists(best) and os.path.isdir(best_old):
+            os.replace(best_old, best)  # killed between the two renames of atomic_dir
         if args.resume:
             ckpt = latest_checkpoint(args.output_dir)
             if ckpt is None:
