@@ -15,18 +15,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
-# Paddle defaults / stride kernel off (paddle_bibert's default on import) / plus MKL's AVX2 path.
-SETTINGS = {
-    "paddle_default": {"FLAGS_use_stride_kernel": "1"},
-    "no_stride": {"FLAGS_use_stride_kernel": "0"},
-    "no_stride_mkl5": {"FLAGS_use_stride_kernel": "0", "MKL_DEBUG_CPU_TYPE": "5"},
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_settings import SETTINGS, run_worker  # noqa: E402
 PHASES = ("teacher_fwd", "student_fwd", "losses", "backward", "optimizer")
 
 
@@ -127,14 +122,7 @@ def main():
     argv = [a for a in sys.argv[1:]]
     for model in args.models.split(","):
         for name in args.settings.split(","):
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **SETTINGS[name])
-            if "MKL_DEBUG_CPU_TYPE" not in SETTINGS[name]:
-                env.pop("MKL_DEBUG_CPU_TYPE", None)
-            out = subprocess.run([sys.executable, __file__, "--model", model] + argv, env=env,
-                                 capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"worker {model}/{name} failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = run_worker(__file__, model, name, argv, args.threads)
             results[(model, name)] = r
             ph = " ".join(f"{p} {v:.3f}" for p, v in r["phases"].items())
             print(f"{model:10s} {name:9s} {r['median_s']:.3f} s/step | {ph} | peak RSS {r['peak_rss_mb']:.0f} MB",

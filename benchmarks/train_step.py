@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -20,12 +19,8 @@ SHAPES = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
 }
-# Paddle defaults / stride kernel off (paddle_bibert's default on import) / plus MKL's AVX2 path.
-SETTINGS = {
-    "paddle_default": {"FLAGS_use_stride_kernel": "1"},
-    "no_stride": {"FLAGS_use_stride_kernel": "0"},
-    "no_stride_mkl5": {"FLAGS_use_stride_kernel": "0", "MKL_DEBUG_CPU_TYPE": "5"},
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_settings import SETTINGS, run_worker  # noqa: E402
 
 
 def worker(args):
@@ -75,15 +70,8 @@ def main():
         return worker(args)
     results = {}
     for model in ("fp", "bi"):
-        for name, extra in SETTINGS.items():
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **extra)
-            if "MKL_DEBUG_CPU_TYPE" not in extra:
-                env.pop("MKL_DEBUG_CPU_TYPE", None)
-            cmd = [sys.executable, __file__, "--model", model] + sys.argv[1:]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"worker {model}/{name} failed:\n{out.stderr[-3000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+        for name in SETTINGS:
+            r = run_worker(__file__, model, name, sys.argv[1:], args.threads)
             results[(model, name)] = r
             print(f"{model:3s} {name:9s} median {r['median_s']:.3f} s/step  "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
