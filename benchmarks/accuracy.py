@@ -76,7 +76,8 @@ def run_task(task, args, log):
     tdir = os.path.join(args.out_dir, task, "teacher")
     log(f"[{task}] teacher")
     teacher = _run(run_glue, common + ["--model_name_or_path", args.model, "--learning_rate",
-                                       str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs)], tdir, log)
+                                       str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs),
+                                       "--max_steps", str(args.teacher_steps)], tdir, log)
     rows = {"teacher": teacher}
     for name in args.variants.split(","):
         attention, flags = VARIANTS[name]
@@ -146,6 +147,8 @@ def main(argv=None):
     ap.add_argument("--pair_seq_len", type=int, default=128)
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--teacher_epochs", type=float, default=1.0)
+    ap.add_argument("--teacher_steps", type=int, default=-1,
+                    help="if > 0, cap the teacher at this many steps (SST-2 has 67k sentences)")
     ap.add_argument("--teacher_lr", type=float, default=5e-5)
     ap.add_argument("--student_steps", type=int, default=300)
     ap.add_argument("--student_lr", type=float, default=2e-4)
