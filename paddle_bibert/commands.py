@@ -20,6 +20,8 @@ from typing import Optional
 
 import yaml
 
+from .distributed import is_main, rank, world_size, wrap
+
 __all__ = ["GlueArgs", "DistillArgs", "run_glue", "task_distill", "parse_args"]
 
 TASK_HELP = "GLUE task (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli) or movie-reviews"
@@ -129,14 +131,25 @@ def parse_args(cls, argv=None, section=None):
 # ---- shared pieces ----------------------------------------------------------------------
 
 def _setup(args):
+    # values out of range are refused before any model or data is loaded
+    _train_args(args).validate()
+    if args.max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be >= 3 ([CLS], one token, [SEP]), got {args.max_seq_length}")
+    if args.eval_batch_size <= 0:
+        raise ValueError(f"eval_batch_size must be > 0, got {args.eval_batch_size}")
     import paddle
 
+    from . import distributed as dist
     from .distill.trainer import set_seed
 
+    device = args.device
+    if dist.world_size() > 1 and device in ("gpu", "xpu", "npu"):  # this process's own card
+        device = f"{device}:{paddle.distributed.ParallelEnv().device_id}"
     try:
-        paddle.set_device(args.device)
+        paddle.set_device(device)
     except Exception as e:  # e.g. gpu on a CPU-only build
         raise SystemExit(f"--device {args.device}: {e}. Use --device cpu on this machine.")
+    dist.init_if_launched()
     set_seed(args.seed)
     from paddlenlp.utils.log import logger as nlp_logger
 
@@ -167,7 +180,7 @@ def _data(args, tokenizer):
     enc = lambda ex: encode_examples(ex, tokenizer, info.name, args.max_seq_length)
     collate = Collator(tokenizer, info.name)
     train_loader = make_dataloader(enc(train), args.batch_size, shuffle=True, seed=args.seed,
-                                   collate_fn=collate)
+                                   collate_fn=collate, distributed=world_size() > 1)
     dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate)
     return info, train_loader, dev_loader, len(train), len(dev)
 
@@ -179,6 +192,20 @@ def _check_positions(args, model):
                          f"{limit} positions; use --max_seq_length {limit} or less")
 
 
+def _after_model_init(args):
+    """Data parallel: each rank's own dropout stream once the (identical) weights exist."""
+    if rank() > 0:
+        import paddle
+
+        paddle.seed(args.seed + rank())
+
+
+def _rank_log(log):
+    if log is None:
+        log = lambda m: print(m, flush=True)  # noqa: E731
+    return log if is_main() else (lambda m: None)
+
+
 def _train_args(args):
     from .distill.trainer import TrainArgs
 
@@ -187,6 +214,8 @@ def _train_args(args):
 
 
 def _write_summary(args, summary, log):
+    if not is_main():
+        return
     with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     log("[summary] " + json.dumps(summary))
@@ -197,7 +226,7 @@ def _write_summary(args, summary, log):
 def run_glue(argv=None, log=None):
     """Fine-tune a full-precision teacher on a GLUE task; keep the best dev checkpoint."""
     args = parse_args(GlueArgs, argv, section="teacher")
-    log = log if log is not None else (lambda m: print(m, flush=True))
+    log = _rank_log(log)
     _setup(args)
     import paddle
     import paddle.nn.functional as F
@@ -216,8 +245,11 @@ def run_glue(argv=None, log=None):
     log(f"run_glue: task {info.name}, {n_train} train / {n_dev} dev examples, "
         f"{len(train_loader)} steps per epoch, model {path}")
 
+    forward = wrap(model)  # paddle.DataParallel under the launcher
+    _after_model_init(args)
+
     def loss_fn(batch):
-        logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        logits = forward(batch["input_ids"], token_type_ids=batch["token_type_ids"])
         if info.is_regression:
             loss = F.mse_loss(logits.reshape([-1]), batch["labels"])
         else:
@@ -257,7 +289,7 @@ def _load_for_distill(path, info, role):
 def task_distill(argv=None, log=None):
     """Distill a (binarized with --bi) student from a fine-tuned teacher."""
     args = parse_args(DistillArgs, argv, section="student")
-    log = log if log is not None else (lambda m: print(m, flush=True))
+    log = _rank_log(log)
     _setup(args)
     if args.teacher_model_type != "bert":
         raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
@@ -285,6 +317,8 @@ def task_distill(argv=None, log=None):
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
                           temperature=args.temperature)
     distiller = Distiller(student, teacher, dconf, info.is_regression)
+    distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher
+    _after_model_init(args)
     teacher_metrics = evaluate(teacher, dev_loader, info.name)
     metric = main_metric(info.name)
     log(f"task_distill: task {info.name}, {n_train} train / {n_dev} dev, teacher {t_path} "

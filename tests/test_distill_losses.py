@@ -46,6 +46,42 @@ def test_relation_and_dmd_normalise_over_whole_tensor(rng):
         dmd(paddle.to_tensor(xs), paddle.to_tensor(xs[:, :2]))
 
 
+def test_global_batch_dmd_gives_the_one_process_value_and_gradient(rng, monkeypatch):
+    """Data parallel: each rank's DMD term has the global-batch value, and the ranks' gradients
+    averaged (as DataParallel does) equal the gradient over the global batch (numpy formula)."""
+    from paddle_bibert import distributed
+
+    s = rng.standard_normal((4, 2, 5, 5)).astype("float32")
+    t = (rng.standard_normal((4, 2, 5, 5)) * 2).astype("float32")
+    s[3, 1, 0, 2] = -1e4  # a masked entry on the second rank
+    a = np.where(s <= -1e2, 0, s).astype(np.float64)
+    b = np.where(t <= -1e2, 0, t).astype(np.float64)
+    u, v = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    d = np.linalg.norm(u - v)
+    grad = ((u - v) - u * np.sum(u * (u - v))) / (d * np.linalg.norm(a))
+    grad[s <= -1e2] = 0
+
+    # one process: the global-batch form equals the plain one
+    x = paddle.to_tensor(s, stop_gradient=False)
+    loss = dmd(x, paddle.to_tensor(t), global_batch=True)
+    loss.backward()
+    assert float(loss) == pytest.approx(d, rel=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), grad, rtol=1e-3, atol=1e-6)
+
+    # two simulated ranks holding examples 0-1 and 2-3; all_reduce_sum returns the sum of both
+    # ranks' [<a,a>, <a,b>, <b,b>]
+    halves = (slice(0, 2), slice(2, 4))
+    totals = np.sum([[np.sum(a[h] * a[h]), np.sum(a[h] * b[h]), np.sum(b[h] * b[h])] for h in halves], axis=0)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "all_reduce_sum", lambda z: paddle.to_tensor(totals.astype("float32")))
+    for h in halves:
+        x = paddle.to_tensor(s[h], stop_gradient=False)
+        loss = dmd(x, paddle.to_tensor(t[h]), global_batch=True)
+        loss.backward()
+        assert float(loss) == pytest.approx(d, rel=1e-5)
+        np.testing.assert_allclose(x.grad.numpy() / 2, grad[h], rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_soft_cross_entropy_and_pred_loss(rng, temperature):
     s = rng.standard_normal((6, 3)).astype("float32")

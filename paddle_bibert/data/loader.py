@@ -104,6 +104,21 @@ class Collator:
         return batch
 
 
+    def pad_to(self, batch: dict, length: int) -> dict:
+        """``batch`` padded on the right to ``length`` tokens (data parallel: every rank pads to
+        the longest sequence across ranks, so each example's tensors equal a one-process run's)."""
+        extra = length - batch["input_ids"].shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot pad a batch of length {batch['input_ids'].shape[1]} to {length}")
+        if extra == 0:
+            return batch
+        out = dict(batch)
+        for key, value in (("input_ids", self.pad_token_id), ("token_type_ids", self.pad_token_type_id)):
+            t = batch[key]
+            out[key] = paddle.concat([t, paddle.full([t.shape[0], extra], value, dtype=t.dtype)], axis=1)
+        return out
+
+
 class SeededBatchSampler(paddle.io.BatchSampler):
     """Batch sampler whose order is a pure function of (seed, epoch).
 

@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 
 import paddle
 
+from ..distributed import world_size
 from .losses import dmd, pred_loss, relation
 from .taps import Taps
 
@@ -45,6 +46,10 @@ class Distiller:
             raise ValueError("no distillation loss is enabled: pass at least one of "
                              + ", ".join("--" + f for f in DistillConfig.FLAGS))
         self.student, self.teacher, self.config = student, teacher, config
+        # what the student's forward goes through: the student itself, or its paddle.DataParallel
+        # wrapper under the launcher (set by the caller, see paddle_bibert.distributed.wrap)
+        self.student_call = student
+        self.global_batch = world_size() > 1  # DMD norms over all ranks' batches
         self.is_regression = is_regression
         teacher.eval()
         for p in teacher.parameters():
@@ -72,7 +77,7 @@ class Distiller:
             return self._forward(self.teacher, self.teacher_taps, batch)
 
     def student_forward(self, batch):
-        return self._forward(self.student, self.student_taps, batch)
+        return self._forward(self.student_call, self.student_taps, batch)
 
     def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
         t_logits, t_rec = self.teacher_forward(batch)
@@ -81,17 +86,17 @@ class Distiller:
 
     def terms(self, s_logits, s_rec, t_logits, t_rec, labels=None):
         """The enabled loss terms from both models' outputs and taps; returns (total, terms)."""
-        c, k = self.config, self.k
+        c, k, g = self.config, self.k, self.global_batch
         terms = {}
         if c.pred_distill:
             terms["pred"] = pred_loss(s_logits, t_logits, labels, self.is_regression,
                                       c.temperature, c.gold_weight)
         for flag, stream in (("query_distill", "q"), ("key_distill", "k"), ("value_distill", "v")):
             if getattr(c, flag):
-                terms[stream] = paddle.add_n([dmd(relation(s), relation(t_rec[stream][i * k + k - 1]))
+                terms[stream] = paddle.add_n([dmd(relation(s), relation(t_rec[stream][i * k + k - 1]), g)
                                               for i, s in enumerate(s_rec[stream])])
         if c.intermediate_distill:
-            terms["hidden"] = paddle.add_n([dmd(s, t_rec["hidden"][j * k])
+            terms["hidden"] = paddle.add_n([dmd(s, t_rec["hidden"][j * k], g)
                                             for j, s in enumerate(s_rec["hidden"])])
         total = paddle.add_n(list(terms.values()))
         return total, terms

@@ -41,15 +41,47 @@ def _normalized(x: paddle.Tensor) -> paddle.Tensor:
     return x * (1.0 / _frobenius(x))
 
 
-def dmd(student: paddle.Tensor, teacher: paddle.Tensor) -> paddle.Tensor:
+def dmd(student: paddle.Tensor, teacher: paddle.Tensor, global_batch: bool = False) -> paddle.Tensor:
     """Direction-matching distance: norm of the difference of the two unit-norm tensors.
 
-    Used for the Q/K/V relations and, unchanged, for hidden states.
+    Used for the Q/K/V relations and, unchanged, for hidden states. With ``global_batch`` (data
+    parallel, every rank must call it) the norms are taken over the batches of all ranks, as if one
+    process held the global batch: see :func:`_dmd_global_batch`.
     """
     if student.shape != teacher.shape:
         raise ValueError(f"distillation shapes differ: student {student.shape} vs teacher {teacher.shape}"
                          " (hidden sizes, heads or sequence lengths must match)")
+    if global_batch:
+        return _dmd_global_batch(student, teacher)
     return _frobenius(_normalized(student) - _normalized(teacher))
+
+
+def _dot(a, b):
+    return paddle.matmul(a.reshape([1, -1]), b.reshape([1, -1]), transpose_y=True).reshape([])
+
+
+def _dmd_global_batch(student, teacher):
+    # ||a/|a| - b/|b|||^2 = 2 - 2 <a,b> / (|a| |b|), with each inner product summed over ranks.
+    # The summed products enter as constants plus this rank's own (differentiable) share, so the
+    # value is the global distance and the gradient is its partial derivative with respect to
+    # this rank's tensors. DataParallel averages gradients over ranks, hence the factor
+    # world_size on the gradient (not on the value): the average of the ranks' partials times
+    # world_size is their sum, the gradient a single process with the global batch gets.
+    from ..distributed import all_reduce_sum, world_size
+
+    a = student
+    if float(a.min()) <= MASKED_BELOW:
+        a = paddle.where(a <= MASKED_BELOW, paddle.zeros_like(a), a)
+    b = teacher.detach()
+    if float(b.min()) <= MASKED_BELOW:
+        b = paddle.where(b <= MASKED_BELOW, paddle.zeros_like(b), b)
+    aa, ab, bb = _dot(a, a), _dot(a, b), _dot(b, b)
+    total = all_reduce_sum(paddle.stack([aa, ab, bb]))
+    g_aa = total[0] + (aa - aa.detach())
+    g_ab = total[1] + (ab - ab.detach())
+    cos = g_ab / paddle.sqrt(g_aa * total[2])
+    d = paddle.sqrt(paddle.clip(2.0 - 2.0 * cos, min=0.0))
+    return d.detach() + world_size() * (d - d.detach())
 
 
 def soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0):

@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
+from .. import distributed as dist
 from ..data.metrics import compute_metrics, main_metric
 
 __all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "latest_checkpoint"]
@@ -127,16 +128,48 @@ def atomic_dir(final: str, write: Callable[[str], None]):
 
 @paddle.no_grad()
 def evaluate(model, loader, task) -> Dict[str, float]:
+    """Metrics of ``model`` over ``loader``. Data parallel: rank r scores batches r, r+N, ...
+    and the predictions of all ranks are gathered, so every rank gets the full-dev-set metrics."""
     was_training = model.training
     model.eval()
-    preds, labels = [], []
-    for batch in loader:
+    world, rank = dist.world_size(), dist.rank()
+    parts = []
+    for i, batch in enumerate(loader):
+        if i % world != rank:
+            continue
         logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        preds.append(logits.numpy())
-        labels.append(batch["labels"].numpy())
+        parts.append((i, logits.numpy(), batch["labels"].numpy()))
     if was_training:
         model.train()
-    return compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
+    if world > 1:
+        parts = sorted((p for rank_parts in dist.gather_objects(parts) for p in rank_parts), key=lambda p: p[0])
+    return compute_metrics(task, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
+
+
+def _state_bytes(model) -> int:
+    return sum(int(np.prod(p.shape)) * 4 for p in model.parameters())
+
+
+def check_output_dir(output_dir: str, model):
+    """Fail before training if ``output_dir`` cannot take the run's files.
+
+    A checkpoint holds the weights and AdamW's two moments (3x the float32 weights); during the
+    swap the old and new ones coexist, and best_model/ holds one more copy of the weights.
+    """
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"output_dir {output_dir} is not writable ({e.strerror or e}); "
+                              "choose another --output_dir") from e
+    need = 7 * _state_bytes(model)
+    free = shutil.disk_usage(output_dir).free
+    if free < need:
+        raise OSError(f"output_dir {output_dir} has {free / 2**20:.0f} MiB free but checkpoints of this "
+                      f"model need about {need / 2**20:.0f} MiB (weights + optimizer state, old and new "
+                      "during a swap, plus best_model/); free some space or choose another --output_dir")
 
 
 def _decay_params(model) -> List[str]:
@@ -164,6 +197,8 @@ class Trainer:
         self.train_loader, self.dev_loader = train_loader, dev_loader
         self.save_model = save_model
         self.log = log if log is not None else (lambda msg: print(msg, flush=True))
+        if not dist.is_main():
+            self.log = lambda msg: None
         self.metric = main_metric(args.task_name)
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
@@ -185,6 +220,9 @@ class Trainer:
             weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
         self.state = {"global_step": 0, "best_metric": None, "best_step": None, "history": [],
                       "train_seconds": 0.0}
+        # data parallel: rank 0 alone writes; batches are padded to the longest across ranks
+        self.world, self.is_main = dist.world_size(), dist.is_main()
+        self.pad_to = getattr(getattr(train_loader, "collate_fn", None), "pad_to", None)
 
     # ---- checkpoints -------------------------------------------------------------------
     # Paddle keys optimizer state by each parameter's process-global unique name
@@ -212,8 +250,16 @@ class Trainer:
             out[key] = value
         self.optimizer.set_state_dict(out)
 
+    @staticmethod
+    def _rng_state():
+        return {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
     def _write_checkpoint(self):
         step = self.state["global_step"]
+        rngs = dist.gather_objects(self._rng_state())  # one entry per rank
+        self._check_ranks_agree()
+        if not self.is_main:
+            return
         name = f"checkpoint-{step}"
         final = os.path.join(self.args.output_dir, name)
 
@@ -221,8 +267,7 @@ class Trainer:
             paddle.save(self.model.state_dict(), os.path.join(d, "model.pdparams"))
             paddle.save(self._portable_optimizer_state(), os.path.join(d, "optimizer.pdopt"))
             with open(os.path.join(d, "rng.pkl"), "wb") as f:
-                pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate()}, f)
+                pickle.dump(dict(rngs[0], per_rank=rngs), f)
             with open(os.path.join(d, "trainer_state.json"), "w") as f:
                 json.dump(dict(self.state, scheduler=self.scheduler.state_dict(),
                                args=asdict(self.args)), f, indent=1)
@@ -243,6 +288,12 @@ class Trainer:
         self.state.update(st)
         with open(os.path.join(path, "rng.pkl"), "rb") as f:
             rng = pickle.load(f)
+        per_rank = rng.get("per_rank") or [rng]
+        if len(per_rank) == self.world:
+            rng = per_rank[dist.rank()]
+        elif self.world > 1:
+            self.log(f"the checkpoint was written by {len(per_rank)} process(es), this run has {self.world}: "
+                     "every rank continues from rank 0's random state")
         paddle.set_rng_state(rng["paddle"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
@@ -259,16 +310,31 @@ class Trainer:
         self.state["history"].append({"step": step, **metrics})
         if improved:
             self.state["best_metric"], self.state["best_step"] = value, step
-            atomic_dir(os.path.join(self.args.output_dir, BEST), lambda d: self.save_model(self.model, d))
+            if self.is_main:
+                atomic_dir(os.path.join(self.args.output_dir, BEST), lambda d: self.save_model(self.model, d))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         self.log(f"[eval] step {step}: {shown}{'  (best so far, saved)' if improved else ''}")
         return metrics
 
+    def _check_ranks_agree(self):
+        """Data parallel: every rank must hold the same weights; stop loudly if they drifted."""
+        if self.world == 1:
+            return
+        import hashlib
+
+        h = hashlib.sha256()
+        for _, p in sorted(self.model.state_dict().items()):
+            h.update(np.ascontiguousarray(p.numpy()).tobytes())
+        digests = dist.gather_objects(h.hexdigest())
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks hold different weights at step {self.state['global_step']} "
+                               f"(sha256 per rank: {digests}); check that every rank runs the same code and "
+                               "config")
+        self.state["weights_sha256"] = digests[0]
+
     def train(self) -> dict:
         args = self.args
-        os.makedirs(args.output_dir, exist_ok=True)
-        if not os.access(args.output_dir, os.W_OK):
-            raise PermissionError(f"output_dir {args.output_dir} is not writable; choose another --output_dir")
+        check_output_dir(args.output_dir, self.model)
         best, best_old = os.path.join(args.output_dir, BEST), os.path.join(args.output_dir, BEST + ".old")
         if not os.path.exists(best) and os.path.isdir(best_old):
             os.replace(best_old, best)  # killed between the two renames of atomic_dir
@@ -285,7 +351,7 @@ class Trainer:
         step = self.state["global_step"]
         sampler = self.train_loader.batch_sampler
         bar = None
-        if args.progress:
+        if args.progress and self.is_main:
             from tqdm import tqdm
             bar = tqdm(total=self.total_steps, initial=step, file=sys.stderr, dynamic_ncols=True,
                        mininterval=2.0, desc="train")
@@ -297,10 +363,15 @@ class Trainer:
             epoch, skip = divmod(step, self.steps_per_epoch)
             sampler.set_epoch(epoch, skip_batches=skip)
             for batch in self.train_loader:
+                if self.world > 1 and self.pad_to is not None:
+                    batch = self.pad_to(batch, int(dist.all_reduce_max(batch["input_ids"].shape[1])))
                 loss, terms = self.loss_fn(batch)
-                if not math.isfinite(float(loss)):
+                loss_value = float(loss)
+                if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
+                    loss_value = float(dist.all_reduce_sum(loss.reshape([1]))) / self.world
+                if not math.isfinite(loss_value):
                     raise FloatingPointError(
-                        f"loss is {float(loss)} at step {step + 1}; stopping. The last good "
+                        f"loss is {loss_value} at step {step + 1}; stopping. The last good "
                         f"checkpoint is {latest_checkpoint(args.output_dir)}; lower --learning_rate")
                 loss.backward()
                 self.optimizer.step()
@@ -310,7 +381,7 @@ class Trainer:
                 self.state["global_step"] = step
                 for k, v in terms.items():
                     running[k] = running.get(k, 0.0) + float(v)
-                running["loss"] = running.get("loss", 0.0) + float(loss)
+                running["loss"] = running.get("loss", 0.0) + loss_value
                 running["_n"] = running.get("_n", 0) + 1
                 if bar is not None:
                     bar.update(1)
@@ -336,5 +407,6 @@ class Trainer:
         self.state["train_seconds"] = t_base + time.time() - t_start
         return {"best_metric": self.state["best_metric"], "best_step": self.state["best_step"],
                 "metric": self.metric, "global_step": step, "total_steps": self.total_steps,
-                "train_seconds": self.state["train_seconds"],
+                "train_seconds": self.state["train_seconds"], "world_size": self.world,
+                **({"weights_sha256": self.state["weights_sha256"]} if "weights_sha256" in self.state else {}),
                 "finished": step >= self.total_steps}

@@ -43,8 +43,16 @@ def ops():
             build = os.environ.get("PADDLE_BIBERT_OPS_DIR") or os.path.join(
                 os.path.expanduser("~"), ".cache", "paddle_bibert", f"ops-paddle{paddle.__version__}-{tag}")
             os.makedirs(build, exist_ok=True)
-            _ops = load(name="paddle_bibert_ops", sources=[src], build_directory=build,
-                        extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+            # data-parallel ranks start together: one builds, the others wait and load its library
+            with open(os.path.join(build, ".build.lock"), "w") as lock:
+                try:
+                    import fcntl
+
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                except ImportError:  # not POSIX: no cross-process lock
+                    pass
+                _ops = load(name="paddle_bibert_ops", sources=[src], build_directory=build,
+                            extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, headers missing, ...
             logger.warning("fused STE kernels unavailable (%s); using plain Paddle ops", e)
             _ops = None

@@ -1,0 +1,97 @@
+"""Data-parallel helpers: the same commands under ``python -m paddle.distributed.launch``.
+
+Started by Paddle's launcher, each process sees ``PADDLE_TRAINERS_NUM`` > 1 and the commands
+
+- join the process group (``init_parallel_env``: NCCL on GPUs, gloo on CPUs),
+- wrap the trained model in ``paddle.DataParallel`` (gradients are averaged across ranks),
+- read every ``world_size``-th example of each shuffled epoch (``--batch_size`` is per process,
+  so the global batch is ``batch_size * world_size``),
+- pad each step's batch to the longest sequence across ranks, and compute the DMD terms with
+  norms over the global batch, so that a run on N processes follows the same loss as one process
+  with N times the batch,
+- evaluate a share of the dev set on each rank and gather the predictions, and
+- let rank 0 alone write logs, checkpoints, ``best_model/`` and ``summary.json``.
+
+With a single process every helper is a no-op, so nothing changes for the usual run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List
+
+__all__ = ["world_size", "rank", "is_main", "init_if_launched", "wrap", "all_reduce_sum",
+           "all_reduce_max", "gather_objects", "barrier"]
+
+
+def world_size() -> int:
+    """Processes in the job (1 outside the launcher)."""
+    return max(1, int(os.environ.get("PADDLE_TRAINERS_NUM", "1")))
+
+
+def rank() -> int:
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0")) if world_size() > 1 else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_if_launched() -> bool:
+    """Join the launcher's process group once; returns True when running data parallel."""
+    if world_size() == 1:
+        return False
+    import paddle.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_parallel_env()
+    return True
+
+
+def wrap(model):
+    """``paddle.DataParallel(model)`` under the launcher (it broadcasts rank 0's weights), else ``model``."""
+    if world_size() == 1:
+        return model
+    import paddle
+
+    return paddle.DataParallel(model)
+
+
+def all_reduce_sum(x):
+    """The sum of ``x`` over ranks, as a new tensor cut from the graph (``x`` is not changed)."""
+    if world_size() == 1:
+        return x.detach()
+    import paddle.distributed as dist
+
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y
+
+
+def all_reduce_max(value: float) -> float:
+    if world_size() == 1:
+        return value
+    import paddle
+    import paddle.distributed as dist
+
+    t = paddle.to_tensor([float(value)], dtype="float64")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects)."""
+    if world_size() == 1:
+        return [obj]
+    import paddle.distributed as dist
+
+    out: List[Any] = []
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier():
+    if world_size() > 1:
+        import paddle.distributed as dist
+
+        dist.barrier()
