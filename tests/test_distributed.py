@@ -77,7 +77,6 @@ def test_two_processes_match_one_process_with_the_global_batch(data_and_teacher,
     worker = {i: (logs / f"workerlog.{i}").read_text() if (logs / f"workerlog.{i}").exists() else ""
               for i in (0, 1)}
     assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:], worker[0][-3000:], worker[1][-3000:])
-    print(f"two-process {command}: {wall:.1f} s wall")
 
     s2 = json.loads((two / "summary.json").read_text())
     assert s2["world_size"] == 2 and s2["global_step"] == 4 and s1["world_size"] == 1
@@ -96,6 +95,8 @@ def test_two_processes_match_one_process_with_the_global_batch(data_and_teacher,
     assert w1.keys() == w2.keys()
     for k in w1:
         np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    diff = max(float(np.abs(w2[k].numpy() - w1[k].numpy()).max()) for k in w1)
+    print(f"two-process {command}: {wall:.1f} s wall, largest weight difference to one process {diff:.2g}")
     moved = [k for k in w1 if k in w0 and not np.array_equal(w1[k].numpy(), w0[k].numpy())]
     assert len(moved) > 10, moved  # training changed the weights: not a comparison of two untouched copies
     # dev metrics gathered from both ranks equal the one-process ones

@@ -71,15 +71,15 @@ class TrainArgs:
 
     def validate(self):
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}; e.g. --learning_rate 5e-5")
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+            raise ValueError(f"--batch_size must be > 0, got {self.batch_size}; e.g. --batch_size 32")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise ValueError("num_train_epochs must be > 0 (or set max_steps)")
+            raise ValueError("--num_train_epochs must be > 0 (or set --max_steps)")
         if not 0 <= self.warmup_proportion < 1:
-            raise ValueError(f"warmup_proportion must be in [0, 1), got {self.warmup_proportion}")
+            raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}; e.g. 0.1")
         if self.logging_steps <= 0 or self.save_steps <= 0:
-            raise ValueError("logging_steps and save_steps must be > 0")
+            raise ValueError("--logging_steps and --save_steps must be > 0")
 
 
 def latest_checkpoint(output_dir: str) -> Optional[str]:
