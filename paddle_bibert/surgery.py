@@ -21,13 +21,46 @@ from .quant.quantizers import get_quantizer
 
 __all__ = [
     "BinarizeConfig", "BinarizeReport", "binarize_model", "is_binarized", "module_part",
-    "PARTS", "CONFIG_NAME", "save_binarized", "load_binarized",
+    "PARTS", "RECIPES", "CONFIG_NAME", "save_binarized", "load_binarized",
 ]
 
 #: File written beside a saved binarized model so that reloading rebuilds the same layers.
 CONFIG_NAME = "bibert_config.yaml"
 
 #: The parts of a BERT-style encoder that the config switches, keyed by child name.
+def _lowbit(bits):
+    return {"act_quantizer": f"lsq{bits}", "qkv_quantizer": f"lsq{bits}",
+            "attention_quantizer": f"lsq{bits}_unsigned", "ffn_out_act_quantizer": f"lsq{bits}_unsigned"}
+
+
+#: recipe name -> {activation bits: BinarizeConfig fields}. Weights and word embeddings are 1-bit
+#: in all of them; see bibert-spec.md sections 1, 2 and 4.
+RECIPES = {
+    # BiBERT 1-1-1: per-channel scaled sign weights, sign activations, Bi-Attention
+    "bibert": {1: {}},
+    # the plain 1-1-1 baseline: sign-binarized softmax attention map (collapses)
+    "baseline": {1: {"attention": "softmax_sign"}},
+    # BiBERT with BiT's elastic activations (learned scale and shift) on every BiLinear input
+    "bibert_elastic": {1: {"act_quantizer": "elastic_sign"}},
+    # BiT: one weight scale per matrix, elastic activations, two-set binarization ({0, a} for
+    # softmax probabilities and the ReLU FFN's output-dense input, {-a, a} elsewhere); its W1A2 /
+    # W1A4 forms quantize the same activations to 2 / 4 bits (the first stage of its chain)
+    "bit": {
+        1: {"weight_quantizer": "tensor_mean_sign", "act_quantizer": "elastic_sign",
+            "qkv_quantizer": "elastic_sign", "attention": "softmax", "attention_quantizer": "elastic_unsigned",
+            "ffn_out_act_quantizer": "elastic_unsigned", "ffn_activation": "relu"},
+        2: {"weight_quantizer": "tensor_mean_sign", "attention": "softmax", "ffn_activation": "relu", **_lowbit(2)},
+        4: {"weight_quantizer": "tensor_mean_sign", "attention": "softmax", "ffn_activation": "relu", **_lowbit(4)},
+    },
+    # BinaryBERT-style baselines: one weight scale per matrix, sign activations and a
+    # sign-binarized softmax map at 1 bit; k-bit LSQ activations (and map) at 2 / 4 bits
+    "binarybert": {
+        1: {"weight_quantizer": "tensor_mean_sign", "attention": "softmax_sign"},
+        2: {"weight_quantizer": "tensor_mean_sign", "attention": "softmax", **_lowbit(2)},
+        4: {"weight_quantizer": "tensor_mean_sign", "attention": "softmax", **_lowbit(4)},
+    },
+}
+
 PARTS = ("word_embeddings", "attention", "qkv", "attention_output", "ffn_in", "ffn_out", "pooler")
 _LINEAR_PARTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "out_proj": "attention_output",
                  "linear1": "ffn_in", "linear2": "ffn_out"}
@@ -49,6 +82,13 @@ class BinarizeConfig:
     embedding_quantizer: str = "row_mean_sign"
     qkv_quantizer: str = "ste_sign"
     attention: str = "bool"
+    #: quantizer of the attention map ("" = by mode: bool -> bool, softmax_sign -> ste_sign,
+    #: softmax -> none); BiT uses softmax with elastic_unsigned
+    attention_quantizer: str = ""
+    #: quantizer of the FFN output dense's input ("" = act_quantizer); BiT: elastic_unsigned
+    ffn_out_act_quantizer: str = ""
+    #: "" keeps the model's FFN activation; "relu" replaces it (BiT, with {0, a} binarization)
+    ffn_activation: str = ""
     word_embeddings: bool = True
     qkv: bool = True
     attention_output: bool = True
@@ -62,31 +102,42 @@ class BinarizeConfig:
     def validate(self):
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention: unknown mode {self.attention!r}; choose one of {ATTENTION_MODES}")
-        for f in ("weight_quantizer", "act_quantizer", "embedding_quantizer", "qkv_quantizer"):
-            get_quantizer(getattr(self, f))  # raises naming the known quantizers
+        for f in ("weight_quantizer", "act_quantizer", "embedding_quantizer", "qkv_quantizer",
+                  "attention_quantizer", "ffn_out_act_quantizer"):
+            if getattr(self, f) != "":
+                get_quantizer(getattr(self, f))  # raises naming the known quantizers
+        if self.ffn_activation not in ("", "relu", "gelu"):
+            raise ValueError(f"ffn_activation: {self.ffn_activation!r}; choose '' (keep), 'relu' or 'gelu'")
+        if self.attention == "bool" and self.attention_quantizer not in ("", "bool"):
+            raise ValueError("attention: bool (Bi-Attention) takes no attention_quantizer; use attention: softmax "
+                             f"to quantize the softmax map with {self.attention_quantizer!r}")
         for f in PARTS:
             if f != "attention" and not isinstance(getattr(self, f), bool):
                 raise TypeError(f"{f}: expected true/false, got {getattr(self, f)!r}")
 
     @classmethod
-    def preset(cls, name: str) -> "BinarizeConfig":
-        """Named recipes: ``bibert`` (default) and ``baseline`` (sign-binarized softmax map)."""
-        presets = {
-            "bibert": {},
-            "baseline": {"method": "baseline", "attention": "softmax_sign"},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; known: {sorted(presets)}")
-        return cls(**presets[name])
+    def preset(cls, name: str, act_bits: int = 1) -> "BinarizeConfig":
+        """A named recipe (``RECIPES``), with 1-, 2- or 4-bit activations where it has them."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+        bits = RECIPES[name]
+        if act_bits not in bits:
+            raise ValueError(f"recipe {name!r} has activation bits {sorted(bits)}, not {act_bits}"
+                             + ("; 2- and 4-bit activations come with the bit and binarybert recipes"
+                                if sorted(bits) == [1] else ""))
+        tag = name if act_bits == 1 else f"{name}_a{act_bits}"
+        return cls(method=tag, **bits[act_bits])
 
     @classmethod
     def from_dict(cls, d: dict) -> "BinarizeConfig":
         d = dict(d or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known - {"preset", "act_bits"})
         if unknown:
-            raise ValueError(f"unknown binarization config key(s) {unknown}; valid keys: {sorted(known)}")
-        base = cls.preset(d.pop("preset")) if "preset" in d else cls()
+            raise ValueError(f"unknown binarization config key(s) {unknown}; valid keys: {sorted(known | {'preset', 'act_bits'})}")
+        if "act_bits" in d and "preset" not in d:
+            raise ValueError("act_bits needs a preset (recipe) to apply to, e.g. preset: bit")
+        base = cls.preset(d.pop("preset"), int(d.pop("act_bits", 1))) if "preset" in d else cls()
         return dataclasses.replace(base, **d)
 
     @classmethod
@@ -181,6 +232,13 @@ def binarize_model(model, config: Union[BinarizeConfig, dict, str, None] = None,
 
     report = BinarizeReport()
     _replace_children(model, "", config, filter_fn, report)
+    if config.ffn_activation:
+        import paddle.nn.functional as F
+
+        for name, layer in model.named_sublayers():
+            if isinstance(layer, nn.TransformerEncoderLayer):
+                layer.activation = getattr(F, config.ffn_activation)
+                report.replaced.append((name + ".activation", "activation", config.ffn_activation))
     if not report.replaced:
         raise ValueError(
             f"found nothing to binarize in {type(model).__name__}: binarize_model expects a "
@@ -191,9 +249,11 @@ def binarize_model(model, config: Union[BinarizeConfig, dict, str, None] = None,
     return model, report
 
 
-def _linear(child, config):
-    return BiLinear.from_linear(child, weight_quantizer=config.weight_quantizer,
-                                input_quantizer=config.act_quantizer)
+def _linear(child, config, part=None):
+    act = config.act_quantizer
+    if part == "ffn_out" and config.ffn_out_act_quantizer:
+        act = config.ffn_out_act_quantizer
+    return BiLinear.from_linear(child, weight_quantizer=config.weight_quantizer, input_quantizer=act)
 
 
 def _replace_children(parent, prefix, config, filter_fn, report):
@@ -202,9 +262,10 @@ def _replace_children(parent, prefix, config, filter_fn, report):
         new = None
         if isinstance(child, nn.MultiHeadAttention) and filter_fn(child, fqn):
             new = BiMultiHeadAttention.from_mha(child, attention=config.attention,
-                                                qkv_quantizer=config.qkv_quantizer)
+                                                qkv_quantizer=config.qkv_quantizer,
+                                                attention_quantizer=config.attention_quantizer or None)
         elif isinstance(child, nn.Linear) and filter_fn(child, fqn):
-            new = _linear(child, config)
+            new = _linear(child, config, module_part(fqn, child))
         elif isinstance(child, nn.Embedding) and filter_fn(child, fqn):
             new = BiEmbedding.from_embedding(child, weight_quantizer=config.embedding_quantizer)
         elif isinstance(child, (nn.Linear, nn.Embedding)):
@@ -243,4 +304,15 @@ def load_binarized(path: str, model_cls=None, **kwargs):
         from paddlenlp.transformers import BertForSequenceClassification as model_cls
     model = model_cls.from_pretrained(path, **kwargs)
     model, _ = binarize_model(model, BinarizeConfig.from_yaml(cfg_path))
+    # learned quantizer state (elastic scales and shifts, LSQ steps) is not part of the
+    # full-precision class: load it into the rebuilt quantizers
+    weights = os.path.join(path, "model_state.pdparams")
+    if os.path.isfile(weights):
+        import paddle
+
+        state = paddle.load(weights)
+        own = model.state_dict()
+        extra = {k: v for k, v in state.items() if k in own and "quantizer." in k}
+        if extra:
+            model.set_state_dict(extra)
     return model

@@ -177,7 +177,7 @@ def _decay_params(model) -> List[str]:
     out = []
     for name, p in model.named_parameters():
         low = name.lower()
-        if "bias" in low or "norm" in low:
+        if "bias" in low or "norm" in low or "quantizer." in low:  # quantizer scales/shifts: no decay
             continue
         out.append(p.name)
     return out
@@ -215,6 +215,11 @@ class Trainer:
 
         self.scheduler = paddle.optimizer.lr.LambdaDecay(args.learning_rate, lr_lambda)
         decay = set(_decay_params(model))
+        for layer in model.sublayers():  # e.g. BiT's elastic scales train at their own rate
+            own = getattr(layer, "own_learning_rate", None)
+            if own:
+                for p in layer.parameters(include_sublayers=False):
+                    p.optimize_attr["learning_rate"] = own / args.learning_rate
         self.optimizer = paddle.optimizer.AdamW(
             learning_rate=self.scheduler, parameters=model.parameters(),
             weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)

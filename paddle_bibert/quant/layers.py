@@ -45,7 +45,7 @@ class BiLinear(nn.Layer):
         self.weight = self.create_parameter([in_features, out_features])
         self.bias = self.create_parameter([out_features], is_bias=True) if bias else None
         self.weight_quantizer = get_quantizer(weight_quantizer)
-        self.input_quantizer = get_quantizer(input_quantizer)
+        self.input_quantizer = get_quantizer(input_quantizer, channels=in_features)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **quantizers) -> "BiLinear":
@@ -129,7 +129,12 @@ class BiMultiHeadAttention(nn.Layer):
         self.dropout = dropout
         self.need_weights = need_weights
         self.attention = attention
-        self.qkv_quantizer = get_quantizer(qkv_quantizer)
+        self.qkv_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
+        # quantizers with learned state (elastic, LSQ) get one instance each for Q, K and V
+        self.k_quantizer = self.v_quantizer = None
+        if self.qkv_quantizer is not None and self.qkv_quantizer.parameters():
+            self.k_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
+            self.v_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
         if attention_quantizer is None and attention != "softmax":
             attention_quantizer = "bool" if attention == "bool" else "ste_sign"
         self.attention_quantizer = get_quantizer(attention_quantizer)
@@ -172,7 +177,9 @@ class BiMultiHeadAttention(nn.Layer):
             k = self._heads(self.k_proj(key))
             v = self._heads(self.v_proj(value))
         if self.qkv_quantizer is not None:
-            q, k, v = self.qkv_quantizer(q), self.qkv_quantizer(k), self.qkv_quantizer(v)
+            q = self.qkv_quantizer(q)
+            k = (self.k_quantizer or self.qkv_quantizer)(k)
+            v = (self.v_quantizer or self.qkv_quantizer)(v)
         s = paddle.matmul(q, k, transpose_y=True) * (1.0 / math.sqrt(self.head_dim))
         mask = _convert_attention_mask(attn_mask, s.dtype) if attn_mask is not None else None
         if mask is not None:

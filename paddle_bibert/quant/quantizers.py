@@ -13,6 +13,8 @@ which keeps ``sign(gelu(h)) == sign(h)`` where float32 GELU underflows to ``-0.0
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Callable, Dict, Optional, Union
 
 import paddle
@@ -30,6 +32,13 @@ __all__ = [
     "ChannelMeanSign",
     "RowMeanSign",
     "BoolAttention",
+    "ElasticSignSTE",
+    "ElasticUnsignedSTE",
+    "ElasticSign",
+    "ElasticUnsigned",
+    "TensorMeanSign",
+    "LsqSTE",
+    "UniformLSQ",
     "register_quantizer",
     "get_quantizer",
     "QUANTIZERS",
@@ -188,6 +197,189 @@ class BoolAttention(Quantizer):
         return BoolSTE.apply(s)
 
 
+class ElasticSignSTE(PyLayer):
+    """BiT's signed elastic binarization of an (already shifted) input ``x`` with scale ``a``.
+
+    forward:  y = a * sign(x)
+    backward: dL/dx = dL/dy * 1[|x / a| <= 1]
+              dL/da = sum(sign(x) * dL/dy) / sqrt(numel(x))
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x, alpha)
+        return binary_sign(x) * alpha
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensor()
+        sx = binary_sign(x)
+        gx = grad * (x.abs() <= alpha.abs()).astype(x.dtype)
+        ga = (sx * grad).sum() * (1.0 / math.sqrt(math.prod(x.shape)))
+        return gx, ga.reshape(alpha.shape)
+
+
+def _round_half_down(q):
+    # torch.round (the BiT reference) rounds halves to even, so 0.5 -> 0 and 1.5 -> 2 (clipped
+    # to 1 here); on [0, 1] that is 1[q > 0.5]. paddle.round would send 0.5 to 1.
+    return (q > 0.5).astype(q.dtype) + (q > 1.5).astype(q.dtype) * (paddle.round(q) - 1)
+
+
+class ElasticUnsignedSTE(PyLayer):
+    """BiT's unsigned elastic binarization {0, a} of an (already shifted) input ``x``.
+
+    forward:  y = a * clip(round(x / a), 0, 1)
+    backward: dL/dx = dL/dy * 1[0 <= x/a <= 1]
+              dL/da = sum((1[x/a > 1] + 1[0 <= x/a <= 1] * (round(x/a) - x/a)) * dL/dy) / sqrt(numel)
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        q = x / alpha
+        ctx.save_for_backward(q)
+        return paddle.clip(_round_half_down(q), 0.0, 1.0) * alpha
+
+    @staticmethod
+    def backward(ctx, grad):
+        (q,) = ctx.saved_tensor()
+        inside = ((q >= 0) & (q <= 1)).astype(q.dtype)
+        gx = grad * inside
+        ga = (((q > 1).astype(q.dtype) + inside * (_round_half_down(q) - q)) * grad).sum()
+        ga = ga * (1.0 / math.sqrt(math.prod(q.shape)))
+        return gx, ga.reshape([1])
+
+
+class ElasticSign(Quantizer):
+    """BiT elastic binary activation, signed: ``a * sign(x + b)``.
+
+    ``b`` is a learned shift per input channel (last axis; initialised to 0) and ``a`` a learned
+    scalar scale, set on the first training batch to ``init_factor * mean|x + b|`` (2 for the
+    signed form, 4 for the unsigned one; averaged over ranks in data-parallel runs). ``a`` and
+    ``b`` train with their own learning rate (``own_learning_rate``) and no weight decay. The
+    output takes two values, so it is 1-bit (the packed runtime must add ``b`` and scale by ``a``).
+    """
+
+    name = "elastic_sign"
+    init_factor = 2.0
+    own_learning_rate = 1e-4
+    _ste = ElasticSignSTE
+
+    def __init__(self, channels: Optional[int] = None):
+        super().__init__()
+        self.channels = channels
+        self.alpha = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(1.0))
+        self.shift = (self.create_parameter([channels], default_initializer=paddle.nn.initializer.Constant(0.0))
+                      if channels else None)
+        self.register_buffer("initialized", paddle.zeros([1], dtype="float32"), persistable=True)
+
+    def forward(self, x):
+        if self.shift is not None:
+            if x.shape[-1] != self.channels:
+                raise ValueError(f"{self.name}: built for {self.channels} channels, got input of shape {x.shape}")
+            x = x + self.shift
+        if self.training and float(self.initialized) == 0:
+            from ..distributed import all_reduce_sum, world_size
+
+            with paddle.no_grad():
+                stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
+                self.alpha.set_value((stat * self.init_factor).astype(self.alpha.dtype))
+                self.initialized.set_value(paddle.ones([1], dtype="float32"))
+        return self._ste.apply(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, channels={self.channels}"
+
+
+class ElasticUnsigned(ElasticSign):
+    """BiT elastic binary activation, unsigned {0, a}: ``a * clip(round((x + b) / a), 0, 1)``,
+    for non-negative inputs (softmax probabilities, ReLU outputs). See :class:`ElasticSign`."""
+
+    name = "elastic_unsigned"
+    init_factor = 4.0
+    _ste = ElasticUnsignedSTE
+
+
+class TensorMeanSign(ChannelMeanSign):
+    """BiT's weight binarizer: one scale for the whole matrix, ``mean|W| * sign(W - mean(W))``;
+    straight-through on the clipped centred weight, as :class:`ChannelMeanSign`."""
+
+    name = "tensor_mean_sign"
+    axis = None
+
+    def forward(self, w):
+        wc = w - w.mean()
+        alpha = w.detach().abs().mean()
+        return ScaledSignSTE.apply(wc, alpha)
+
+    def scales(self, w):
+        return w.abs().mean().reshape([1]).expand([w.shape[-1]])  # the same scale for every column
+
+
+class LsqSTE(PyLayer):
+    """Uniform k-bit quantizer with learned step ``s`` (LSQ, Esser et al. 2020).
+
+    forward:  y = s * clip(round(x / s), -qn, qp)        (round: half away from zero)
+    backward: dL/dx = dL/dy * 1[-qn <= x/s <= qp]
+              dL/ds = sum(dL/dy * (round(x/s) - x/s if inside, -qn below, qp above)) / sqrt(numel * qp)
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, qn, qp):
+        q = x / step
+        ctx.save_for_backward(q)
+        ctx.qn, ctx.qp = qn, qp
+        return paddle.clip(paddle.round(q), -qn, qp) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        (q,) = ctx.saved_tensor()
+        qn, qp = ctx.qn, ctx.qp
+        below, above = (q < -qn).astype(q.dtype), (q > qp).astype(q.dtype)
+        inside = 1.0 - below - above
+        gs = (grad * (inside * (paddle.round(q) - q) - qn * below + qp * above)).sum()
+        gs = gs * (1.0 / math.sqrt(math.prod(q.shape) * qp))
+        return grad * inside, gs.reshape([1])
+
+
+class UniformLSQ(Quantizer):
+    """k-bit uniform activation quantizer with a learned step (the clip is ``step * qp``), for the
+    BinaryBERT 1-1-2 / 1-1-4 baselines and BiT's W1A2/W1A4 stage. Signed levels are
+    ``{-2^(k-1), ..., 2^(k-1)-1} * step``, unsigned ``{0, ..., 2^k-1} * step``. The step is set on the
+    first training batch to ``2 * mean|x| / sqrt(qp)`` (LSQ's rule), averaged over ranks."""
+
+    name = "lsq"
+    binary = False
+    bits = 2
+    signed = True
+    own_learning_rate = 1e-4
+
+    def __init__(self, channels: Optional[int] = None):
+        super().__init__()
+        self.qn = 2 ** (self.bits - 1) if self.signed else 0
+        self.qp = 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+        self.step = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(1.0))
+        self.register_buffer("initialized", paddle.zeros([1], dtype="float32"), persistable=True)
+
+    def forward(self, x):
+        if self.training and float(self.initialized) == 0:
+            from ..distributed import all_reduce_sum, world_size
+
+            with paddle.no_grad():
+                stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
+                self.step.set_value((stat * (2.0 / math.sqrt(self.qp))).astype(self.step.dtype))
+                self.initialized.set_value(paddle.ones([1], dtype="float32"))
+        return LsqSTE.apply(x, self.step, self.qn, self.qp)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, levels [-{self.qn}, {self.qp}]"
+
+
+def _lsq(bits, signed):
+    return type(f"UniformLSQ{bits}{'' if signed else 'U'}", (UniformLSQ,),
+                {"name": f"lsq{bits}" + ("" if signed else "_unsigned"), "bits": bits, "signed": signed,
+                 "__doc__": f"{bits}-bit {'signed' if signed else 'unsigned'} :class:`UniformLSQ`."})
+
+
 QUANTIZERS: Dict[str, Callable[[], Quantizer]] = {}
 
 
@@ -199,15 +391,17 @@ def register_quantizer(cls):
     return cls
 
 
-for _cls in (SteSign, ChannelMeanSign, RowMeanSign, BoolAttention):
+for _cls in (SteSign, ChannelMeanSign, RowMeanSign, BoolAttention, ElasticSign, ElasticUnsigned, TensorMeanSign,
+             _lsq(2, True), _lsq(4, True), _lsq(2, False), _lsq(4, False)):
     register_quantizer(_cls)
 
 
-def get_quantizer(spec: Union[str, Quantizer, None]) -> Optional[paddle.nn.Layer]:
+def get_quantizer(spec: Union[str, Quantizer, None], channels: Optional[int] = None) -> Optional[paddle.nn.Layer]:
     """Turn a config entry into a quantizer layer.
 
     ``None`` / ``"none"`` / ``"identity"`` -> None (full precision); a registered name -> a new
-    instance; a ``paddle.nn.Layer`` -> itself (any callable layer can act as a quantizer).
+    instance (given ``channels``, the size of the input's last axis, if its class takes it); a
+    ``paddle.nn.Layer`` -> itself (any callable layer can act as a quantizer).
     """
     if spec is None or (isinstance(spec, str) and spec.lower() in ("none", "identity", "fp")):
         return None
@@ -215,10 +409,13 @@ def get_quantizer(spec: Union[str, Quantizer, None]) -> Optional[paddle.nn.Layer
         return spec
     if isinstance(spec, str):
         try:
-            return QUANTIZERS[spec]()
+            cls = QUANTIZERS[spec]
         except KeyError:
             raise ValueError(
                 f"unknown quantizer {spec!r}; known: {sorted(QUANTIZERS)} (or 'none'). "
                 "Register a new one with paddle_bibert.quant.register_quantizer."
             ) from None
+        if channels is not None and "channels" in inspect.signature(cls).parameters:
+            return cls(channels=channels)
+        return cls()
     raise TypeError(f"a quantizer is a name, a paddle.nn.Layer or None, not {type(spec).__name__}")
