@@ -22,7 +22,8 @@ import yaml
 
 from .distributed import is_main, rank, world_size, wrap
 
-__all__ = ["GlueArgs", "DistillArgs", "run_glue", "task_distill", "parse_args"]
+__all__ = ["GlueArgs", "DistillArgs", "MultistepArgs", "run_glue", "task_distill", "multistep_distill",
+           "parse_args"]
 
 TASK_HELP = "GLUE task (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli) or movie-reviews"
 
@@ -74,7 +75,13 @@ class DistillArgs(CommonArgs):
     value_distill: bool = _f(False, "direction matching on V V^T per layer")
     intermediate_distill: bool = _f(False, "direction matching on hidden states")
     temperature: float = _f(1.0, "softmax temperature of the soft cross-entropy")
-    bi: bool = _f(False, "binarize the student (BiBERT 1-1-1) before training")
+    gold_weight: float = _f(0.5, "weight of the gold-label cross-entropy in --pred_distill (BiT: 0)")
+    hidden_loss: str = _f("dmd", "loss of --intermediate_distill: dmd (BiBERT's direction matching) or "
+                          "mse (BiT: sum over layers of the mean squared error)")
+    bi: bool = _f(False, "binarize the student before training (recipe: --method, --act_bits)")
+    method: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
+                     "binarybert (paddle_bibert.surgery.RECIPES)")
+    act_bits: int = _f(1, "activation bits of the recipe: 1, or 2 / 4 for bit and binarybert")
     binarize: Optional[dict] = _f(None, "BinarizeConfig fields (YAML only), e.g. {attention: softmax_sign}",
                                   yaml_only=True)
 
@@ -133,6 +140,12 @@ def parse_args(cls, argv=None, section=None):
 def _setup(args):
     # values out of range are refused before any model or data is loaded
     _train_args(args).validate()
+    if getattr(args, "bi", False):
+        from .surgery import BinarizeConfig
+
+        BinarizeConfig.preset(args.method, args.act_bits)  # unknown recipe / bits: named here
+    if getattr(args, "hidden_loss", "dmd") not in ("dmd", "mse"):
+        raise ValueError(f"--hidden_loss must be dmd or mse, got {args.hidden_loss!r}")
     if args.max_seq_length < 3:
         raise ValueError(f"max_seq_length must be >= 3 ([CLS], one token, [SEP]), got {args.max_seq_length}")
     if args.eval_batch_size <= 0:
@@ -279,7 +292,12 @@ def _load_for_distill(path, info, role):
     resolved = resolve_model_path(path)
     if not os.path.exists(resolved) and (os.sep in path or path.startswith(".")):
         raise SystemExit(f"--{role} {path}: no such file or folder")
-    model = load_model(resolved, BertForSequenceClassification)
+    from .surgery import CONFIG_NAME, load_binarized
+
+    if role == "teacher_path" and os.path.isfile(os.path.join(resolved, CONFIG_NAME)):
+        model = load_binarized(resolved)  # a binarized or low-bit model teaching the next one
+    else:  # a binarized folder as a student's start: its latent full-precision weights
+        model = load_model(resolved, BertForSequenceClassification)
     if model.config.num_labels != info.num_labels:
         raise SystemExit(f"--{role} {path} has {model.config.num_labels} labels but task {info.name} "
                          f"has {info.num_labels}: fine-tune a teacher on {info.name} with run_glue.py first")
@@ -310,12 +328,16 @@ def task_distill(argv=None, log=None):
     _check_positions(args, student)
     info, train_loader, dev_loader, n_train, n_dev = _data(args, s_tok)
     if args.bi:
-        bconf = BinarizeConfig.from_dict(args.binarize or {})
+        spec = dict(args.binarize or {})
+        if "preset" not in spec:
+            spec.update(preset=args.method, act_bits=args.act_bits)
+        bconf = BinarizeConfig.from_dict(spec)
         _, report = binarize_model(student, bconf)
         log(f"binarized the student ({bconf.method}, attention={bconf.attention}): "
             f"{len(report.replaced)} modules replaced")
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
-                          temperature=args.temperature)
+                          temperature=args.temperature, gold_weight=args.gold_weight,
+                          hidden_loss=args.hidden_loss)
     distiller = Distiller(student, teacher, dconf, info.is_regression)
     distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher
     _after_model_init(args)
@@ -337,4 +359,79 @@ def task_distill(argv=None, log=None):
     _write_summary(args, summary, log)
     log(f"teacher {metric} {t_val:.4f} | student {metric} {result['best_metric']:.4f} | "
         f"student/teacher {summary['retention']:.3f}" if summary["retention"] is not None else "")
+    return summary
+
+
+# ---- multi-step distillation ------------------------------------------------------------
+
+@dataclass
+class MultistepArgs(DistillArgs):
+    stages: str = _f("2,1", "activation bits of each stage, e.g. 2,1 (FP -> W1A2 -> W1A1) or 4,1; each "
+                     "stage's best student teaches the next and is its starting point")
+
+
+def multistep_distill(argv=None, log=None):
+    """BiT's multi-step distillation as one command: the full-precision teacher teaches a W1A2
+    (or W1A4) student, whose best checkpoint then teaches, and initialises, the W1A1 student.
+
+    Every stage is a ``task_distill`` run with ``--bi --method <method> --act_bits <bits>`` in
+    ``<output_dir>/stage<i>-w1a<bits>``; a finished stage is kept and an interrupted one resumed
+    when the command is run again with ``--resume``. ``<output_dir>/summary.json`` lists each
+    stage's dev metric.
+    """
+    args = parse_args(MultistepArgs, argv, section="student")
+    log = _rank_log(log)
+    try:
+        bits = [int(b) for b in args.stages.split(",")]
+    except ValueError:
+        raise ValueError(f"--stages {args.stages!r}: expected comma-separated activation bits, e.g. 2,1") from None
+    if not bits or bits[-1] != 1 or any(b not in (1, 2, 4) for b in bits):
+        raise ValueError(f"--stages {args.stages!r}: each stage has 1, 2 or 4 activation bits and the last "
+                         "stage is 1 (the fully binarized model), e.g. 2,1")
+    if not args.output_dir:
+        raise SystemExit("--output_dir is required")
+    if not args.teacher_path:
+        raise SystemExit("--teacher_path is required: the fine-tuned full-precision teacher (run_glue.py)")
+    from .surgery import BinarizeConfig
+
+    for b in bits:
+        BinarizeConfig.preset(args.method, b)  # every stage's recipe exists, before any training
+    if args.binarize:
+        raise ValueError("multistep_distill sets each stage's recipe from --method and --stages; remove the "
+                         "binarize: section from the config")
+    per_stage = {"output_dir", "teacher_path", "student_model_name_or_path", "act_bits", "bi", "resume",
+                 "binarize"}
+    base = []  # every other setting, as resolved from flags and --config, passed to each stage
+    for f in dataclasses.fields(DistillArgs):
+        v = getattr(args, f.name)
+        if f.name in per_stage or v is None:
+            continue
+        base += [f"--{f.name}" if v else f"--no-{f.name}"] if isinstance(v, bool) else [f"--{f.name}", str(v)]
+    teacher, student_init = args.teacher_path, args.student_model_name_or_path or args.teacher_path
+    stages = []
+    for n, b in enumerate(bits, 1):
+        out = os.path.join(args.output_dir, f"stage{n}-w1a{b}")
+        done = os.path.join(out, "summary.json")
+        if os.path.isfile(done) and json.load(open(done)).get("finished"):
+            s = json.load(open(done))
+            log(f"[stage {n}] W1A{b}: finished earlier ({s['metric']} {s['student_metric']:.4f}), kept")
+        else:
+            log(f"[stage {n}] W1A{b}: teacher {teacher}, student from {student_init}")
+            resume = ["--resume"] if os.path.isdir(out) and args.resume else []
+            s = task_distill(base + ["--bi", "--act_bits", str(b), "--teacher_path", teacher,
+                                     "--student_model_name_or_path", student_init, "--output_dir", out]
+                             + resume, log=log)
+        stages.append({"stage": n, "act_bits": b, "output_dir": out, "metric": s["metric"],
+                       "teacher_metric": s["teacher_metric"], "student_metric": s["student_metric"],
+                       "global_step": s["global_step"], "finished": s["finished"]})
+        if not s["finished"]:
+            break
+        teacher = student_init = out  # its best_model/ teaches and starts the next stage
+    first, last = stages[0], stages[-1]
+    summary = {"command": "multistep_distill", "method": args.method, "stages": stages,
+               "teacher_metric": first["teacher_metric"], "student_metric": last["student_metric"],
+               "retention": (last["student_metric"] / first["teacher_metric"]) if first["teacher_metric"] else None,
+               "finished": len(stages) == len(bits) and last["finished"]}
+    os.makedirs(args.output_dir, exist_ok=True)
+    _write_summary(args, summary, log)
     return summary

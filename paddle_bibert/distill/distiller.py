@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Dict, Tuple
 
 import paddle
+import paddle.nn.functional as F
 
 from ..distributed import world_size
 from .losses import dmd, pred_loss, relation
@@ -29,6 +30,7 @@ class DistillConfig:
     intermediate_distill: bool = False
     temperature: float = 1.0
     gold_weight: float = 0.5
+    hidden_loss: str = "dmd"  # or "mse" (BiT): the loss of intermediate_distill
 
     FLAGS = ("pred_distill", "query_distill", "key_distill", "value_distill", "intermediate_distill")
 
@@ -96,8 +98,12 @@ class Distiller:
                 terms[stream] = paddle.add_n([dmd(relation(s), relation(t_rec[stream][i * k + k - 1]), g)
                                               for i, s in enumerate(s_rec[stream])])
         if c.intermediate_distill:
-            terms["hidden"] = paddle.add_n([dmd(s, t_rec["hidden"][j * k], g)
-                                            for j, s in enumerate(s_rec["hidden"])])
+            if c.hidden_loss == "mse":
+                terms["hidden"] = paddle.add_n([F.mse_loss(s, t_rec["hidden"][j * k])
+                                                for j, s in enumerate(s_rec["hidden"])])
+            else:
+                terms["hidden"] = paddle.add_n([dmd(s, t_rec["hidden"][j * k], g)
+                                                for j, s in enumerate(s_rec["hidden"])])
         total = paddle.add_n(list(terms.values()))
         return total, terms
 
