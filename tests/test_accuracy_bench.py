@@ -25,15 +25,18 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     argv = ["--tasks", "sst-2,sts-b", "--data_dir", glue_slice, "--model", tiny_model_dir,
             "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
             "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "2", "--save_steps", "2",
+            "--variants", "bibert,baseline,biattn_no_dmd,dmd_no_biattn,bit",
             "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
     results = bench.main(argv)
     assert set(results) == {"sst-2", "sts-b"}
     for rows in results.values():
-        assert set(rows) == {"teacher", "bibert", "baseline", "biattn_no_dmd", "dmd_no_biattn"}
+        assert set(rows) == {"teacher", "bibert", "baseline", "biattn_no_dmd", "dmd_no_biattn", "bit"}
         assert all(r["finished"] for r in rows.values())
     # the variants really differ in binarization and losses
     cfg = (tmp_path / "runs" / "sst-2" / "baseline" / "best_model" / "bibert_config.yaml").read_text()
     assert "attention: softmax_sign" in cfg
+    cfg = (tmp_path / "runs" / "sst-2" / "bit" / "best_model" / "bibert_config.yaml").read_text()
+    assert "method: bit" in cfg and "ffn_activation: relu" in cfg
     table = (tmp_path / "t.md").read_text()
     assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
     assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
@@ -46,3 +49,25 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
 def test_unknown_variant_rejected():
     with pytest.raises(SystemExit):
         _bench().main(["--variants", "bibert,nonsense"])
+
+
+@needs_glue
+def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F811
+    spec = importlib.util.spec_from_file_location("init_agreement",
+                                                  os.path.join(REPO, "benchmarks", "init_agreement.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lines = mod.main(["--teacher", tiny_model_dir, "--task", "sst-2", "--data_dir", glue_slice,
+                      "--recipes", "bibert,bit:2", "--n", "12", "--max_seq_length", "32"])
+    rows = [line for line in lines[2:]]
+    assert [r.split("|")[1].strip() for r in rows] == ["bibert", "bit_a2"]
+    for r in rows:
+        cells = [float(c) for c in r.strip("|").split("|")[1:]]
+        assert len(cells) == 1 + 2 + 1  # embedding + 2 layers, then the label agreement
+        assert all(-1.0 <= c <= 1.0 for c in cells[:-1]) and 0.0 <= cells[-1] <= 1.0
+        assert cells[0] < 0.999  # the word embeddings are binarized: not the teacher's states
+    import numpy as np
+
+    a, b = np.random.default_rng(0).standard_normal((2, 50, 4))
+    assert mod.centred_cos(a, a * 3 + 1) == pytest.approx(1.0)
+    assert mod.centred_cos(a, -a) == pytest.approx(-1.0)

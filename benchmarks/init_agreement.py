@@ -1,0 +1,89 @@
+"""How much of the teacher survives binarization, before any training, recipe by recipe.
+
+For a fine-tuned teacher and real dev sentences, each recipe binarizes a copy of the teacher (one
+training-mode forward initialises learned scales), then this prints, per hidden state (embedding
+output, then each layer), the centred cosine between the student's and the teacher's states over
+all non-padding tokens, and how often the student's predicted label equals the teacher's. A
+recipe whose states decorrelate within a layer or two starts distillation from scratch; one that
+keeps them starts near the teacher.
+
+    python benchmarks/init_agreement.py --teacher runs/sst-2/teacher --task sst-2 \\
+        --data_dir ../shared/data/glue --recipes bibert,baseline,bibert_elastic,bit,bit:2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import paddle_bibert  # noqa: E402,F401  (CPU defaults before Paddle loads)
+
+
+def centred_cos(a, b):
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", required=True, help="a fine-tuned teacher (run_glue.py output folder)")
+    ap.add_argument("--task", default="sst-2")
+    ap.add_argument("--data_dir", default=os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue")))
+    ap.add_argument("--recipes", default="bibert,baseline,bibert_elastic,bit,bit:2",
+                    help="comma-separated recipe[:act_bits]")
+    ap.add_argument("--n", type=int, default=64, help="dev sentences")
+    ap.add_argument("--max_seq_length", type=int, default=64)
+    args = ap.parse_args(argv)
+
+    import paddle
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from paddle_bibert import BinarizeConfig, Taps, binarize_model
+    from paddle_bibert.commands import resolve_model_path
+    from paddle_bibert.convert import load_model, load_tokenizer
+    from paddle_bibert.data.glue import get_task, load_glue
+    from paddle_bibert.data.loader import Collator, encode_examples
+
+    path = resolve_model_path(args.teacher)
+    tok = load_tokenizer(path)
+    info = get_task(args.task)
+    dev = load_glue(info.name, args.data_dir, info.dev_splits[0])[: args.n]
+    batch = Collator(tok, info.name)(encode_examples(dev, tok, info.name, args.max_seq_length))
+    keep = batch["input_ids"].numpy() != tok.pad_token_id
+
+    def forward(model):
+        model.eval()
+        with paddle.no_grad(), Taps(model, ("hidden",)) as taps:
+            logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+            hidden = [h.numpy()[keep] for h in taps.records["hidden"]]
+        return logits.numpy(), hidden
+
+    teacher = load_model(path, BertForSequenceClassification)
+    t_logits, t_hidden = forward(teacher)
+    print(f"teacher {path}, task {info.name}, {len(dev)} dev sentences, {int(keep.sum())} tokens")
+    head = " | ".join(["emb"] + [f"L{i}" for i in range(1, len(t_hidden))])
+    lines = [f"| recipe | {head} | same label as teacher |", "|---" * (len(t_hidden) + 2) + "|"]
+    for spec in args.recipes.split(","):
+        name, _, bits = spec.partition(":")
+        config = BinarizeConfig.preset(name, int(bits or 1))
+        student = load_model(path, BertForSequenceClassification)
+        binarize_model(student, config)
+        student.train()
+        with paddle.no_grad():  # learned scales start on a training batch
+            student(batch["input_ids"], token_type_ids=batch["token_type_ids"])
+        s_logits, s_hidden = forward(student)
+        cos = [centred_cos(s, t) for s, t in zip(s_hidden, t_hidden)]
+        agree = float((s_logits.argmax(-1) == t_logits.argmax(-1)).mean())
+        lines.append(f"| {config.method} | " + " | ".join(f"{c:.2f}" for c in cos) + f" | {agree:.2f} |")
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
