@@ -103,14 +103,20 @@ def table(results, args) -> str:
     names = args.variants.split(",")
     head = "| task (metric) | teacher | " + " | ".join(names) + " |"
     lines = [head, "|" + "---|" * (2 + len(names))]
+    def retention(rows, n):  # undefined when the teacher itself scores <= 0 (e.g. CoLA mcc 0)
+        t = rows["teacher"]["best_metric"]
+        return rows[n]["student_metric"] / t if t > 0 else None
+
     for task, rows in results.items():
         t = rows["teacher"]["best_metric"]
-        cells = [f"{rows[n]['student_metric']:.4f} ({rows[n]['student_metric'] / t:.1%})" for n in names]
+        cells = [f"{rows[n]['student_metric']:.4f} ("
+                 + (f"{retention(rows, n):.1%}" if retention(rows, n) is not None else "n/a") + ")" for n in names]
         lines.append(f"| {task} ({rows['teacher']['metric']}) | {t:.4f} | " + " | ".join(cells) + " |")
-    if len(results) > 1:
-        avg = [sum(r[n]["student_metric"] / r["teacher"]["best_metric"] for r in results.values()) / len(results)
-               for n in names]
-        lines.append("| mean retention | 100% | " + " | ".join(f"{a:.1%}" for a in avg) + " |")
+    scored = [r for r in results.values() if r["teacher"]["best_metric"] > 0]
+    if len(results) > 1 and scored:
+        avg = [sum(retention(r, n) for r in scored) / len(scored) for n in names]
+        note = "" if len(scored) == len(results) else f" ({len(scored)} tasks with a teacher metric > 0)"
+        lines.append(f"| mean retention{note} | 100% | " + " | ".join(f"{a:.1%}" for a in avg) + " |")
     budget = []
     for task, rows in results.items():
         t, b = rows["teacher"], rows.get("bibert") or next(iter(v for k, v in rows.items() if k != "teacher"))
