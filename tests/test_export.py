@@ -1,18 +1,24 @@
-"""Bit packing, the packed file format (contents, rejection of bad files), size/FLOPs accounting."""
+"""Bit packing, the packed file format (contents, versions, rejection of bad files and of
+recipes that are not 1-bit), size/FLOPs accounting."""
 
+import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import pytest
 
-from paddle_bibert import binarize_model, export_packed, save_binarized
-from paddle_bibert.export import (FORMAT_NAME, PackedFormatError, nwords, pack_bits, pack_signs,
-                                  read_packed, unpack_bits, unpack_signs)
+from paddle_bibert import BinarizeConfig, binarize_model, export_packed, save_binarized
+from paddle_bibert.export import (FORMAT_NAME, FORMAT_VERSION, PackedFormatError, nwords,
+                                  pack_bits, pack_signs, read_packed, unpack_bits, unpack_signs)
 from paddle_bibert.export.cost import SHAPES, BertShape, count
+from paddle_bibert.quant.quantizers import ElasticSign
 from paddle_bibert.runtime import load_packed
 
+from conftest import REPO
 from test_surgery import IDS, make_model, np_binw, np_sign
 
 
@@ -88,6 +94,10 @@ def test_file_holds_the_models_binary_weights_and_config(tmp_path):
     ({"attention": "softmax"}, "attention='softmax'.*not 1-bit"),
     ({"word_embeddings": False}, "word_embeddings is not a BiEmbedding"),
     ({"qkv_quantizer": "none"}, "Q/K/V quantizer"),
+    ({"preset": "bit", "attention_quantizer": "ste_sign"}, "takes elastic_unsigned with this mode"),
+    ({"preset": "bit", "qkv_quantizer": "elastic_unsigned"}, "Q quantizer is elastic_unsigned"),
+    ({"qkv_quantizer": "elastic_sign"}, "elastic_sign with attention='bool'.*only with"),
+    ({"preset": "bit", "act_quantizer": "none"}, "input quantizer is none"),
 ])
 def test_unsupported_configs_are_named(tmp_path, cfg, match):
     model = make_model()
@@ -188,3 +198,196 @@ def test_metadata_is_plain_json(tmp_path):
     meta = json.loads(open(path, "rb").read()[8:8 + n])["__metadata__"]
     assert json.loads(meta["config"])["binarize"]["method"] == "bibert"
     assert len(meta["payload_sha256"]) == 64
+
+
+# ------------------------------------------------------------------ 1-bit recipes beyond BiBERT
+
+
+def padded_ids(rng, b, l, vocab=60):
+    """``[b, l]`` token ids: the first row full length, the others padded (pad id 0) at the end
+    to random lengths 1..l."""
+    ids = rng.integers(1, vocab, (b, l))
+    for i in range(1, b):
+        ids[i, rng.integers(1, l + 1):] = 0
+    return ids
+
+
+def trained_1bit_model(config, seed=4, max_position_embeddings=128, shift_std=0.3):
+    """A tiny random BERT binarized by ``config`` (a recipe name or a config dict), after one
+    training-mode forward (elastic scales initialise on the first training batch), with every
+    elastic shift set to small random values so that it moves some bits; in eval mode."""
+    model = make_model(seed=seed, max_position_embeddings=max_position_embeddings)
+    binarize_model(model, BinarizeConfig.preset(config) if isinstance(config, str) else config)
+    rng = np.random.default_rng(seed)
+    model.train()
+    with paddle.no_grad():
+        # BiT's map scale initialises to a_p = 4 mean(p) = 4 / L; with L odd, a_p / 2 = 2 / L
+        # is no 1 / n, the probability of a row of n tied binary scores: no row sits exactly
+        # on the threshold, where float32 rounding of the softmax would decide the bit
+        model(paddle.to_tensor(padded_ids(rng, 6, 23)))
+    model.eval()
+    for _, q in model.named_sublayers():
+        if isinstance(q, ElasticSign):
+            assert float(q.initialized) == 1 and float(q.alpha) != 1.0
+            if q.shift is not None:
+                b = rng.standard_normal(q.shift.shape) * shift_std
+                q.shift.set_value(b.astype("float32"))
+    return model
+
+
+ONE_BIT = [  # config, format version of its file
+    ("bibert", 1), ("baseline", 1), ("binarybert", 1), ("bibert_elastic", 2), ("bit", 2),
+    ({"ffn_activation": "relu"}, 2),  # BiBERT with a ReLU FFN
+    ({"preset": "bit", "qkv_quantizer": "ste_sign"}, 2),  # BiT's map over sign(Q), sign(K)
+]
+
+
+@pytest.mark.parametrize("config, version", ONE_BIT,
+                         ids=lambda c: f"v{c}" if isinstance(c, int) else str(c))
+def test_one_bit_recipes_export_and_run(tmp_path, config, version):
+    model = trained_1bit_model(config)
+    path = str(tmp_path / "m.bibert")
+    info = export_packed(model, path)
+    f = read_packed(path)
+    assert info["version"] == version and f.metadata["format_version"] == str(version)
+    assert ("quantizers" in f.config) == (version == 2)  # a version-1 file keeps its old config
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(IDS)).numpy()
+    np.testing.assert_allclose(load_packed(path)(IDS), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
+def test_elastic_recipe_file_holds_scales_shifts_and_modes(tmp_path, recipe):
+    model = trained_1bit_model(recipe)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    f = read_packed(path)
+    t, c, quant = f.tensors, f.config, f.config["quantizers"]
+    assert f.metadata["format_version"] == "2" and FORMAT_VERSION == 2
+    assert c["binarize"]["method"] == recipe
+    bit = recipe == "bit"
+    assert c["hidden_act"] == ("relu" if bit else "gelu")
+    assert c["attention"] == ("softmax" if bit else "bool")
+    layer = model.bert.encoder.layers[1]
+    att = layer.self_attn
+    # each BiLinear's input quantizer: name, scale a and shift b (one per input channel)
+    for site, lin in [("layers.1.q", att.q_proj), ("layers.1.out", att.out_proj),
+                      ("layers.1.ffn_in", layer.linear1), ("layers.1.ffn_out", layer.linear2),
+                      ("pooler", model.bert.pooler.dense)]:
+        q = lin.input_quantizer
+        assert quant[f"{site}.input"] == q.name
+        np.testing.assert_array_equal(t[f"{site}.input.scale"], [float(q.alpha)])
+        np.testing.assert_array_equal(t[f"{site}.input.shift"], q.shift.numpy())
+        assert t[f"{site}.input.shift"].shape == (lin.weight.shape[0],)
+    assert quant["layers.1.ffn_out.input"] == ("elastic_unsigned" if bit else "elastic_sign")
+    if bit:  # Q, K, V each their own elastic_sign (shift per head channel); the {0, a} map
+        for m, q in zip("qkv", (att.qkv_quantizer, att.k_quantizer, att.v_quantizer)):
+            assert quant[f"layers.1.attn.{m}"] == "elastic_sign"
+            np.testing.assert_array_equal(t[f"layers.1.attn.{m}.scale"], [float(q.alpha)])
+            np.testing.assert_array_equal(t[f"layers.1.attn.{m}.shift"], q.shift.numpy())
+            assert t[f"layers.1.attn.{m}.shift"].shape == (att.head_dim,)
+        assert quant["layers.1.attn.map"] == "elastic_unsigned"
+        np.testing.assert_array_equal(t["layers.1.attn.map.scale"],
+                                      [float(att.attention_quantizer.alpha)])
+        assert "layers.1.attn.map.shift" not in t
+        # one weight scale per matrix (tensor_mean_sign), stored once per column
+        w = layer.linear1.weight.numpy().astype(np.float64)
+        alpha = t["layers.1.ffn_in.alpha"]
+        assert (alpha == alpha[0]).all()
+        np.testing.assert_allclose(alpha[0], np.abs(w).mean(), rtol=1e-5)
+        np.testing.assert_array_equal(unpack_signs(t["layers.1.ffn_in.bits"], 32).T,
+                                      np_sign(w - w.mean()))
+    else:  # Q/K/V stay ste_sign, Bi-Attention map
+        assert {quant[f"layers.1.attn.{m}"] for m in "qkv"} == {"ste_sign"}
+        assert quant["layers.1.attn.map"] == "bool" and "layers.1.attn.q.scale" not in t
+
+
+@pytest.mark.parametrize("recipe, bits", [("bit", 2), ("binarybert", 4)])
+def test_multibit_recipes_are_refused_as_not_1bit(tmp_path, recipe, bits):
+    model = make_model()
+    binarize_model(model, BinarizeConfig.preset(recipe, act_bits=bits))
+    with pytest.raises(ValueError) as err:
+        export_packed(model, str(tmp_path / "x.bibert"))
+    msg = str(err.value)
+    assert f"lsq{bits} ({bits}-bit): recipe {recipe}_a{bits} is not 1-bit; only 1-bit recipes " \
+           "export packed" in msg, msg
+    assert msg.startswith("export_packed: bert.encoder.layers.0."), msg  # names the module
+    assert not (tmp_path / "x.bibert").exists()
+
+
+def test_file_claiming_an_older_version_than_its_features_is_refused(tmp_path):
+    export_packed(trained_1bit_model("bit"), str(tmp_path / "m.bibert"))
+    good = open(tmp_path / "m.bibert", "rb").read()
+    n = int.from_bytes(good[:8], "little")
+    hdr = good[8:8 + n].decode()
+    assert '"format_version":"2"' in hdr
+    open(tmp_path / "m.bibert", "wb").write(
+        good[:8] + hdr.replace('"format_version":"2"', '"format_version":"1"').encode()
+        + good[8 + n:])
+    with pytest.raises(PackedFormatError, match="version 1 file uses version 2 features"):
+        read_packed(str(tmp_path / "m.bibert"))
+
+
+#: the commit whose paddle_bibert/export/format.py wrote format version 1 (the first packed format)
+V1_COMMIT = "a1291b0"
+
+
+def _version1_exporter():
+    """``export_packed`` of format version 1, from git history; None where there is no git."""
+    try:
+        src = subprocess.run(["git", "show", f"{V1_COMMIT}:paddle_bibert/export/format.py"],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if src.returncode != 0:
+        return None
+    name = "paddle_bibert.export._format_v1"  # inside the package: its relative imports work
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is built
+    try:
+        exec(compile(src.stdout, f"{V1_COMMIT}:paddle_bibert/export/format.py", "exec"),
+             mod.__dict__)
+    finally:
+        del sys.modules[name]
+    assert mod.FORMAT_VERSION == 1
+    return mod.export_packed
+
+
+@pytest.mark.parametrize("attention", ["bool", "softmax_sign"])
+def test_version_1_files_of_the_previous_writer_still_load(tmp_path, attention):
+    export_v1 = _version1_exporter()
+    if export_v1 is None:
+        pytest.skip(f"git history with commit {V1_COMMIT} not available")
+    model = make_model(seed=4)
+    binarize_model(model, {"attention": attention})
+    old, new = str(tmp_path / "old.bibert"), str(tmp_path / "new.bibert")
+    export_v1(model, old)
+    export_packed(model, new)
+    f_old, f_new = read_packed(old), read_packed(new)
+    assert f_old.metadata["format_version"] == "1"
+    # the current writer still writes BiBERT as version 1, the same file (safetensors orders
+    # the metadata keys at random, so the bytes may differ; the content may not)
+    assert f_new.metadata == f_old.metadata and f_new.config == f_old.config
+    assert set(f_new.tensors) == set(f_old.tensors)
+    for k, v in f_old.tensors.items():
+        np.testing.assert_array_equal(f_new.tensors[k], v, err_msg=k)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(IDS)).numpy()
+    for backend in ("auto", "numpy"):
+        np.testing.assert_allclose(load_packed(old, backend=backend)(IDS), want, atol=1e-4)
+
+
+def test_command_line_export_of_a_saved_bit_model(tmp_path, capsys):
+    """save_binarized keeps the elastic scales and shifts; the command exports them."""
+    from paddle_bibert.export.__main__ import main
+
+    model = trained_1bit_model("bit", seed=7)
+    save_binarized(model, str(tmp_path / "saved"))
+    main([str(tmp_path / "saved"), str(tmp_path / "out.bibert")])
+    assert "recipe=bit, attention=softmax, format version 2" in capsys.readouterr().out
+    ids = padded_ids(np.random.default_rng(7), 5, 70)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(ids)).numpy()
+    np.testing.assert_allclose(load_packed(str(tmp_path / "out.bibert"))(ids), want, atol=1e-4,
+                               rtol=1e-5)

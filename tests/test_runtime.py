@@ -8,10 +8,12 @@ import paddle
 import pytest
 
 from paddle_bibert import binarize_model, export_packed
-from paddle_bibert.export import pack_signs
+from paddle_bibert.export import pack_bits, pack_signs, unpack_bits
+from paddle_bibert.quant.quantizers import ElasticSign
 from paddle_bibert.runtime import Kernels, available_isas, compiled_available, load_packed
 from paddle_bibert.runtime import reference as ref
 
+from test_export import padded_ids, trained_1bit_model
 from test_surgery import IDS, make_model, np_bibert_logits
 
 ISAS = available_isas()
@@ -244,3 +246,162 @@ def test_runtime_imports_neither_paddle_nor_paddlenlp(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "(1, 2)" in out.stdout
+
+
+# --------------------------------------------- elastic activations, {0,1} inputs, BiT attention
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (5, 13, 65), (9, 37, 130), (6, 8, 64),
+                                     (4, 33, 200), (9, 100, 130)])
+def test_unsigned_binary_linear_matches_numpy(kern, rng, m, n, k):
+    """{0,1} inputs x sign weights: popcount(A) - 2 popcount(A AND w), BiT's FFN output dense."""
+    a01 = rng.random((m, k)) > 0.6
+    a01[0] = False  # a row of zeros: y = bias
+    a = pack_bits(a01)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w_il = kern.prepare(pack_signs(w))
+    alpha = rng.random(n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = kern.bin_linear(a, w_il, n, k, alpha, bias, unsigned=True)
+    np.testing.assert_array_equal(y, NUMPY.bin_linear(a, w_il, n, k, alpha, bias, unsigned=True))
+    np.testing.assert_array_equal(kern.bin_linear(a, w_il, n, k, alpha, bias, signs=True,
+                                                  unsigned=True), pack_signs(y))
+    sw = np.where(np.signbit(w), -1.0, 1.0)
+    np.testing.assert_allclose(y, (a01 @ sw.T) * alpha + bias, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(y[0], bias)
+
+
+@pytest.mark.parametrize("act", [ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU])
+@pytest.mark.parametrize("kind", [ref.Q_SIGN, ref.Q_UNSIGNED])
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_pack_act_matches_numpy_and_the_formulas(kern, rng, act, kind, with_shift):
+    rows, n, a = 7, 130, np.float32(0.75)
+    x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
+    x[0, :6] = [0.0, -0.0, -8.0, -30.0, 0.375, 1e-30]  # zeros, GELU underflow, v / a == 0.5
+    shift = (rng.standard_normal(n) * 0.3).astype(np.float32) if with_shift else None
+    if shift is not None:
+        shift[:6] = [0.0, 0.0, 0.0, -0.0, 0.0, -0.0]
+    got = kern.pack_act(x, shift, a, kind, act)
+    np.testing.assert_array_equal(got, NUMPY.pack_act(x, shift, a, kind, act))
+    v = {ref.ACT_NONE: x, ref.ACT_RELU: np.where(x > 0, x, np.float32(0)),
+         ref.ACT_GELU: ref.gelu32(x)}[act]
+    if shift is not None:
+        s = v + shift
+        v = np.where(s == 0, v, s)  # an exact-zero sum keeps v (and its sign bit)
+    want = np.signbit(v) if kind == ref.Q_SIGN else (v / a > np.float32(0.5))
+    np.testing.assert_array_equal(unpack_bits(got, n), want)
+    if kind == ref.Q_SIGN and act == ref.ACT_NONE:
+        assert unpack_bits(got, n)[0, 1]  # -0.0 (+ a zero shift) stays negative
+    if kind == ref.Q_UNSIGNED and act == ref.ACT_NONE:
+        assert not unpack_bits(got, n)[0, 4]  # 0.375 / 0.75 = 0.5 exactly: rounds down to 0
+
+
+def test_gelu32_follows_float32_gelu():
+    """Close to the exact GELU, and -0.0 where float32's 1 + erf cancels (as Paddle's GELU)."""
+    import math
+    x = np.linspace(-5, 5, 2001).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    np.testing.assert_allclose(ref.gelu32(x), exact, rtol=1e-5, atol=1e-6)
+    far = np.array([-6.0, -8.0, -50.0], np.float32)
+    assert (ref.gelu32(far) == 0).all() and np.signbit(ref.gelu32(far)).all()
+    g = paddle.nn.functional.gelu(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(ref.gelu32(x), g, rtol=1e-3, atol=2e-6)
+
+
+@pytest.mark.parametrize("b, l, h, heads", [(1, 1, 8, 2), (2, 7, 32, 4), (3, 70, 24, 2),
+                                            (1, 65, 65, 1), (2, 130, 256, 2)])
+def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):
+    """BiT's attention: S = Qb Kb^T a_q a_k / sqrt(d), p = softmax over kept keys,
+    A = 1[p / a_p > 0.5], context = A Vb (integers; the runtime scales them by a_p a_v)."""
+    qkv = rng.standard_normal((b, l, 3 * h)).astype(np.float32)
+    keep = rng.random((b, l)) > 0.3
+    keep[0, 0] = True
+    if b > 1:
+        keep[-1] = False  # no key kept: the mask cancels in the softmax, every key counts
+    dh = h // heads
+    score_scale, map_scale = 1.7 * 2.1 / np.sqrt(dh), np.float32(4.0 / max(l, 2))
+    ctx = kern.attention(pack_signs(qkv), keep, h, heads, ref.MODE_SOFTMAX, score_scale,
+                         map_scale)
+    np.testing.assert_array_equal(ctx, NUMPY.attention(pack_signs(qkv), keep, h, heads,
+                                                       ref.MODE_SOFTMAX, score_scale, map_scale))
+    # spelled out for the last head of each sequence, in float64
+    s = np.where(np.signbit(qkv), -1.0, 1.0).reshape(b, l, 3, heads, dh)[:, :, :, -1]
+    for i in range(b):
+        kept = keep[i] if keep[i].any() else np.ones(l, bool)
+        sc = np.where(kept, s[i, :, 0] @ s[i, :, 1].T * score_scale, -np.inf)
+        p = np.exp(sc - sc.max(1, keepdims=True))
+        p = (p / p.sum(1, keepdims=True)).astype(np.float32)
+        a = (p / map_scale > 0.5) & kept
+        np.testing.assert_array_equal(ctx[i, :, -dh:], a @ s[i, :, 2])
+
+
+@pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backend):
+    """Elastic scales initialised by a training-mode forward, shifts moved off 0; logits of the
+    packed runtime = logits of the Paddle model in eval mode, on padded batches of 8 and 70
+    tokens (70: not a multiple of 64, so keys span two words with pad bits)."""
+    if backend == "c" and not compiled_available():
+        pytest.skip("extension not built")
+    for seed in (1, 2):
+        model = trained_1bit_model(recipe, seed=seed)
+        batches = [IDS, padded_ids(rng, 10, 70)]
+        path = str(tmp_path / f"{seed}.bibert")
+        export_packed(model, path)
+        runtime = load_packed(path, backend=backend)
+        assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+        for ids in batches:
+            tt = (rng.random(ids.shape) > 0.5).astype(np.int64)
+            with paddle.no_grad():
+                want = model(paddle.to_tensor(ids), paddle.to_tensor(tt)).numpy()
+            got = runtime(ids, tt)
+            assert got.shape == want.shape and got.dtype == np.float32
+            np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+            assert np.abs(want).max() > 0.1
+        # the shifts matter: moving them back to 0 changes the model's logits
+        for _, q in model.named_sublayers():
+            if isinstance(q, ElasticSign) and q.shift is not None:
+                q.shift.set_value(np.zeros(q.shift.shape, np.float32))
+        with paddle.no_grad():
+            unshifted = model(paddle.to_tensor(batches[1])).numpy()
+        assert np.abs(unshifted - runtime(batches[1])).max() > 1e-2
+
+
+def test_bit_hidden_states_and_sign_decisions_match_paddle(tmp_path):
+    model = trained_1bit_model("bit", seed=5)
+    export_packed(model, str(tmp_path / "m.bibert"))
+    runtime = load_packed(str(tmp_path / "m.bibert"))
+    ids = padded_ids(np.random.default_rng(5), 6, 70)
+    seen = {}
+
+    def tap(name):
+        def hook(layer, inp, out):
+            seen[name] = out.numpy()
+        return hook
+
+    hooks = []
+    for i, layer in enumerate(model.bert.encoder.layers):
+        for sub, name in [(layer.self_attn.q_proj, "q"), (layer.self_attn.k_proj, "k"),
+                          (layer.self_attn.v_proj, "v"), (layer.linear1, "ffn_in")]:
+            hooks.append(sub.register_forward_post_hook(tap(f"layers.{i}.{name}")))
+    with paddle.no_grad():
+        _, _, states = model.bert(paddle.to_tensor(ids), output_hidden_states=True,
+                                  return_dict=False)
+    for hk in hooks:
+        hk.remove()
+    logits, mine = runtime(ids, output_hidden_states=True)
+    for a, b in zip(mine, states):
+        np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
+    trace = runtime.intermediates(ids)
+    for i, layer in enumerate(model.bert.encoder.layers):
+        qkv = np.concatenate([seen[f"layers.{i}.{m}"] for m in "qkv"], -1)
+        np.testing.assert_allclose(trace[f"layers.{i}.qkv"], qkv, atol=1e-4)
+        # the {0, a} input of the FFN output dense: 1[(relu(h) + b) / a > 0.5]
+        q = layer.linear2.input_quantizer
+        h = seen[f"layers.{i}.ffn_in"]
+        want = (np.maximum(h, 0) + q.shift.numpy()) / np.float32(float(q.alpha)) > 0.5
+        mine = (np.maximum(trace[f"layers.{i}.ffn_in"], 0) + q.shift.numpy()) \
+            / np.float32(float(q.alpha)) > 0.5
+        np.testing.assert_array_equal(mine, want)
+        assert 0.02 < want.mean() < 0.98  # both values occur

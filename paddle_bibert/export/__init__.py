@@ -1,8 +1,10 @@
 """Bit-packed export of binarized models: packing, the file format, size/FLOPs accounting.
 
-Reads the conventions of ``paddle_bibert.quant`` (sign bit, per-output-channel scales) and
-knows nothing of training. Importing it does not import Paddle; ``export_packed`` does.
-Size/FLOPs accounting: ``paddle_bibert.export.cost``.
+Reads the conventions of ``paddle_bibert.quant`` (sign bit, per-output-channel or per-matrix
+weight scales, elastic activation scales and shifts) and knows nothing of training. The file
+format is versioned (``format.FORMAT_VERSION``; version 2 adds the elastic recipes).
+Importing it does not import Paddle; ``export_packed`` does. Size/FLOPs accounting:
+``paddle_bibert.export.cost``.
 """
 
 from .format import (FORMAT_NAME, FORMAT_VERSION, PackedFile, PackedFormatError, export_packed,

@@ -28,7 +28,8 @@ def main(argv=None):
     fp = count(BertShape.from_config(info["config"]))["fp_bytes"]
     print(f"wrote {args.out}: {info['bytes'] / 2**20:.2f} MiB "
           f"({fp / info['bytes']:.1f}x smaller than float32 weights, {fp / 2**20:.1f} MiB); "
-          f"attention={info['config']['attention']}")
+          f"recipe={info['config']['binarize'].get('method')}, "
+          f"attention={info['config']['attention']}, format version {info['version']}")
     ckpt = [f for f in os.listdir(args.model_dir) if f.endswith((".pdparams", ".safetensors"))]
     if ckpt:
         size = sum(os.path.getsize(os.path.join(args.model_dir, f)) for f in ckpt)

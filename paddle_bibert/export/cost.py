@@ -24,6 +24,13 @@ float32 position-embedding table (the paper's number is met, 13.5 MiB, if positi
 token-type tables are counted at 1 bit). A real file also stores one float32 scale per output
 channel and per vocabulary row (0.44 MiB for BERT-base), which the paper's convention omits:
 ``packed_file`` below includes them. See ``python -m paddle_bibert.export.cost``.
+
+These counts are BiBERT's (a format-version-1 file). A version-2 file of an elastic recipe
+(``bibert_elastic``, ``bit``) also stores each elastic quantizer's float32 scale and shift:
+per layer the input shifts of its six linears (5 H + F values) and their 6 scales, for ``bit``
+also 3 d_head Q/K/V shifts and 4 scales (Q, K, V, map); plus the pooler's H + 1. For
+BERT-base ``bit`` that is 86 K float32 values, 0.33 MiB (about 2% of the file), which
+``packed_file`` does not count; nor are BiT's softmax and scalings in the FLOPs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
  *   {-1,+1} . {-1,+1}   a.w = n - 2 popcount(a XOR w)
  *   {0,1}   . {-1,+1}   A.v = popcount(A) - 2 popcount(A AND v)
  * (v holds sign bits, 1 = -1: the spec's 2 popcount(A AND v+) - popcount(A) with v+ = NOT v).
+ * The second serves the Bi-Attention map times sign(V), BiT's {0,1} softmax map times sign(V)
+ * and BiT's {0,1} FFN-output input times the sign weights ("unsigned" binary linear).
  *
  * Right-hand operands use an "interleaved" layout: 8 output channels side by side per word,
  *   B_il[nb][w][l] = word w of channel 8*nb + l        (shape [ceil(N/8), kw, 8])
@@ -38,7 +40,11 @@
 
 #define AI __attribute__((always_inline)) inline
 enum { OP_XOR = 0, OP_AND = 1 };
-enum { MODE_BOOL = 0, MODE_KEEP = 1 };
+enum { MODE_BOOL = 0, MODE_KEEP = 1, MODE_SOFTMAX = 2 };
+/* Binarization of a float activation (pack_act): its sign bit, or 1[v / a > 0.5] ({0, a}). */
+enum { Q_SIGN = 0, Q_UNSIGNED = 1 };
+/* Elementwise activation applied before binarizing (pack_act). */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2 };
 /* Tile of the popcount GEMM: TM rows x TN interleaved blocks (TN * 8 channels). */
 enum { TM = 4, TN = 4 };
 /* Memory-bound elementwise kernels (packing, LayerNorm, embedding) are split into chunks only
@@ -591,6 +597,7 @@ typedef struct {
     uint32_t *out_bits; /* sign bits of the linear's output instead of out_f: [M, 2 nwords(N)] */
     const float *alpha, *bias;
     long K;
+    int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
 } gemm_job;
 
@@ -620,7 +627,7 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
             int mr = (int)(M - m0 < TM ? M - m0 : TM);
             const int linear = g->out_f || g->out_bits;
             const size_t ldb = 2 * nwords(N); /* uint32 per output row */
-            if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N) {
+            if (linear && lin && !g->unsig && mr == TM && nb == TN && n0 + TN * 8 <= N) {
                 lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->out_f ? g->out_f + m0 * N + n0 : NULL,
                     N, g->alpha + n0, g->bias + n0, g->K,
                     g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb);
@@ -632,8 +639,14 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
                 const int32_t *lr = loc + r * TN * 8;
                 if (linear) {
                     uint32_t sg = 0;
+                    long K = g->K;
+                    if (g->unsig) { /* K = popcount(A_m): the row's count of ones */
+                        const uint64_t *am = g->a + (m0 + r) * kw;
+                        K = 0;
+                        for (size_t w = 0; w < kw; w++) K += __builtin_popcountll(am[w]);
+                    }
                     for (size_t l = 0; l < nn; l++) {
-                        double d = (double)(g->K - 2 * (long)lr[l]);
+                        double d = (double)(K - 2 * (long)lr[l]);
                         float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
                         if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
                         uint32_t u;
@@ -652,6 +665,8 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
 /* Popcount GEMM over [M, kw] x interleaved [NB, kw, 8]; with neither out_f nor out_bits,
  * writes the raw counts to cnt[M][N]; else the binary linear epilogue
  *     y[m, n] = (float)((K - 2 * count) * alpha[n] + bias[n])       (in double, no FMA)
+ * (unsig: a holds {0,1} inputs, op is AND and K is popcount(a_m), so K - 2 count is the
+ * {0,1} x {-1,+1} dot product)
  * The product of the integer dot (< 2^24) and a float is exact in double, so y is the exact
  * value rounded (twice: to double, to float), and its sign is the exact sign: a float32
  * evaluation (Paddle's GEMM summing +-alpha) can get it wrong where the exact value is within
@@ -661,8 +676,8 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
  */
 static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
                       int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
-                      const float *bias, long K) {
-    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K};
+                      const float *bias, long K, int unsig) {
+    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig};
     g.NB = (long)((N + 7) / 8);
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
@@ -687,6 +702,71 @@ static void pack_chunk(void *vctx, long c, int tid) {
 static void pack_rows(const float *x, size_t rows, size_t n, uint64_t *out) {
     pack_job j = {x, rows, n, ROW_CHUNK(rows, n), out};
     pool_run(pack_chunk, &j, (long)((rows + j.chunk - 1) / j.chunk));
+}
+
+/* GELU as Paddle's float32 kernel evaluates it, x * 0.5 * (1 + erf(x * (1/sqrt 2))), each step
+ * rounded to float32 and erf taken in double: it keeps the float32 cancellation of 1 + erf, so
+ * it returns -0.0 where Paddle does for very negative x (from about -5.6; Paddle's own erf
+ * reaches -1 from about -5.2). */
+static float gelu32(float v) {
+    const float t = v * (float)M_SQRT1_2;
+    const float e = (float)erf((double)t);
+    return (v * 0.5f) * (1.0f + e);
+}
+
+/* One row of a binarized activation: v = act(x_k) (+ shift_k), then the bit is signbit(v)
+ * (Q_SIGN: {-a, +a} with a folded into the next layer's scales) or 1[v / scale > 0.5] in float32
+ * (Q_UNSIGNED: BiT's {0, a}, a * clip(round_half_down(v / a), 0, 1)); pad bits 0. */
+static void pack_act_row(const float *x, size_t n, const float *shift, float scale, int kind,
+                         int act, uint64_t *out) {
+    for (size_t w = 0; w < nwords(n); w++) {
+        uint64_t word = 0;
+        size_t end = n - 64 * w < 64 ? n - 64 * w : 64;
+        for (size_t j = 0; j < end; j++) {
+            const size_t k = 64 * w + j;
+            float v = x[k];
+            if (act == ACT_RELU) v = v > 0.0f ? v : 0.0f;
+            else if (act == ACT_GELU) v = gelu32(v);
+            if (shift) {  /* a sum of exactly 0 keeps v's sign bit (GELU's -0.0 + 0 stays -) */
+                const float s = v + shift[k];
+                if (s != 0.0f) v = s;
+            }
+            uint64_t bit;
+            if (kind == Q_SIGN) {
+                uint32_t u;
+                memcpy(&u, &v, 4);
+                bit = u >> 31;
+            } else {
+                bit = v / scale > 0.5f;
+            }
+            word |= bit << j;
+        }
+        out[w] = word;
+    }
+}
+
+typedef struct {
+    const float *x, *shift;
+    size_t rows, n, chunk;
+    float scale;
+    int kind, act;
+    uint64_t *out;
+} pack_act_job;
+
+static void pack_act_chunk(void *vctx, long c, int tid) {
+    const pack_act_job *j = vctx;
+    const size_t nw = nwords(j->n), r1 = (c + 1) * j->chunk < j->rows ? (c + 1) * j->chunk : j->rows;
+    (void)tid;
+    for (size_t r = c * j->chunk; r < r1; r++)
+        pack_act_row(j->x + r * j->n, j->n, j->shift, j->scale, j->kind, j->act, j->out + r * nw);
+}
+
+static void pack_act(const float *x, size_t rows, size_t n, const float *shift, float scale,
+                     int kind, int act, uint64_t *out) {
+    /* GELU costs an erf per value: split into chunks sooner */
+    const size_t chunk = act == ACT_GELU ? (rows * n > (1 << 16) ? 16 : rows) : ROW_CHUNK(rows, n);
+    pack_act_job j = {x, shift, rows, n, chunk, scale, kind, act, out};
+    pool_run(pack_act_chunk, &j, (long)((rows + chunk - 1) / chunk));
 }
 /* In-place transpose of a 64 x 64 bit matrix: bit c of m[r] <-> bit r of m[c]. Swaps the
  * off-diagonal j x j blocks for j = 32, 16, ..., 1 (mask: bits whose index has bit j clear). */
@@ -714,18 +794,51 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
     if (len % 64) out[nw - 1] &= (1ULL << (len % 64)) - 1;
 }
 
-/* Bi-Attention for one (batch b, head h), from the packed sign bits of the Q/K/V projections
- * (token rows of rw words holding [Q | K | V], 3H bits; head h is bits h*dh.. of each part):
+/* BiT's attention map for one query row (MODE_SOFTMAX), from the integer scores
+ * S_j = dh - 2 cnt[j] of the kept keys (all keys if none is kept: an additive mask that covers
+ * every key cancels in the softmax):
+ *     s_j = S_j * sscale            (sscale = a_q a_k / sqrt(dh), in double)
+ *     p_j = (float)(exp(s_j - max s) / sum_k exp(s_k - max s))   (double, summed in key order)
+ *     bit j = 1[p_j / mscale > 0.5]  in float32 (mscale = a_p: {0, a_p} = a_p clip(round(p / a_p)))
+ * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0. Ai must be zeroed. */
+static void softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, int any,
+                            double sscale, float mscale, double *sc, uint64_t *Ai) {
+    double mx = -INFINITY, sum = 0.0;
+    for (size_t j = 0; j < L; j++)
+        if (!any || kp[j]) {
+            sc[j] = (double)(dh - 2 * (long)cnt[j]) * sscale;
+            if (sc[j] > mx) mx = sc[j];
+        }
+    for (size_t j = 0; j < L; j++)
+        if (!any || kp[j]) {
+            sc[j] = exp(sc[j] - mx);
+            sum += sc[j];
+        }
+    for (size_t j = 0; j < L; j++)
+        if (!any || kp[j]) {
+            const float p = (float)(sc[j] / sum);
+            if (p / mscale > 0.5f) Ai[j / 64] |= 1ULL << (j % 64);
+        }
+}
+
+/* Binary attention for one (batch b, head h), from the packed sign bits of the Q/K/V
+ * projections (token rows of rw words holding [Q | K | V], 3H bits; head h is bits h*dh.. of
+ * each part):
  *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
- *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept])
+ *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept];
+ *                                                            MODE_SOFTMAX: softmax_map_row)
  *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
- * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw].
+ * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw],
+ * then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and scores double [L].
  */
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
-                         size_t dh, size_t b, size_t h, int mode, float *ctx, uint64_t *scratch) {
+                         size_t dh, size_t b, size_t h, int mode, double sscale, float mscale,
+                         float *ctx, uint64_t *scratch) {
     const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8, DB = (dh + 7) / 8;
     uint64_t *Qb = scratch, *Kil = Qb + L * dw, *A = Kil + LB * dw * 8, *Vil = A + L * Lw;
     uint64_t *Vb = Vil + DB * Lw * 8;
+    int32_t *cnt = (int32_t *)(Vb + 64 * Lw * dw);
+    double *sc = (double *)(cnt + 8 * LB);
     uint64_t kbits[Lw > dw ? Lw : dw], blk[64];
     const uint8_t *kp = keep + b * L;
 
@@ -749,12 +862,22 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             }
         }
     memset(kbits, 0, Lw * sizeof(uint64_t));
+    int any = 0;
     for (size_t j = 0; j < L; j++)
-        if (kp[j]) kbits[j / 64] |= 1ULL << (j % 64);
+        if (kp[j]) {
+            kbits[j / 64] |= 1ULL << (j % 64);
+            any = 1;
+        }
     for (size_t i = 0; i < L; i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
             memcpy(Ai, kbits, Lw * sizeof(uint64_t));
+        } else if (mode == MODE_SOFTMAX) {
+            for (size_t jb = 0; jb < LB; jb += TN) /* counts popcount(q_i XOR k_j), j < 8 LB */
+                g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
+                            LB - jb < TN ? (int)(LB - jb) : TN);
+            memset(Ai, 0, Lw * sizeof(uint64_t));
+            softmax_map_row(cnt, L, (long)dh, kp, any, sscale, mscale, sc, Ai);
         } else {
             memset(Ai, 0, Lw * sizeof(uint64_t));
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
@@ -772,6 +895,8 @@ typedef struct {
     const uint8_t *keep;
     size_t L, H, heads, dh;
     int mode;
+    double sscale;
+    float mscale;
     float *ctx;
     uint64_t **scratch; /* one per thread id */
 } att_job;
@@ -779,20 +904,20 @@ typedef struct {
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
     attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, (size_t)t / j->heads,
-                 (size_t)t % j->heads, j->mode, j->ctx, j->scratch[tid]);
+                 (size_t)t % j->heads, j->mode, j->sscale, j->mscale, j->ctx, j->scratch[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
-                     size_t heads, int mode, float *ctx) {
+                     size_t heads, int mode, double sscale, float mscale, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     const size_t words = L * dw + ((L + 7) / 8) * dw * 8 + L * Lw + ((dh + 7) / 8) * Lw * 8 +
-                         64 * Lw * dw;
+                         64 * Lw * dw + ((L + 7) / 8) * 4 + L; /* + counts, scores */
     const int nt = P.want < 1 ? 1 : P.want;
     uint64_t *bufs[MAX_THREADS];
     int ok = 1;
     for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
     if (ok) {
-        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, ctx, bufs};
+        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, mscale, ctx, bufs};
         pool_run(att_chunk, &j, (long)(B * heads));
     }
     for (int i = 0; i < nt; i++) free(bufs[i]);
@@ -891,7 +1016,7 @@ static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
     if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "b") &&
         need(&out, (size_t)M * N * 4, "out")) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, op ? OP_AND : OP_XOR, out.buf,
-                                         NULL, NULL, NULL, NULL, 0);
+                                         NULL, NULL, NULL, NULL, 0, 0);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
     }
@@ -904,18 +1029,18 @@ static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
 static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
     Py_buffer a, b, al, bi, out;
     Py_ssize_t M, kw, N, K;
-    int signs;
-    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
-                          &signs))
+    int signs, unsig = 0;
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p|p", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
+                          &signs, &unsig))
         return NULL;
     PyObject *ret = NULL;
     size_t nb = ((size_t)N + 7) / 8;
     if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "w") &&
         need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
         need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out")) {
-        Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, OP_XOR, NULL,
+        Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, unsig ? OP_AND : OP_XOR, NULL,
                                          signs ? NULL : out.buf, signs ? out.buf : NULL, al.buf,
-                                         bi.buf, (long)K);
+                                         bi.buf, (long)K, unsig);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
     }
@@ -931,17 +1056,21 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     Py_buffer qkv, keep, out;
     Py_ssize_t B, L, H, heads;
     int mode;
-    if (!PyArg_ParseTuple(args, "y*y*nnnniw*", &qkv, &keep, &B, &L, &H, &heads, &mode, &out))
+    double sscale = 1.0, mscale = 1.0;
+    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|dd", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
+                          &sscale, &mscale))
         return NULL;
     PyObject *ret = NULL;
     if (heads <= 0 || H % heads) {
         PyErr_SetString(PyExc_ValueError, "hidden size is not a multiple of the head count");
+    } else if (mode < MODE_BOOL || mode > MODE_SOFTMAX) {
+        PyErr_Format(PyExc_ValueError, "unknown attention mode %d", mode);
     } else if (need(&qkv, (size_t)B * L * nwords(3 * H) * 8, "qkv") &&
                need(&keep, (size_t)B * L, "keep") &&
                need(&out, (size_t)B * L * H * 4, "out")) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads,
-                                              mode ? MODE_KEEP : MODE_BOOL, out.buf);
+        Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads, mode, sscale,
+                                              (float)mscale, out.buf);
         Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
         else {
             ret = Py_None;
@@ -950,6 +1079,36 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&qkv);
     PyBuffer_Release(&keep);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+static PyObject *py_pack_act(PyObject *self, PyObject *args) {
+    Py_buffer x, out, sh = {0};
+    PyObject *sh_obj;
+    Py_ssize_t rows, n;
+    float scale;
+    int kind, act;
+    if (!PyArg_ParseTuple(args, "y*nnOfiiw*", &x, &rows, &n, &sh_obj, &scale, &kind, &act, &out))
+        return NULL;
+    const int has_sh = sh_obj != Py_None;
+    if (has_sh && PyObject_GetBuffer(sh_obj, &sh, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    if ((kind != Q_SIGN && kind != Q_UNSIGNED) || act < ACT_NONE || act > ACT_GELU) {
+        PyErr_Format(PyExc_ValueError, "pack_act: unknown kind %d or activation %d", kind, act);
+    } else if (need(&x, (size_t)rows * n * 4, "x") && (!has_sh || need(&sh, (size_t)n * 4, "shift")) &&
+               need(&out, (size_t)rows * nwords(n) * 8, "out")) {
+        Py_BEGIN_ALLOW_THREADS pack_act(x.buf, rows, n, has_sh ? sh.buf : NULL, scale, kind, act,
+                                        out.buf);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&x);
+    if (has_sh) PyBuffer_Release(&sh);
     PyBuffer_Release(&out);
     return ret;
 }
@@ -1061,8 +1220,12 @@ static PyMethodDef methods[] = {
     {"pack_signs", py_pack_signs, METH_VARARGS, "pack_signs(x, rows, n, out)"},
     {"popcount_gemm", py_popcount_gemm, METH_VARARGS, "popcount_gemm(a, M, kw, b_il, N, op, out)"},
     {"bin_linear", py_bin_linear, METH_VARARGS,
-     "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs): out = y, or its sign bits"},
-    {"attention", py_attention, METH_VARARGS, "attention(qkv_bits, keep, B, L, H, heads, mode, out)"},
+     "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs, unsigned=False): out = y, or its "
+     "sign bits; unsigned: a holds {0,1} inputs"},
+    {"pack_act", py_pack_act, METH_VARARGS,
+     "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
+    {"attention", py_attention, METH_VARARGS,
+     "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1)"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
     {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out)"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
@@ -1090,6 +1253,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
         PyModule_AddIntConstant(m, "OP_AND", OP_AND);
         PyModule_AddIntConstant(m, "MODE_BOOL", MODE_BOOL);
         PyModule_AddIntConstant(m, "MODE_KEEP", MODE_KEEP);
+        PyModule_AddIntConstant(m, "MODE_SOFTMAX", MODE_SOFTMAX);
+        PyModule_AddIntConstant(m, "Q_SIGN", Q_SIGN);
+        PyModule_AddIntConstant(m, "Q_UNSIGNED", Q_UNSIGNED);
+        PyModule_AddIntConstant(m, "ACT_NONE", ACT_NONE);
+        PyModule_AddIntConstant(m, "ACT_RELU", ACT_RELU);
+        PyModule_AddIntConstant(m, "ACT_GELU", ACT_GELU);
     }
     return m;
 }

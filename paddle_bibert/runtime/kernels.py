@@ -28,7 +28,9 @@ else:
 __all__ = ["Kernels", "get_kernels", "compiled_available", "available_isas"]
 
 OP_XOR, OP_AND = ref.OP_XOR, ref.OP_AND
-MODE_BOOL, MODE_KEEP = ref.MODE_BOOL, ref.MODE_KEEP
+MODE_BOOL, MODE_KEEP, MODE_SOFTMAX = ref.MODE_BOOL, ref.MODE_KEEP, ref.MODE_SOFTMAX
+Q_SIGN, Q_UNSIGNED = ref.Q_SIGN, ref.Q_UNSIGNED
+ACT_NONE, ACT_RELU, ACT_GELU = ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU
 
 
 def compiled_available() -> bool:
@@ -99,6 +101,25 @@ class Kernels:
         _C.pack_signs(x, x.shape[0], x.shape[1], out)
         return out
 
+    def pack_act(self, x: np.ndarray, shift=None, scale: float = 1.0, kind: int = Q_SIGN,
+                 act: int = ACT_NONE) -> np.ndarray:
+        """``[rows, n]`` float32 -> ``[rows, nwords(n)]`` bits of a binarized activation:
+        ``act`` (none, ReLU, GELU), then ``+ shift`` (``[n]`` or None), then the sign bit
+        (``Q_SIGN``) or ``1[v / scale > 0.5]`` (``Q_UNSIGNED``). See :func:`reference.pack_act`."""
+        x = _rows(_f32(x), "pack_act")
+        if shift is not None:
+            shift = _f32(shift)
+            if shift.shape != (x.shape[1],):
+                raise ValueError(f"pack_act: shift of shape {shift.shape} for {x.shape[1]} "
+                                 "channels")
+        if kind not in (Q_SIGN, Q_UNSIGNED) or act not in (ACT_NONE, ACT_RELU, ACT_GELU):
+            raise ValueError(f"pack_act: unknown kind {kind} or activation {act}")
+        if not self.compiled:
+            return ref.pack_act(x, shift, scale, kind, act)
+        out = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64)
+        _C.pack_act(x, x.shape[0], x.shape[1], shift, float(scale), int(kind), int(act), out)
+        return out
+
     @staticmethod
     def prepare(bits: np.ndarray) -> np.ndarray:
         """Packed ``[N, kw]`` right-hand operand -> the kernels' interleaved ``[N/8, kw, 8]``."""
@@ -117,11 +138,14 @@ class Kernels:
         _C.popcount_gemm(a, a.shape[0], a.shape[1], b_il, n, op, out)
         return out
 
-    def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False) -> np.ndarray:
+    def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False,
+                   unsigned: bool = False) -> np.ndarray:
         """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
         float32: its sign is the exact one), float32 ``[M, n]``; with
         ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
-        binary layer consumes: 32x less memory traffic than writing y and packing it)."""
+        binary layer consumes: 32x less memory traffic than writing y and packing it).
+        ``unsigned``: ``a`` holds {0, 1} inputs (bit 1 = 1) and the dot product is
+        ``popcount(a) - 2 popcount(a AND w)``."""
         a = _rows(_u64(a), "bin_linear")
         w_il = _u64(w_il)
         self._check_rhs(a, w_il, n)
@@ -129,13 +153,13 @@ class Kernels:
             raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
         alpha, bias = _f32(alpha), _f32(bias)
         if not self.compiled:
-            y = ref.bin_linear(a, w_il, n, k, alpha, bias)
+            y = ref.bin_linear(a, w_il, n, k, alpha, bias, unsigned)
             return ref.pack_signs(y) if signs else y
         if signs:
             out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
         else:
             out = np.empty((a.shape[0], n), np.float32)
-        _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs)
+        _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs, unsigned)
         return out
 
     @staticmethod
@@ -145,11 +169,13 @@ class Kernels:
             raise ValueError(f"right operand of shape {b_il.shape} is not the interleaved form "
                              f"of {n} rows of {a.shape[1]} words (use Kernels.prepare)")
 
-    def attention(self, qkv_bits, keep, hidden: int, heads: int,
-                  mode: int = MODE_BOOL) -> np.ndarray:
-        """Bi-Attention context ``[B, L, hidden]`` from the packed sign bits of a layer's Q/K/V
-        projections, ``[B, L, nwords(3 * hidden)]`` (each token row holds Q, K, V in order);
-        ``keep`` ``[B, L]`` is False on padded keys. See :func:`reference.attention`."""
+    def attention(self, qkv_bits, keep, hidden: int, heads: int, mode: int = MODE_BOOL,
+                  score_scale: float = 1.0, map_scale: float = 1.0) -> np.ndarray:
+        """Binary attention context ``[B, L, hidden]`` (integer counts) from the packed sign bits
+        of a layer's Q/K/V, ``[B, L, nwords(3 * hidden)]`` (each token row holds Q, K, V in
+        order); ``keep`` ``[B, L]`` is False on padded keys. ``MODE_SOFTMAX`` (BiT) takes
+        ``score_scale = a_q a_k / sqrt(d_head)`` and ``map_scale = a_p``. See
+        :func:`reference.attention`."""
         qkv_bits = _u64(qkv_bits)
         if qkv_bits.ndim != 3 or qkv_bits.shape[0] == 0 or qkv_bits.shape[1] == 0:
             raise ValueError(f"attention: expected non-empty [B, L, words] bits, got "
@@ -161,10 +187,13 @@ class Kernels:
         keep = np.ascontiguousarray(keep, dtype=np.uint8)
         if keep.shape != (b, l):
             raise ValueError(f"attention: keep mask {keep.shape} does not match {(b, l)}")
+        if mode not in (MODE_BOOL, MODE_KEEP, MODE_SOFTMAX):
+            raise ValueError(f"attention: unknown mode {mode}")
         if not self.compiled:
-            return ref.attention(qkv_bits, keep, hidden, heads, mode)
+            return ref.attention(qkv_bits, keep, hidden, heads, mode, score_scale, map_scale)
         out = np.empty((b, l, hidden), np.float32)
-        _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out)
+        _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out, float(score_scale),
+                     float(map_scale))
         return out
 
     # -- full-precision parts --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Inference of a packed BiBERT classifier on bits (no Paddle, no PaddleNLP).
 
 Per encoder layer, with x the float hidden states [T = B*L, H] and ``sign`` the package's
-convention (bit = signbit(x), so sign(+0) = +1, sign(-0) = -1):
+convention (bit = signbit(x), so sign(+0) = +1, sign(-0) = -1). BiBERT (format version 1):
 
     xb           = bits(x)
     Q, K, V      = xb . Wq/k/v          binary linear: (K - 2 popcount(xb XOR w)) * alpha + b
@@ -19,38 +19,100 @@ including h <= -6 or so where float32 GELU underflows to -0.0 (sign -1, the sign
 so the runtime packs the sign bits of h and never evaluates GELU. Scores need no 1/sqrt(d)
 scaling (it does not change a sign) and no -1e4 additive mask (masked keys are cleared in A).
 Then pooled = tanh(bits(x[:, 0]) . Wpool) and logits = pooled @ Wcls + bcls in float32.
+
+Elastic activations (format version 2: ``bibert_elastic``, ``bit``). An input binarized by
+``elastic_sign`` a * sign(v + b) is packed as the sign bits of v + b (float32) and a is folded
+into the linear's scales, alpha_n * a; one binarized by ``elastic_unsigned`` a * 1[(v + b) / a
+> 0.5] is packed as those {0, 1} bits and goes through the {0,1} x {-1,+1} product
+
+    y = (popcount(A) - 2 popcount(A AND w)) * (alpha_n * a) + bias
+
+(BiT's FFN output dense, after ReLU: ``h``'s floats are written, then ReLU or GELU, the shift
+and the threshold are applied while packing). Q/K/V with elastic quantizers are packed as the
+sign bits of Q + b_q, K + b_k, V + b_v (shift per head channel), and the context is scaled by
+the scales of the map and of V. BiT's attention ("softmax" with an ``elastic_unsigned`` map):
+
+    S    = (d - 2 popcount(q XOR k)) * a_q a_k / sqrt(d)      kept keys only
+    p    = softmax(S)  (float64, rounded to float32);   A = 1[p / a_p > 0.5]   (float32)
+    ctx  = (popcount(A) - 2 popcount(A AND v)) * a_p a_v
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
 
-from ..export.format import PackedFile, PackedFormatError, read_packed
+from ..export.format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, QKV_QUANTIZERS,
+                             PackedFile, PackedFormatError, read_packed, site_quantizers)
 from ..export.pack import nwords
-from .kernels import MODE_BOOL, MODE_KEEP, Kernels
+from .kernels import (ACT_GELU, ACT_NONE, ACT_RELU, MODE_BOOL, MODE_KEEP, MODE_SOFTMAX, Q_SIGN,
+                      Q_UNSIGNED, Kernels)
 
 __all__ = ["PackedBert", "load_packed"]
 
-_MODES = {"bool": MODE_BOOL, "softmax_sign": MODE_KEEP}
+_MODES = {"bool": MODE_BOOL, "softmax_sign": MODE_KEEP, "softmax": MODE_SOFTMAX}
+_ACTS = {"gelu": ACT_GELU, "relu": ACT_RELU}
+
+
+class _Quantizer:
+    """A binarized activation as the file describes it: ``ste_sign`` sign(v), ``elastic_sign``
+    a * sign(v + b), ``elastic_unsigned`` a * 1[(v + b) / a > 0.5]."""
+
+    def __init__(self, name, tensors, site, channels):
+        self.name = name
+        self.kind = Q_UNSIGNED if name == "elastic_unsigned" else Q_SIGN
+        self.scale, self.shift = np.float32(1.0), None
+        if name in ELASTIC:
+            scale = np.asarray(tensors[f"{site}.scale"], np.float32).reshape(-1)
+            if scale.shape != (1,):
+                raise PackedFormatError(f"{site}.scale has shape {scale.shape}, expected [1]")
+            self.scale = scale[0]
+            if f"{site}.shift" in tensors:
+                self.shift = np.ascontiguousarray(tensors[f"{site}.shift"], np.float32)
+                if channels is None or self.shift.shape != (channels,):
+                    raise PackedFormatError(f"{site}.shift has shape {self.shift.shape}, "
+                                            f"expected [{channels}]")
+
+    @property
+    def plain(self) -> bool:
+        return self.name == "ste_sign"
+
+    def same_bits(self, other) -> bool:
+        """True if both quantizers give the same bits for every input (scales may differ)."""
+        a, b = self.shift, other.shift
+        return self.kind == other.kind and (a is None) == (b is None) and (
+            a is None or a.tobytes() == b.tobytes()) and (
+            self.kind == Q_SIGN or self.scale == other.scale)
+
+    def bits(self, kern: Kernels, x, act: int = ACT_NONE):
+        if self.plain and act == ACT_NONE:
+            return kern.pack_signs(x)
+        return kern.pack_act(x, self.shift, self.scale, self.kind, act)
 
 
 class _Linear:
-    """A binarized linear prepared for the kernels: interleaved bits, alpha, bias."""
+    """A binarized linear prepared for the kernels: interleaved bits, scales, bias, and the
+    quantizer of its input (whose scale is folded into alpha)."""
 
-    def __init__(self, bits, alpha, bias, k):
+    def __init__(self, bits, alpha, bias, k, quantizer: _Quantizer, scaled: bool = False):
         self.n, self.k = int(alpha.shape[0]), int(k)
         if bits.shape != (self.n, nwords(k)) or bias.shape != (self.n,):
             raise PackedFormatError(f"binary linear tensors have shapes {bits.shape}, "
                                     f"{alpha.shape}, {bias.shape}; expected [{self.n}, "
                                     f"{nwords(k)}] bits for {k} inputs")
+        self.w_bits = np.ascontiguousarray(bits, np.uint64)
         self.w = Kernels.prepare(bits)
-        self.alpha = np.ascontiguousarray(alpha, np.float32)
+        self.q = quantizer
+        # y = (a sign(v + b)) . (alpha_n sign(w)) = (sign(v + b) . sign(w)) * (alpha_n * a)
+        scale = 1.0 if scaled else float(quantizer.scale)
+        self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
 
     def __call__(self, kern: Kernels, xb, signs=False):
-        return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs)
+        return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
+                               unsigned=self.q.kind == Q_UNSIGNED)
 
 
 class PackedBert:
@@ -70,6 +132,9 @@ class PackedBert:
         if c.get("attention") not in _MODES:
             raise PackedFormatError(f"unsupported attention mode {c.get('attention')!r}; the "
                                     f"runtime runs {sorted(_MODES)}")
+        if c.get("hidden_act", "gelu") not in _ACTS:
+            raise PackedFormatError(f"unsupported FFN activation {c.get('hidden_act')!r}; the "
+                                    f"runtime runs {sorted(_ACTS)}")
         self.kernels = Kernels(backend, isa, num_threads)
         t = packed.tensors
         try:
@@ -80,9 +145,13 @@ class PackedBert:
     def _build(self, c, t):
         h = self.hidden = int(c["hidden_size"])
         self.heads = int(c["num_attention_heads"])
+        if self.heads < 1 or h % self.heads:
+            raise PackedFormatError(f"hidden_size {h} is not a multiple of {self.heads} heads")
+        dh = h // self.heads
         f = int(c["intermediate_size"])
         eps = c["layer_norm_eps"]
         self.mode = _MODES[c["attention"]]
+        self.act = _ACTS[c.get("hidden_act", "gelu")]
         self.pad_token_id = int(c["pad_token_id"])
         self.word_bits = np.ascontiguousarray(t["embeddings.word.bits"], np.uint64)
         self.word_alpha = np.ascontiguousarray(t["embeddings.word.alpha"], np.float32)
@@ -91,26 +160,61 @@ class PackedBert:
         if self.word_bits.shape != (self.word_alpha.shape[0], nwords(h)) \
                 or self.pos.shape[1] != h or self.tok.shape[1] != h:
             raise PackedFormatError("embedding tensors do not match hidden_size")
+        sites = site_quantizers(c)
+
+        def quantizer(site, allowed, channels):
+            name = sites[site]
+            if name not in allowed:
+                raise PackedFormatError(f"quantizer {name!r} of {site} is not one of {allowed}")
+            return _Quantizer(name, t, site, channels)
 
         def ln(name):
             return (t[f"{name}.weight"], t[f"{name}.bias"], float(eps[name]))
 
         def lin(name, k):
-            return (t[f"{name}.bits"], t[f"{name}.alpha"], t[f"{name}.bias"], k)
+            q = quantizer(f"{name}.input", ACT_QUANTIZERS, k)
+            return _Linear(t[f"{name}.bits"], t[f"{name}.alpha"], t[f"{name}.bias"], k, q)
 
         self.emb_ln = ln("embeddings.ln")
         self.layers = []
         for i in range(int(c["num_hidden_layers"])):
             p = f"layers.{i}"
-            q, k, v = (lin(f"{p}.{m}", h) for m in "qkv")
-            qkv = _Linear(*(np.concatenate(z) for z in zip(q[:3], k[:3], v[:3])), h)
-            self.layers.append({
-                "qkv": qkv, "out": _Linear(*lin(f"{p}.out", h)),
-                "ffn_in": _Linear(*lin(f"{p}.ffn_in", h)), "ffn_out": _Linear(*lin(f"{p}.ffn_out", f)),
-                "ln1": ln(f"{p}.ln1"), "ln2": ln(f"{p}.ln2")})
-        self.pooler = _Linear(*lin("pooler", h))
+            layer = {m: lin(f"{p}.{m}", f if m == "ffn_out" else h) for m in LINEARS}
+            layer.update(ln1=ln(f"{p}.ln1"), ln2=ln(f"{p}.ln2"))
+            q, k, v = (layer[m] for m in "qkv")
+            # one product for Q, K and V when their inputs binarize alike (BiBERT: always)
+            layer["qkv"] = None
+            if q.q.same_bits(k.q) and q.q.same_bits(v.q):
+                layer["qkv"] = _Linear(np.concatenate([m.w_bits for m in (q, k, v)]),
+                                       np.concatenate([m.alpha for m in (q, k, v)]),
+                                       np.concatenate([m.bias for m in (q, k, v)]), h, q.q,
+                                       scaled=True)
+            self._attention(layer, c, t, p, dh, quantizer)
+            self.layers.append(layer)
+        self.pooler = lin("pooler", h)
         self.cls_w = np.ascontiguousarray(t["classifier.weight"], np.float32)
         self.cls_b = np.ascontiguousarray(t["classifier.bias"], np.float32)
+
+    def _attention(self, layer, c, t, p, dh, quantizer):
+        """The scales and shifts of one layer's binary attention (see the module docstring)."""
+        aq, ak, av = (quantizer(f"{p}.attn.{m}", QKV_QUANTIZERS, dh) for m in "qkv")
+        shifts = [a.shift for a in (aq, ak, av)]
+        layer["att_shift"] = None
+        if any(s is not None for s in shifts):
+            # -0.0 leaves every float as it is (+0.0 would turn -0.0 into +0.0)
+            layer["att_shift"] = np.concatenate([
+                np.tile(s, self.heads) if s is not None else np.full(self.hidden, -0.0, np.float32)
+                for s in shifts]).astype(np.float32)
+        mode, want = c["attention"], MAP_QUANTIZERS[c["attention"]]
+        amap = quantizer(f"{p}.attn.map", (want,), None)
+        if mode != "softmax" and not all(a.plain for a in (aq, ak, av)):
+            raise PackedFormatError(f"{p}: elastic Q/K/V with attention {mode!r}; the format "
+                                    "takes them only with 'softmax'")
+        a_q, a_k, a_v, a_p = (float(a.scale) for a in (aq, ak, av, amap))
+        # Paddle scales the scores by float32(1 / sqrt(d))
+        layer["score_scale"] = a_q * a_k * float(np.float32(1.0 / math.sqrt(dh)))
+        layer["map_scale"] = a_p
+        layer["ctx_scale"] = a_v * (a_p if mode == "softmax" else 1.0)
 
     @property
     def backend(self) -> str:
@@ -169,32 +273,54 @@ class PackedBert:
         x = rec("embeddings", kern.layer_norm(x, None, *self.emb_ln))
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
-            xb = kern.pack_signs(x)
-            # Q/K/V and the FFN-in output are consumed only through their signs: the kernels
-            # write the packed sign bits directly (floats only when tracing).
-            qkv = layer["qkv"](kern, xb, signs=True)
-            if trace is not None:
-                rec(p + "qkv", layer["qkv"](kern, xb))
+            qkv = self._qkv_bits(kern, layer, x, lambda v: rec(p + "qkv", v), trace is not None)
             ctx = rec(p + "context", kern.attention(qkv.reshape(b, l, -1), keep, h, self.heads,
-                                                    self.mode))
-            a = layer["out"](kern, kern.pack_signs(ctx.reshape(b * l, h)))
+                                                    self.mode, layer["score_scale"],
+                                                    layer["map_scale"]))
+            ctx = ctx.reshape(b * l, h)
+            if layer["ctx_scale"] != 1.0:  # A in {0, a_p}, V in {-a_v, a_v}
+                ctx = (ctx.astype(np.float64) * layer["ctx_scale"]).astype(np.float32)
+            out = layer["out"]
+            a = out(kern, out.q.bits(kern, ctx))
             x = rec(p + "ln1", kern.layer_norm(x, a, *layer["ln1"]))
-            xb = kern.pack_signs(x)
-            hb = layer["ffn_in"](kern, xb, signs=True)  # bits(gelu(h)) == bits(h)
-            if trace is not None:
-                rec(p + "ffn_in", layer["ffn_in"](kern, xb))
-            f = layer["ffn_out"](kern, hb)
+            ffn_in, ffn_out = layer["ffn_in"], layer["ffn_out"]
+            xb = ffn_in.q.bits(kern, x)
+            if ffn_out.q.plain and self.act == ACT_GELU:
+                hb = ffn_in(kern, xb, signs=True)  # bits(gelu(h)) == bits(h)
+                if trace is not None:
+                    rec(p + "ffn_in", ffn_in(kern, xb))
+            else:  # act, shift and threshold applied while packing h
+                hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
+            f = ffn_out(kern, hb)
             x = rec(p + "ln2", kern.layer_norm(x, f, *layer["ln2"]))
         first = np.ascontiguousarray(x.reshape(b, l, h)[:, 0])
-        pooled = np.tanh(self.pooler(kern, kern.pack_signs(first)))
+        pooled = np.tanh(self.pooler(kern, self.pooler.q.bits(kern, first)))
         if trace is not None:
             trace["pooled"] = pooled
         return pooled @ self.cls_w + self.cls_b
+
+    def _qkv_bits(self, kern, layer, x, rec, tracing):
+        """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``."""
+        shift, fused = layer["att_shift"], layer["qkv"]
+        if fused is not None:
+            xb = fused.q.bits(kern, x)
+            if shift is None and not tracing:
+                return fused(kern, xb, signs=True)  # Q/K/V floats never exist
+            y = fused(kern, xb)
+        else:  # each projection binarizes its input with its own shift
+            lins = [layer[m] for m in "qkv"]
+            xbs = [m.q.bits(kern, x) for m in lins]
+            if shift is None and not tracing and self.hidden % 64 == 0:
+                return np.concatenate([m(kern, xb, signs=True) for m, xb in zip(lins, xbs)], 1)
+            y = np.concatenate([m(kern, xb) for m, xb in zip(lins, xbs)], 1)
+        rec(y)
+        return kern.pack_signs(y) if shift is None else kern.pack_act(y, shift)
 
     def __repr__(self):
         c = self.config
         return (f"PackedBert(layers={c['num_hidden_layers']}, hidden={c['hidden_size']}, "
                 f"heads={c['num_attention_heads']}, attention={c['attention']}, "
+                f"act={c.get('hidden_act', 'gelu')}, "
                 f"labels={c['num_labels']}, backend={self.backend})")
 
 

@@ -8,15 +8,22 @@ order as the C code (no FMA), so results agree bit for bit (LayerNorm: to float 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..export.pack import pack_signs, unpack_bits
+from ..export.pack import pack_bits, pack_signs, unpack_bits
 
 __all__ = ["interleave8", "deinterleave8", "popcount_gemm", "bin_linear", "attention", "embed",
-           "layer_norm", "pack_signs"]
+           "layer_norm", "pack_signs", "pack_act", "gelu32"]
 
 OP_XOR, OP_AND = 0, 1
-MODE_BOOL, MODE_KEEP = 0, 1
+MODE_BOOL, MODE_KEEP, MODE_SOFTMAX = 0, 1, 2
+#: how ``pack_act`` binarizes: the sign bit ({-a, +a}) or ``1[v / a > 0.5]`` ({0, a})
+Q_SIGN, Q_UNSIGNED = 0, 1
+#: the activation ``pack_act`` applies first
+ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
+_F32 = np.float32
 
 
 def interleave8(words: np.ndarray) -> np.ndarray:
@@ -53,35 +60,54 @@ def popcount_gemm(a: np.ndarray, b_il: np.ndarray, n: int, op: int) -> np.ndarra
 
 
 def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarray,
-               bias: np.ndarray) -> np.ndarray:
+               bias: np.ndarray, unsigned: bool = False) -> np.ndarray:
     """Binary linear layer on packed operands, ``[M, nwords(k)]`` x ``[N, nwords(k)]``:
 
         dot[m, n] = sum_i sign(a)_mi sign(w)_ni = k - 2 popcount(a_m XOR w_n)
         y[m, n]   = float32(dot * alpha[n] + bias[n])   computed in float64 (dot * alpha exact),
                                                           as in C: y has the exact value's sign
+
+    ``unsigned``: the bits of ``a`` are {0, 1} values (bit 1 = 1; BiT's {0, a} activations), so
+
+        dot[m, n] = sum_i a_mi sign(w)_ni = popcount(a_m) - 2 popcount(a_m AND w_n)
     """
-    sa = 1 - 2 * _bits(a, k)
+    sa = _bits(a, k) if unsigned else 1 - 2 * _bits(a, k)
     sw = 1 - 2 * _bits(deinterleave8(w_il, n), k)
     dot = (sa @ sw.T).astype(np.float64)
     return (dot * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
 
 
 def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
-              mode: int) -> np.ndarray:
-    """Bi-Attention from the sign bits of a layer's Q/K/V (``[B, L, nwords(3 * hidden)]``).
+              mode: int, score_scale: float = 1.0, map_scale: float = 1.0) -> np.ndarray:
+    """Binary attention from the sign bits of a layer's Q/K/V (``[B, L, nwords(3 * hidden)]``).
 
         Qb, Kb, Vb = sign(Q), sign(K), sign(V)         per head, d_head = hidden / heads
         S = Qb Kb^T                                    integer; sign(S / sqrt(d_head)) = sign(S)
         A = 1[S > 0] * keep_key   (MODE_BOOL)  or  A = keep_key   (MODE_KEEP: softmax_sign)
+        MODE_SOFTMAX (BiT: softmax map binarized to {0, a_p}), over the kept keys (over all keys
+        of a sequence that keeps none), with score_scale = a_q a_k / sqrt(d_head) and
+        map_scale = a_p:
+            p = float32(softmax(S * score_scale))      in float64, summed in key order
+            A = 1[float32(p / map_scale) > 0.5]        masked keys: p = 0, so A = 0
         context = A Vb                                  -> [B, L, hidden], integer valued
+
+    The caller multiplies the context by the scales of A and V (a_p a_v for MODE_SOFTMAX).
     """
     b, l, _ = qkv_bits.shape
     h, dh = hidden, hidden // heads
     s = 1 - 2 * _bits(qkv_bits, 3 * h)
     s = s.reshape(b, l, 3, heads, dh).transpose(2, 0, 3, 1, 4)  # [3, B, heads, L, dh]
-    keep = keep.astype(bool)[:, None, None, :]
+    keep = keep.astype(bool)
+    keep = (keep | ~keep.any(1, keepdims=True)) if mode == MODE_SOFTMAX else keep
+    keep = keep[:, None, None, :]
     if mode == MODE_KEEP:
         a = np.broadcast_to(keep, (b, heads, l, l))
+    elif mode == MODE_SOFTMAX:
+        sc = np.where(keep, (s[0] @ s[1].transpose(0, 1, 3, 2)).astype(np.float64) * score_scale,
+                      -np.inf)
+        e = np.exp(sc - sc.max(-1, keepdims=True))
+        p = (e / np.cumsum(e, -1)[..., -1:]).astype(_F32)  # cumsum: the C loop's summation order
+        a = (p / _F32(map_scale) > _F32(0.5)) & keep
     else:
         a = (s[0] @ s[1].transpose(0, 1, 3, 2) > 0) & keep
     ctx = a.astype(np.float32) @ s[2]
@@ -109,3 +135,45 @@ def layer_norm(x, residual, weight, bias, eps):
     var = ((d - mean) ** 2).mean(-1, keepdims=True)
     z = (d - mean) * (1.0 / np.sqrt(var + eps))
     return (z * weight.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64: scipy's when installed, else the standard library's, value by value."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # slow, but the numpy backend is the fallback
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+    return erf(x)
+
+
+def gelu32(x: np.ndarray) -> np.ndarray:
+    """GELU evaluated as Paddle's float32 kernel does, ``x * 0.5 * (1 + erf(x / sqrt 2))``, each
+    step rounded to float32 (erf in float64): for very negative x, 1 + erf cancels to 0 and the
+    result is -0.0, as in Paddle (whose float32 erf reaches -1 a little earlier, near -5.2)."""
+    x = np.asarray(x, _F32)
+    e = _erf((x * _F32(math.sqrt(0.5))).astype(np.float64)).astype(_F32)
+    return (x * _F32(0.5)) * (_F32(1) + e)
+
+
+def pack_act(x: np.ndarray, shift, scale: float, kind: int, act: int = ACT_NONE) -> np.ndarray:
+    """Binarize float activations ``[rows, n]`` to packed bits ``[rows, nwords(n)]``, float32
+    arithmetic in this order:
+
+        v   = act(x)          ACT_RELU: x if x > 0 else +0;  ACT_GELU: :func:`gelu32`
+        v   = v + shift       (per channel, last axis; skipped if shift is None; a sum of
+                              exactly 0 keeps v, and so its sign bit)
+        bit = signbit(v)      Q_SIGN: {-a, +a} = a * sign(v) (a folded into the next scales)
+        bit = v / scale > 0.5 Q_UNSIGNED: {0, a} = a * clip(round_half_down(v / a), 0, 1)
+    """
+    v = np.asarray(x, _F32)
+    if act == ACT_RELU:
+        v = np.where(v > 0, v, _F32(0))
+    elif act == ACT_GELU:
+        v = gelu32(v)
+    if shift is not None:
+        # a sum of exactly zero keeps v's sign (so a zero shift keeps GELU's -0.0 negative)
+        s = v + np.asarray(shift, _F32)
+        v = np.where(s == 0, v, s)
+    if kind == Q_SIGN:
+        return pack_signs(v)
+    return pack_bits(v / _F32(scale) > _F32(0.5))
