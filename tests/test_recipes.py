@@ -276,3 +276,15 @@ def test_multistep_chain_w1a2_then_w1a1(slice_and_teacher, tmp_path):
     assert not any(m.startswith("[train]") for m in log)
     with pytest.raises(ValueError, match="the last stage is 1"):
         multistep_distill(argv + ["--stages", "2,4"], log=log.append)
+
+
+def test_zero_shift_keeps_the_sign_of_gelu_underflow():
+    """sign(gelu(h) + b) with b = 0 must stay sign(h) where float32 GELU returns -0.0 (spec
+    section 1); plain float addition would make it -0.0 + 0.0 = +0.0 -> +1."""
+    q = get_quantizer("elastic_sign", channels=4)
+    q.eval()
+    q.alpha.set_value(np.array([0.5], np.float32))
+    h = paddle.to_tensor(np.array([[-8.0, -30.0, 2.0, 0.0]], np.float32))
+    g = F.gelu(h)
+    assert np.signbit(g.numpy()[0, :2]).all()
+    np.testing.assert_array_equal(q(g).numpy(), [[-0.5, -0.5, 0.5, 0.5]])

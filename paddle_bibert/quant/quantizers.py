@@ -276,7 +276,10 @@ class ElasticSign(Quantizer):
         if self.shift is not None:
             if x.shape[-1] != self.channels:
                 raise ValueError(f"{self.name}: built for {self.channels} channels, got input of shape {x.shape}")
-            x = x + self.shift
+            # x + b, except that a sum of exactly 0 keeps x: with b = 0 (its initial value)
+            # sign(gelu(h) + b) must stay sign(h) where float32 GELU gives -0.0 (-0.0 + 0.0 = +0.0)
+            shifted = x + self.shift
+            x = paddle.where(shifted == 0, x, shifted)
         if self.training and float(self.initialized) == 0:
             from ..distributed import all_reduce_sum, world_size
 
