@@ -196,11 +196,9 @@ def test_gelu_underflow_keeps_the_sign_of_h(tmp_path):
     np.testing.assert_allclose(load_packed(str(tmp_path / "m.bibert"))(IDS), want, atol=1e-4)
 
 
-def test_hidden_states_and_every_sign_decision_match_paddle(tmp_path):
-    model = make_model(seed=6)
-    binarize_model(model)
-    export_packed(model, str(tmp_path / "m.bibert"))
-    runtime = load_packed(str(tmp_path / "m.bibert"))
+def _paddle_states(model, ids, embeddings=False, norms=False):
+    """Paddle's hidden states of ``model`` on ``ids``, and the outputs of its Q/K/V projections
+    and FFN input dense (plus the embedding LayerNorm and each layer's norms if asked), by name."""
     seen = {}
 
     def tap(name):
@@ -208,17 +206,29 @@ def test_hidden_states_and_every_sign_decision_match_paddle(tmp_path):
             seen[name] = out.numpy()
         return hook
 
-    hooks = [model.bert.embeddings.layer_norm.register_forward_post_hook(tap("embeddings"))]
+    hooks = []
+    if embeddings:
+        hooks.append(model.bert.embeddings.layer_norm.register_forward_post_hook(tap("embeddings")))
     for i, layer in enumerate(model.bert.encoder.layers):
-        for sub, name in [(layer.self_attn.q_proj, "q"), (layer.self_attn.k_proj, "k"),
-                          (layer.self_attn.v_proj, "v"), (layer.norm1, "ln1"),
-                          (layer.linear1, "ffn_in"), (layer.norm2, "ln2")]:
+        subs = [(layer.self_attn.q_proj, "q"), (layer.self_attn.k_proj, "k"), (layer.self_attn.v_proj, "v"),
+                (layer.linear1, "ffn_in")]
+        if norms:
+            subs += [(layer.norm1, "ln1"), (layer.norm2, "ln2")]
+        for sub, name in subs:
             hooks.append(sub.register_forward_post_hook(tap(f"layers.{i}.{name}")))
     with paddle.no_grad():
-        _, _, states = model.bert(paddle.to_tensor(IDS), output_hidden_states=True,
-                                  return_dict=False)
+        _, _, states = model.bert(paddle.to_tensor(ids), output_hidden_states=True, return_dict=False)
     for hk in hooks:
         hk.remove()
+    return seen, states
+
+
+def test_hidden_states_and_every_sign_decision_match_paddle(tmp_path):
+    model = make_model(seed=6)
+    binarize_model(model)
+    export_packed(model, str(tmp_path / "m.bibert"))
+    runtime = load_packed(str(tmp_path / "m.bibert"))
+    seen, states = _paddle_states(model, IDS, embeddings=True, norms=True)
     logits, mine = runtime(IDS, output_hidden_states=True)
     assert len(mine) == len(states) == 3
     for a, b in zip(mine, states):
@@ -373,23 +383,7 @@ def test_bit_hidden_states_and_sign_decisions_match_paddle(tmp_path):
     export_packed(model, str(tmp_path / "m.bibert"))
     runtime = load_packed(str(tmp_path / "m.bibert"))
     ids = padded_ids(np.random.default_rng(5), 6, 70)
-    seen = {}
-
-    def tap(name):
-        def hook(layer, inp, out):
-            seen[name] = out.numpy()
-        return hook
-
-    hooks = []
-    for i, layer in enumerate(model.bert.encoder.layers):
-        for sub, name in [(layer.self_attn.q_proj, "q"), (layer.self_attn.k_proj, "k"),
-                          (layer.self_attn.v_proj, "v"), (layer.linear1, "ffn_in")]:
-            hooks.append(sub.register_forward_post_hook(tap(f"layers.{i}.{name}")))
-    with paddle.no_grad():
-        _, _, states = model.bert(paddle.to_tensor(ids), output_hidden_states=True,
-                                  return_dict=False)
-    for hk in hooks:
-        hk.remove()
+    seen, states = _paddle_states(model, ids)
     logits, mine = runtime(ids, output_hidden_states=True)
     for a, b in zip(mine, states):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
