@@ -147,19 +147,9 @@ def test_runtime_matches_paddle_binarized_model(tmp_path, rng, attention, backen
     for seed in (1, 2):
         model = make_model(seed=seed)
         binarize_model(model, {"attention": attention})
-        path = str(tmp_path / f"{seed}.bibert")
-        export_packed(model, path)
-        runtime = load_packed(path, backend=backend)
-        assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+        runtime = _packed_runtime(model, str(tmp_path / f"{seed}.bibert"), backend)
         ids = np.concatenate([IDS, _ids(rng)[:, :8]])
-        tt = (rng.random(ids.shape) > 0.5).astype(np.int64)
-        with paddle.no_grad():
-            want = model(paddle.to_tensor(ids), paddle.to_tensor(tt)).numpy()
-        got = runtime(ids, tt)
-        assert got.shape == want.shape and got.dtype == np.float32
-        np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-        assert np.abs(want).max() > 0.1  # logits are not trivially zero
+        _assert_runtime_matches(model, runtime, ids, rng, rtol=0)
 
 
 def test_runtime_matches_the_float64_equations(tmp_path):
@@ -194,6 +184,25 @@ def test_gelu_underflow_keeps_the_sign_of_h(tmp_path):
     np.testing.assert_array_equal(np.signbit(g), np.signbit(h))
     export_packed(model, str(tmp_path / "m.bibert"))
     np.testing.assert_allclose(load_packed(str(tmp_path / "m.bibert"))(IDS), want, atol=1e-4)
+
+
+def _packed_runtime(model, path, backend):
+    export_packed(model, path)
+    runtime = load_packed(path, backend=backend)
+    assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+    return runtime
+
+
+def _assert_runtime_matches(model, runtime, ids, rng, rtol):
+    """Same labels and logits to float rounding as the Paddle model, on random token types."""
+    tt = (rng.random(ids.shape) > 0.5).astype(np.int64)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(ids), paddle.to_tensor(tt)).numpy()
+    got = runtime(ids, tt)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=rtol)
+    assert np.abs(want).max() > 0.1  # logits are not trivially zero
 
 
 def _paddle_states(model, ids, embeddings=False, norms=False):
@@ -356,19 +365,9 @@ def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backen
     for seed in (1, 2):
         model = trained_1bit_model(recipe, seed=seed)
         batches = [IDS, padded_ids(rng, 10, 70)]
-        path = str(tmp_path / f"{seed}.bibert")
-        export_packed(model, path)
-        runtime = load_packed(path, backend=backend)
-        assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+        runtime = _packed_runtime(model, str(tmp_path / f"{seed}.bibert"), backend)
         for ids in batches:
-            tt = (rng.random(ids.shape) > 0.5).astype(np.int64)
-            with paddle.no_grad():
-                want = model(paddle.to_tensor(ids), paddle.to_tensor(tt)).numpy()
-            got = runtime(ids, tt)
-            assert got.shape == want.shape and got.dtype == np.float32
-            np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
-            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
-            assert np.abs(want).max() > 0.1
+            _assert_runtime_matches(model, runtime, ids, rng, rtol=1e-5)
         # the shifts matter: moving them back to 0 changes the model's logits
         for _, q in model.named_sublayers():
             if isinstance(q, ElasticSign) and q.shift is not None:
