@@ -96,11 +96,17 @@ def test_flag_off_contributes_nothing(glue_slice, tiny_model_dir, tmp_path):
     assert lines and all(" k " in m and "pred" in m and " q " not in m and "hidden" not in m for m in lines)
 
 
-def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path):
+def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_steps, *length):
+    """Fine-tune a tiny SST-2 teacher in tmp_path/t; return ``out -> argv`` of a binarized student
+    distilled from it with all five losses."""
     run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
-                    "--max_steps", "3"), log=Log())
-    args = lambda out: common(glue_slice, "sst-2", out, "--teacher_path", str(tmp_path / "t"),
-                              "--num_train_epochs", "2", "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
+                    "--max_steps", str(teacher_steps)), log=Log())
+    return lambda out: common(glue_slice, "sst-2", out, "--teacher_path", str(tmp_path / "t"), *length,
+                              "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
+
+
+def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path):
+    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2")
     full = task_distill(args(tmp_path / "a"), log=Log())
     assert full["total_steps"] == 12  # 48 examples / 8 per batch * 2 epochs, crossing an epoch
     part = task_distill(args(tmp_path / "b") + ["--stop_at_step", "7"], log=Log())
@@ -218,10 +224,7 @@ def test_sigkill_mid_run_then_resume_loses_nothing(glue_slice, tiny_model_dir, t
     import signal
     import time
 
-    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
-                    "--max_steps", "2"), log=Log())
-    args = lambda out: common(glue_slice, "sst-2", out, "--teacher_path", str(tmp_path / "t"),
-                              "--max_steps", "60", "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
+    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 2, "--max_steps", "60")
     full = task_distill(args(tmp_path / "a"), log=Log())
     script = os.path.join(REPO, "examples", "task_distill.py")
     proc = subprocess.Popen([sys.executable, script, *args(tmp_path / "b")],
