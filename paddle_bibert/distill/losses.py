@@ -33,11 +33,16 @@ def _frobenius(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.sqrt(paddle.matmul(flat, flat, transpose_y=True).reshape([]))
 
 
-def _normalized(x: paddle.Tensor) -> paddle.Tensor:
+def _masked(x: paddle.Tensor) -> paddle.Tensor:
     # The masking pass costs more than the rest; skip it when nothing is at or below the
     # threshold (the result is identical).
     if float(x.min()) <= MASKED_BELOW:
         x = paddle.where(x <= MASKED_BELOW, paddle.zeros_like(x), x)
+    return x
+
+
+def _normalized(x: paddle.Tensor) -> paddle.Tensor:
+    x = _masked(x)
     return x * (1.0 / _frobenius(x))
 
 
@@ -69,12 +74,7 @@ def _dmd_global_batch(student, teacher):
     # world_size is their sum, the gradient a single process with the global batch gets.
     from ..distributed import all_reduce_sum, world_size
 
-    a = student
-    if float(a.min()) <= MASKED_BELOW:
-        a = paddle.where(a <= MASKED_BELOW, paddle.zeros_like(a), a)
-    b = teacher.detach()
-    if float(b.min()) <= MASKED_BELOW:
-        b = paddle.where(b <= MASKED_BELOW, paddle.zeros_like(b), b)
+    a, b = _masked(student), _masked(teacher.detach())
     aa, ab, bb = _dot(a, a), _dot(a, b), _dot(b, b)
     total = all_reduce_sum(paddle.stack([aa, ab, bb]))
     g_aa = total[0] + (aa - aa.detach())
