@@ -249,6 +249,19 @@ class ElasticUnsignedSTE(PyLayer):
         return gx, ga.reshape([1])
 
 
+def _init_on_first_batch(layer, x, param, factor):
+    """Set ``param = factor * mean|x|`` on ``layer``'s first training batch (averaged over
+    data-parallel ranks), once: the persistable ``initialized`` buffer records it."""
+    if not layer.training or float(layer.initialized) != 0:
+        return
+    from ..distributed import all_reduce_sum, world_size
+
+    with paddle.no_grad():
+        stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
+        param.set_value((stat * factor).astype(param.dtype))
+        layer.initialized.set_value(paddle.ones([1], dtype="float32"))
+
+
 class ElasticSign(Quantizer):
     """BiT elastic binary activation, signed: ``a * sign(x + b)``.
 
@@ -280,13 +293,7 @@ class ElasticSign(Quantizer):
             # sign(gelu(h) + b) must stay sign(h) where float32 GELU gives -0.0 (-0.0 + 0.0 = +0.0)
             shifted = x + self.shift
             x = paddle.where(shifted == 0, x, shifted)
-        if self.training and float(self.initialized) == 0:
-            from ..distributed import all_reduce_sum, world_size
-
-            with paddle.no_grad():
-                stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
-                self.alpha.set_value((stat * self.init_factor).astype(self.alpha.dtype))
-                self.initialized.set_value(paddle.ones([1], dtype="float32"))
+        _init_on_first_batch(self, x, self.alpha, self.init_factor)
         return self._ste.apply(x, self.alpha)
 
     def extra_repr(self) -> str:
@@ -364,13 +371,7 @@ class UniformLSQ(Quantizer):
         self.register_buffer("initialized", paddle.zeros([1], dtype="float32"), persistable=True)
 
     def forward(self, x):
-        if self.training and float(self.initialized) == 0:
-            from ..distributed import all_reduce_sum, world_size
-
-            with paddle.no_grad():
-                stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
-                self.step.set_value((stat * (2.0 / math.sqrt(self.qp))).astype(self.step.dtype))
-                self.initialized.set_value(paddle.ones([1], dtype="float32"))
+        _init_on_first_batch(self, x, self.step, 2.0 / math.sqrt(self.qp))
         return LsqSTE.apply(x, self.step, self.qn, self.qp)
 
     def extra_repr(self) -> str:
