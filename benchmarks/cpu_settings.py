@@ -15,7 +15,20 @@ SETTINGS = {
     "paddle_default": {"FLAGS_use_stride_kernel": "1"},
     "no_stride": {"FLAGS_use_stride_kernel": "0"},
     "no_stride_mkl5": {"FLAGS_use_stride_kernel": "0", "MKL_DEBUG_CPU_TYPE": "5"},
+    # what the training commands run with (Trainer.train sets x86 FTZ/DAZ; see paddle_bibert._cpu)
+    "no_stride_ftz": {"FLAGS_use_stride_kernel": "0", "BENCH_FLUSH_DENORMALS": "1"},
 }
+
+
+def step_context():
+    """The worker's timed loop runs in this: flush_denormals when its setting asks for it."""
+    import contextlib
+
+    if os.environ.get("BENCH_FLUSH_DENORMALS") == "1":
+        from paddle_bibert._cpu import flush_denormals
+
+        return flush_denormals()
+    return contextlib.nullcontext()
 
 
 def run_worker(script, model, setting, argv, threads):

@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_settings import SETTINGS, run_worker  # noqa: E402
+from cpu_settings import SETTINGS, run_worker, step_context  # noqa: E402
 PHASES = ("teacher_fwd", "student_fwd", "losses", "backward", "optimizer")
 
 
@@ -62,9 +62,15 @@ def worker(args):
         model = _model(args.shape)
         model.set_state_dict(teacher.state_dict())
         if args.model != "fp-distill":
-            binarize_model(model)
+            from paddle_bibert.surgery import BinarizeConfig
+
+            binarize_model(model, BinarizeConfig.preset(args.method, args.act_bits))
         model.train()
-        dist = Distiller(model, teacher, DistillConfig(**{f: True for f in DistillConfig.FLAGS}))
+        losses = args.losses.split(",")
+        unknown = set(losses) - set(DistillConfig.FLAGS)
+        if unknown:
+            sys.exit(f"--losses: unknown {sorted(unknown)}; choose from {', '.join(DistillConfig.FLAGS)}")
+        dist = Distiller(model, teacher, DistillConfig(**{f: f in losses for f in DistillConfig.FLAGS}))
     opt = paddle.optimizer.AdamW(learning_rate=1e-5, parameters=model.parameters(),
                                  lazy_mode=False)
     totals = []
@@ -72,30 +78,31 @@ def worker(args):
     def tick():
         return time.perf_counter()
 
-    for i, b in enumerate(batches):
-        t0 = tick()
-        if args.model == "fp":
-            ta = t0
-            logits = model(b["input_ids"], token_type_ids=b["token_type_ids"])
-            tb = tick()
-            loss = paddle.nn.functional.cross_entropy(logits, b["labels"])
-        else:
-            t_out = dist.teacher_forward(b)
-            ta = tick()
-            s_out = dist.student_forward(b)
-            tb = tick()
-            loss, _ = dist.terms(*s_out, *t_out, b["labels"])
-        float(loss)
-        tc = tick()
-        loss.backward()
-        td = tick()
-        opt.step()
-        opt.clear_grad()
-        te = tick()
-        if i >= args.warmup:
-            for p, v in zip(PHASES, (ta - t0, tb - ta, tc - tb, td - tc, te - td)):
-                phases[p].append(v)
-            totals.append(te - t0)
+    with step_context():
+        for i, b in enumerate(batches):
+            t0 = tick()
+            if args.model == "fp":
+                ta = t0
+                logits = model(b["input_ids"], token_type_ids=b["token_type_ids"])
+                tb = tick()
+                loss = paddle.nn.functional.cross_entropy(logits, b["labels"])
+            else:
+                t_out = dist.teacher_forward(b)
+                ta = tick()
+                s_out = dist.student_forward(b)
+                tb = tick()
+                loss, _ = dist.terms(*s_out, *t_out, b["labels"])
+            float(loss)
+            tc = tick()
+            loss.backward()
+            td = tick()
+            opt.step()
+            opt.clear_grad()
+            te = tick()
+            if i >= args.warmup:
+                for p, v in zip(PHASES, (ta - t0, tb - ta, tc - tb, td - tc, te - td)):
+                    phases[p].append(v)
+                totals.append(te - t0)
     print(json.dumps({"median_s": float(np.median(totals)),
                       "phases": {p: float(np.median(v)) for p, v in phases.items()},
                       "seq_lens": [int(b["input_ids"].shape[1]) for b in batches],
@@ -111,6 +118,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data_dir", default=GLUE)
+    ap.add_argument("--method", default="bibert", help="the student's recipe (paddle_bibert.surgery.RECIPES)")
+    ap.add_argument("--act_bits", type=int, default=1)
+    ap.add_argument("--losses", default="pred_distill,query_distill,key_distill,value_distill,intermediate_distill",
+                    help="the distillation losses enabled (default: all five)")
     ap.add_argument("--models", default="fp,distill", help="comma list of fp, distill, fp-distill")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--model", help=argparse.SUPPRESS)

@@ -12,9 +12,18 @@ Both only change speed, never results, and a value the user has set is never ove
 
 Environment variables are read when Paddle loads, so they only take effect if paddle_bibert is
 imported first (the example commands do); set them yourself otherwise.
+
+``flush_denormals()`` is different: it does change results (numbers below 1.2e-38 become 0), so
+it is not applied on import. The training loop (``Trainer.train``, i.e. both commands) runs inside
+it unless ``--no-flush_denormals``: tiny attention probabilities and their gradients otherwise
+fall into x86's microcoded subnormal path, which made the sign-softmax baseline's steps 3-5x
+slower than BiBERT's (benchmarks/distill_step.py shows the effect per recipe).
 """
 
+import contextlib
+import ctypes
 import os
+import platform
 import sys
 
 
@@ -29,3 +38,45 @@ def apply_cpu_defaults():
         return
     if amd:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+
+
+# x86-64 MXCSR: FTZ (bit 15) writes subnormal results as 0, DAZ (bit 6) reads subnormal inputs as 0.
+_FTZ_DAZ = 0x8040
+_MXCSR_OFFSET = 28  # glibc's x86-64 fenv_t: x87 state (28 bytes), then the 4-byte MXCSR
+
+
+def _libm():
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libm.so.6")
+    except OSError:
+        return None
+
+
+def set_flush_denormals(on: bool):
+    """Set FTZ+DAZ on this thread (threads it starts later inherit it); returns the previous
+    state, or None where unsupported (not x86-64 Linux), in which case nothing changes."""
+    libm = _libm()
+    if libm is None:
+        return None
+    env = ctypes.create_string_buffer(32)
+    if libm.fegetenv(env) != 0:
+        return None
+    raw = bytearray(env.raw)
+    csr = int.from_bytes(raw[_MXCSR_OFFSET:_MXCSR_OFFSET + 4], "little")
+    new = (csr | _FTZ_DAZ) if on else (csr & ~_FTZ_DAZ)
+    raw[_MXCSR_OFFSET:_MXCSR_OFFSET + 4] = new.to_bytes(4, "little")
+    libm.fesetenv(ctypes.create_string_buffer(bytes(raw), 32))
+    return bool(csr & _FTZ_DAZ == _FTZ_DAZ)
+
+
+@contextlib.contextmanager
+def flush_denormals(on: bool = True):
+    """Within the block, subnormal floats are treated as zero (restored on exit)."""
+    prev = set_flush_denormals(on)
+    try:
+        yield prev is not None
+    finally:
+        if prev is not None:
+            set_flush_denormals(prev)

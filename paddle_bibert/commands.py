@@ -53,6 +53,8 @@ class CommonArgs:
     eval_batch_size: int = _f(64, "dev batch size")
     progress: bool = _f(True, "show a progress bar")
     stop_at_step: int = _f(-1, "end the run at this step as if interrupted (for resume tests)")
+    flush_denormals: bool = _f(True, "treat subnormal floats as 0 while training (x86 FTZ/DAZ); "
+                               "they otherwise slow some recipes' steps several-fold")
 
 
 @dataclass

@@ -68,6 +68,7 @@ class TrainArgs:
     stop_at_step: int = -1  # testing aid: end the process's run here, as if interrupted
     eval_batch_size: int = 64
     progress: bool = True
+    flush_denormals: bool = True  # train with FTZ/DAZ set (see paddle_bibert._cpu); eval too
 
     def validate(self):
         if self.learning_rate <= 0:
@@ -338,6 +339,12 @@ class Trainer:
         self.state["weights_sha256"] = digests[0]
 
     def train(self) -> dict:
+        from .._cpu import flush_denormals
+
+        with flush_denormals(self.args.flush_denormals):
+            return self._train()
+
+    def _train(self) -> dict:
         args = self.args
         check_output_dir(args.output_dir, self.model)
         best, best_old = os.path.join(args.output_dir, BEST), os.path.join(args.output_dir, BEST + ".old")

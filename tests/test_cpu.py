@@ -1,0 +1,61 @@
+"""CPU numerics switches: flush-to-zero is scoped to training and restored afterwards."""
+
+import os
+import platform
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_bibert._cpu import flush_denormals, set_flush_denormals
+from conftest import GLUE_DIR
+from test_commands import Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
+
+x86_linux = pytest.mark.skipif(platform.machine() != "x86_64" or not sys.platform.startswith("linux"),
+                               reason="FTZ/DAZ are set through x86-64 glibc's fenv")
+needs_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR), reason=f"real GLUE data folder {GLUE_DIR} is absent")
+TINY = np.float32(1e-39)  # subnormal: below float32's smallest normal, 1.18e-38
+
+
+def subnormals_survive():
+    return float(TINY * np.float32(1.0)) != 0.0
+
+
+@x86_linux
+def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
+    assert subnormals_survive()
+    x = paddle.full([64, 256], 1e-39, dtype="float32")
+    with flush_denormals() as active:
+        assert active and not subnormals_survive()
+        # 256 subnormal products would sum to a normal 2.6e-37; read as zero they give 0
+        assert float(paddle.matmul(x, paddle.ones([256, 8])).abs().max()) == 0.0
+        with flush_denormals(False):  # nests, and the inner exit restores the outer state
+            assert subnormals_survive()
+        assert not subnormals_survive()
+    assert subnormals_survive()
+    assert float(paddle.matmul(x, paddle.ones([256, 8])).min()) == pytest.approx(2.56e-37, rel=1e-3)
+    assert set_flush_denormals(False) is False  # reports the previous state
+
+
+@x86_linux
+@needs_glue
+@pytest.mark.parametrize("flag, flushed", [([], True), (["--no-flush_denormals"], False)])
+def test_training_steps_run_with_denormals_flushed_unless_turned_off(glue_slice, tiny_model_dir, tmp_path,
+                                                                     monkeypatch, flag, flushed):
+    import paddle.nn.functional as F
+
+    real_ce, seen = F.cross_entropy, []
+
+    def ce(*a, **k):  # runs inside every training step
+        seen.append(subnormals_survive())
+        return real_ce(*a, **k)
+
+    monkeypatch.setattr(F, "cross_entropy", ce)
+    run_glue_argv = common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                           "--max_steps", "3", "--save_steps", "3", *flag)
+    from paddle_bibert.commands import run_glue
+
+    run_glue(run_glue_argv, log=Log())
+    assert len(seen) == 3 and seen == [not flushed] * 3
+    assert subnormals_survive()  # the caller's state is back after the run
