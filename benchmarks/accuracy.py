@@ -10,6 +10,13 @@ For each task it runs (through the same code as the two commands):
     bit            BiT's 1-1-1 quantizers (``--method bit``: elastic activations, one weight scale
                    per matrix, {0,a} softmax map and ReLU-FFN input), all five flags: the lever
                    from bibert-spec.md section 4 that this package adds
+    bit_mse        BiT's quantizers with BiT's own loss: soft CE (no gold term) + hidden-state MSE
+    bit_a2, bit_a4 BiT's quantizers with 2- / 4-bit activations (W1A2, W1A4), all five flags
+    bit_2step      BiT's multi-step distillation: the bit_a2 student teaches, and initialises, a
+                   W1A1 BiT student (needs bit_a2 listed before it)
+    binarybert, binarybert_a2, binarybert_a4
+                   BinaryBERT-style 1-1-1 / 1-1-2 / 1-1-4 (sign or LSQ activations, softmax kept
+                   and quantized), all five flags, so every recipe has one footing
 
 and writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
@@ -38,13 +45,22 @@ from paddle_bibert.commands import run_glue, task_distill  # noqa: E402
 
 GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
 ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill", "--intermediate_distill"]
-# name -> (student binarize config, distillation flags)
+# name -> (student binarize config, distillation flags[, the variant whose best student teaches
+# and initialises this one instead of the full-precision teacher])
 VARIANTS = {
     "bibert": ({"attention": "bool"}, ALL_FLAGS),
     "baseline": ({"attention": "softmax_sign"}, ["--pred_distill"]),
     "biattn_no_dmd": ({"attention": "bool"}, ["--pred_distill"]),
     "dmd_no_biattn": ({"attention": "softmax_sign"}, ALL_FLAGS),
     "bit": ({"preset": "bit"}, ALL_FLAGS),
+    "bit_mse": ({"preset": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
+                                    "--gold_weight", "0"]),
+    "bit_a2": ({"preset": "bit", "act_bits": 2}, ALL_FLAGS),
+    "bit_a4": ({"preset": "bit", "act_bits": 4}, ALL_FLAGS),
+    "bit_2step": ({"preset": "bit"}, ALL_FLAGS, "bit_a2"),
+    "binarybert": ({"preset": "binarybert"}, ALL_FLAGS),
+    "binarybert_a2": ({"preset": "binarybert", "act_bits": 2}, ALL_FLAGS),
+    "binarybert_a4": ({"preset": "binarybert", "act_bits": 4}, ALL_FLAGS),
 }
 DEFAULT_VARIANTS = "bibert,baseline,biattn_no_dmd,dmd_no_biattn"
 PAIR_TASKS = {"mrpc", "sts-b", "rte", "qqp", "mnli", "qnli", "wnli"}
@@ -86,16 +102,19 @@ def run_task(task, args, log):
                                        "--max_steps", str(args.teacher_steps)], tdir, log)
     rows = {"teacher": teacher}
     for name in args.variants.split(","):
-        binarize, flags = VARIANTS[name]
+        binarize, flags, *dep = VARIANTS[name]
+        teacher_dir = os.path.join(args.out_dir, task, dep[0]) if dep else tdir
         out = os.path.join(args.out_dir, task, name)
         os.makedirs(out, exist_ok=True)
         cfg = os.path.join(out, "variant.yaml")
         with open(cfg, "w") as f:
             yaml.safe_dump({"student": {"binarize": binarize}}, f)
         log(f"[{task}] {name}")
-        rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", tdir, "--bi",
+        init = ["--student_model_name_or_path", teacher_dir] if dep else []
+        rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir, "--bi",
                                                   "--learning_rate", str(args.student_lr),
-                                                  "--max_steps", str(args.student_steps)] + flags, out, log)
+                                                  "--max_steps", str(args.student_steps)] + init + flags,
+                          out, log)
     return rows
 
 
@@ -119,9 +138,9 @@ def table(results, args) -> str:
         lines.append(f"| mean retention{note} | 100% | " + " | ".join(f"{a:.1%}" for a in avg) + " |")
     budget = []
     for task, rows in results.items():
-        t, b = rows["teacher"], rows.get("bibert") or next(iter(v for k, v in rows.items() if k != "teacher"))
-        budget.append(f"{task}: teacher {t['global_step']} steps ({t['wall_minutes']:.1f} min), each student "
-                      f"{b['global_step']} steps (bibert {b['wall_minutes']:.1f} min)")
+        t = rows["teacher"]
+        students = ", ".join(f"{n} {rows[n]['global_step']} steps {rows[n]['wall_minutes']:.1f} min" for n in names)
+        budget.append(f"{task}: teacher {t['global_step']} steps ({t['wall_minutes']:.1f} min); {students}")
     lines.append("")
     lines.append("Budget per run: " + "; ".join(budget) + ".")
     return "\n".join(lines)
@@ -169,9 +188,13 @@ def main(argv=None):
     ap.add_argument("--table", help="write the markdown table here")
     ap.add_argument("--plot", help="write the PNG plot here")
     args = ap.parse_args(argv)
-    for v in args.variants.split(","):
+    listed = args.variants.split(",")
+    for i, v in enumerate(listed):
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; known: {sorted(VARIANTS)}")
+        dep = VARIANTS[v][2:]
+        if dep and dep[0] not in listed[:i]:
+            ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")
     log = lambda m: print(m, flush=True)
     t0 = time.time()
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}

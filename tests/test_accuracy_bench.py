@@ -46,6 +46,25 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     assert again["sst-2"]["bibert"]["student_metric"] == results["sst-2"]["bibert"]["student_metric"]
 
 
+@needs_glue
+def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    bench = _bench()
+    runs = tmp_path / "runs"
+    argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
+            "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
+            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse,binarybert_a4"]
+    rows = bench.main(argv)["sst-2"]
+    assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse", "binarybert_a4"))
+    # the 2-step student is taught by the W1A2 student (its teacher metric is that student's best)
+    assert rows["bit_2step"]["teacher_metric"] == pytest.approx(rows["bit_a2"]["student_metric"])
+    assert rows["bit_mse"]["teacher_metric"] == pytest.approx(rows["teacher"]["best_metric"])
+    cfg = lambda n: (runs / "sst-2" / n / "best_model" / "bibert_config.yaml").read_text()
+    assert "method: bit_a2" in cfg("bit_a2") and "method: bit\n" in cfg("bit_2step")
+    assert "method: binarybert_a4" in cfg("binarybert_a4")
+    with pytest.raises(SystemExit):  # the two-step variant needs its teacher's variant listed first
+        bench.main(argv[:-1] + ["bit_2step,bit_a2"])
+
+
 def test_unknown_variant_rejected():
     with pytest.raises(SystemExit):
         _bench().main(["--variants", "bibert,nonsense"])
