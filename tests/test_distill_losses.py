@@ -7,7 +7,8 @@ from paddlenlp.transformers import BertForSequenceClassification
 
 from paddle_bibert import Taps, binarize_model
 from paddle_bibert.distill.distiller import DistillConfig, Distiller
-from paddle_bibert.distill.losses import dmd, pred_loss, relation, soft_cross_entropy
+from paddle_bibert.distill import losses
+from paddle_bibert.distill.losses import dmd, pred_loss, relation, relation_dmd, soft_cross_entropy
 
 from test_surgery import IDS, make_model
 
@@ -44,6 +45,42 @@ def test_relation_and_dmd_normalise_over_whole_tensor(rng):
     assert float(dmd(paddle.to_tensor(masked), paddle.to_tensor(xt))) == pytest.approx(np_dmd(masked, xt), rel=1e-5)
     with pytest.raises(ValueError, match="shapes differ"):
         dmd(paddle.to_tensor(xs), paddle.to_tensor(xs[:, :2]))
+
+
+def _np_relation_dmd_grad(xs, xt, eps=1e-4):
+    """Central finite differences of the numpy reference, in float64, w.r.t. the student."""
+    xs = xs.astype(np.float64)
+    g = np.zeros_like(xs)
+    for i in np.ndindex(xs.shape):
+        up, dn = xs.copy(), xs.copy()
+        up[i] += eps
+        dn[i] -= eps
+        g[i] = (np_dmd(np_relation(up), np_relation(xt)) - np_dmd(np_relation(dn), np_relation(xt))) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("case", ["gram", "masked", "near"])
+def test_relation_dmd_value_and_gradient_match_numpy(rng, monkeypatch, case):
+    xs = rng.standard_normal((2, 3, 6, 4)).astype("float32")
+    xt = (rng.standard_normal((2, 3, 6, 4)) * 2).astype("float32")
+    if case == "masked":  # one pair of rows far apart: a relation entry below -100 is zeroed
+        xs[0, 1, 2], xs[0, 1, 4] = 12.0, -12.0
+    if case == "near":  # the student's relations all but equal the teacher's: too close for cos
+        xt = xs * np.float32(1.5) + np.float32(1e-3) * rng.standard_normal(xs.shape).astype("float32")
+    formed = []
+    real_relation = losses.relation
+    monkeypatch.setattr(losses, "relation", lambda x: formed.append(1) or real_relation(x))
+    x = paddle.to_tensor(xs, stop_gradient=False)
+    got = relation_dmd(x, paddle.to_tensor(xt))
+    got.backward()
+    want = np_dmd(np_relation(xs.astype(np.float64)), np_relation(xt.astype(np.float64)))
+    assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    # the Gram form is used exactly when it is safe; otherwise the relations are formed
+    assert bool(formed) == (case != "gram")
+    if case == "masked":
+        assert np_relation(xs).min() <= -1e2
+    tol = dict(rtol=2e-3, atol=2e-4) if case != "near" else dict(rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(x.grad.numpy(), _np_relation_dmd_grad(xs, xt.astype(np.float64)), **tol)
 
 
 def test_global_batch_dmd_gives_the_one_process_value_and_gradient(rng, monkeypatch):

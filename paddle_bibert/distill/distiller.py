@@ -15,7 +15,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..distributed import world_size
-from .losses import dmd, pred_loss, relation
+from .losses import dmd, pred_loss, relation_dmd
 from .taps import Taps
 
 __all__ = ["DistillConfig", "Distiller"]
@@ -95,7 +95,7 @@ class Distiller:
                                       c.temperature, c.gold_weight)
         for flag, stream in (("query_distill", "q"), ("key_distill", "k"), ("value_distill", "v")):
             if getattr(c, flag):
-                terms[stream] = paddle.add_n([dmd(relation(s), relation(t_rec[stream][i * k + k - 1]), g)
+                terms[stream] = paddle.add_n([relation_dmd(s, t_rec[stream][i * k + k - 1], g)
                                               for i, s in enumerate(s_rec[stream])])
         if c.intermediate_distill:
             if c.hidden_loss == "mse":

@@ -14,7 +14,7 @@ import math
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["relation", "dmd", "soft_cross_entropy", "pred_loss", "MASKED_BELOW"]
+__all__ = ["relation", "dmd", "relation_dmd", "soft_cross_entropy", "pred_loss", "MASKED_BELOW"]
 
 #: The reference zeroes relation entries at or below this (masked scores) before the norm.
 MASKED_BELOW = -1e2
@@ -82,6 +82,41 @@ def _dmd_global_batch(student, teacher):
     cos = g_ab / paddle.sqrt(g_aa * total[2])
     d = paddle.sqrt(paddle.clip(2.0 - 2.0 * cos, min=0.0))
     return d.detach() + world_size() * (d - d.detach())
+
+
+#: Below this squared distance relation_dmd recomputes through the relations themselves: the
+#: inner-product form loses digits as the two directions meet (float32 cos carries ~1e-7).
+GRAM_MIN_SQUARED_DISTANCE = 1e-3
+
+
+def relation_dmd(student: paddle.Tensor, teacher: paddle.Tensor, global_batch: bool = False) -> paddle.Tensor:
+    """``dmd(relation(student), relation(teacher))`` for ``[B, H, L, d_head]`` inputs, computed
+    without the ``[B, H, L, L]`` relations where that is exact.
+
+    dmd is a function of three inner products (``|a-b|^2 = |a|^2 + |b|^2 - 2<a,b>`` of unit
+    tensors), and those of relations reduce to the ``d_head x d_head`` Gram matrices:
+    ``<X X^T, Y Y^T> = |X^T Y|_F^2``, with L/d_head times fewer multiply-adds and no L x L
+    elementwise passes. The relations are formed as before when (a) some entry could reach the
+    masking threshold (bounded by the largest squared row norm / sqrt(d_head)), (b) the distance
+    is small enough for float32's cancellation to matter, or (c) under data parallelism.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"distillation shapes differ: student {student.shape} vs teacher {teacher.shape}"
+                         " (hidden sizes, heads or sequence lengths must match)")
+    dense = lambda: dmd(relation(student), relation(teacher), global_batch)
+    if global_batch:
+        return dense()
+    teacher = teacher.detach()
+    scale = 1.0 / math.sqrt(student.shape[-1])
+    # |P_ij| = |x_i . x_j| / sqrt(d) <= max_i |x_i|^2 / sqrt(d): nothing can be masked below that
+    bound = paddle.maximum((student.detach() * student.detach()).sum(-1).max(), (teacher * teacher).sum(-1).max())
+    gram = lambda a, b: paddle.matmul(a, b, transpose_x=True)  # [B, H, d, d]
+    ss, st, tt = (_dot(g, g) for g in (gram(student, student), gram(student, teacher), gram(teacher, teacher)))
+    sq = 2.0 - 2.0 * st / (paddle.sqrt(ss) * paddle.sqrt(tt))
+    bound_v, sq_v = paddle.stack([bound * scale, sq.detach()]).tolist()  # one host read
+    if bound_v >= -MASKED_BELOW or not sq_v >= GRAM_MIN_SQUARED_DISTANCE:
+        return dense()
+    return paddle.sqrt(sq)
 
 
 def soft_cross_entropy(student_logits, teacher_logits, temperature: float = 1.0):
