@@ -51,8 +51,11 @@ def ops():
                     fcntl.flock(lock, fcntl.LOCK_EX)
                 except ImportError:  # not POSIX: no cross-process lock
                     pass
+                # -fno-trapping-math lets GCC vectorize loops with selects (it may evaluate both
+                # sides); no value changes, Paddle runs with floating-point exceptions masked
                 _ops = load(name="paddle_bibert_ops", sources=[src], build_directory=build,
-                            extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+                            extra_cxx_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"],
+                            verbose=False)
         except Exception as e:  # no compiler, headers missing, ...
             logger.warning("fused STE kernels unavailable (%s); using plain Paddle ops", e)
             _ops = None

@@ -221,7 +221,8 @@ class ElasticSignSTE(PyLayer):
 
 def _round_half_down(q):
     # torch.round (the BiT reference) rounds halves to even, so 0.5 -> 0 and 1.5 -> 2 (clipped
-    # to 1 here); on [0, 1] that is 1[q > 0.5]. paddle.round would send 0.5 to 1.
+    # to 1 here); on [0, 1] that is 1[q > 0.5]. Written out rather than left to paddle.round,
+    # whose rule for halves Paddle does not document (3.3 rounds them to even; see _paddle_round_rule).
     return (q > 0.5).astype(q.dtype) + (q > 1.5).astype(q.dtype) * (paddle.round(q) - 1)
 
 
@@ -249,20 +250,59 @@ class ElasticUnsignedSTE(PyLayer):
         return gx, ga.reshape([1])
 
 
-def _init_on_first_batch(layer, x, param, factor):
-    """Set ``param = factor * mean|x|`` on ``layer``'s first training batch (averaged over
-    data-parallel ranks), once: the persistable ``initialized`` buffer records it."""
-    if not layer.training or float(layer.initialized) != 0:
-        return
+# the elastic STEs with a fused kernel (bibert_elastic*), and the kernel's zero_one flag for each
+_FUSED_ELASTIC = {ElasticSignSTE: False, ElasticUnsignedSTE: True}
+
+
+class _InitOnFirstBatch(Quantizer):
+    """A quantizer whose scale is set from its first training batch (see ``_init_on_first_batch``).
+
+    The persistable ``initialized`` buffer says whether that happened; it is what checkpoints
+    carry. Reading it costs a host read per forward (a device sync on GPUs), so once it is
+    known to be set, ``_init_done`` answers instead and the buffer is not read again.
+    """
+
+    #: True once ``initialized`` is known to be 1 (class default; set per instance)
+    _init_done = False
+
+    def _state_dict_impl(self, *args, **kwargs):
+        # set_state_dict (on this layer or any parent) and state_dict go through here, and both
+        # hand out the buffer itself, which the caller may overwrite (a checkpoint saying "not
+        # initialised"): read the buffer again on the next training forward.
+        self._init_done = False
+        return super()._state_dict_impl(*args, **kwargs)
+
+
+def _needs_init(layer) -> bool:
+    """True on a training forward of a layer whose ``initialized`` buffer is still 0; the buffer
+    is read only until it has been seen set (``_InitOnFirstBatch._init_done``)."""
+    if not layer.training or getattr(layer, "_init_done", False):
+        return False
+    if float(layer.initialized) != 0:
+        layer._init_done = True
+        return False
+    return True
+
+
+def _set_from_first_batch(layer, x, param, factor):
+    """``param = factor * mean|x|`` (averaged over data-parallel ranks), and mark ``layer`` initialised."""
     from ..distributed import all_reduce_sum, world_size
 
     with paddle.no_grad():
         stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
         param.set_value((stat * factor).astype(param.dtype))
         layer.initialized.set_value(paddle.ones([1], dtype="float32"))
+    layer._init_done = True
 
 
-class ElasticSign(Quantizer):
+def _init_on_first_batch(layer, x, param, factor):
+    """Set ``param = factor * mean|x|`` on ``layer``'s first training batch (averaged over
+    data-parallel ranks), once: the persistable ``initialized`` buffer records it."""
+    if _needs_init(layer):
+        _set_from_first_batch(layer, x, param, factor)
+
+
+class ElasticSign(_InitOnFirstBatch):
     """BiT elastic binary activation, signed: ``a * sign(x + b)``.
 
     ``b`` is a learned shift per input channel (last axis; initialised to 0) and ``a`` a learned
@@ -286,15 +326,32 @@ class ElasticSign(Quantizer):
         self.register_buffer("initialized", paddle.zeros([1], dtype="float32"), persistable=True)
 
     def forward(self, x):
-        if self.shift is not None:
-            if x.shape[-1] != self.channels:
-                raise ValueError(f"{self.name}: built for {self.channels} channels, got input of shape {x.shape}")
-            # x + b, except that a sum of exactly 0 keeps x: with b = 0 (its initial value)
-            # sign(gelu(h) + b) must stay sign(h) where float32 GELU gives -0.0 (-0.0 + 0.0 = +0.0)
-            shifted = x + self.shift
-            x = paddle.where(shifted == 0, x, shifted)
+        if self.shift is not None and x.shape[-1] != self.channels:
+            raise ValueError(f"{self.name}: built for {self.channels} channels, got input of shape {x.shape}")
+        zero_one = _FUSED_ELASTIC.get(self._ste)  # None: an STE without a fused kernel
+        if (zero_one is not None and fused.usable(x) and fused.usable(self.alpha)
+                and (self.shift is None or fused.usable(self.shift))):
+            # shift, STE and both gradients (x, alpha, shift) in one kernel each way, same values
+            if _needs_init(self):
+                with paddle.no_grad():
+                    shifted = self._shifted(x)
+                _set_from_first_batch(self, shifted, self.alpha, self.init_factor)
+            if self.shift is None:
+                return fused.ops().bibert_elastic(x, self.alpha, zero_one)
+            return fused.ops().bibert_elastic_shift(x, self.shift, self.alpha, zero_one)
+        x = self._shifted(x)
         _init_on_first_batch(self, x, self.alpha, self.init_factor)
         return self._ste.apply(x, self.alpha)
+
+    def _shifted(self, x):
+        if self.shift is None:
+            return x
+        # x + b, except that a sum of exactly 0 keeps x: with b = 0 (its initial value)
+        # sign(gelu(h) + b) must stay sign(h) where float32 GELU gives -0.0 (-0.0 + 0.0 = +0.0).
+        # (Paddle's == on floats is |a - b| < 1e-15, so sums that small keep x as well; the
+        # fused kernel compares the same way.)
+        shifted = x + self.shift
+        return paddle.where(shifted == 0, x, shifted)
 
     def extra_repr(self) -> str:
         return f"{self.name}, channels={self.channels}"
@@ -328,7 +385,7 @@ class TensorMeanSign(ChannelMeanSign):
 class LsqSTE(PyLayer):
     """Uniform k-bit quantizer with learned step ``s`` (LSQ, Esser et al. 2020).
 
-    forward:  y = s * clip(round(x / s), -qn, qp)        (round: half away from zero)
+    forward:  y = s * clip(round(x / s), -qn, qp)        (round: paddle.round; halves to even in Paddle 3.3)
     backward: dL/dx = dL/dy * 1[-qn <= x/s <= qp]
               dL/ds = sum(dL/dy * (round(x/s) - x/s if inside, -qn below, qp above)) / sqrt(numel * qp)
     """
@@ -351,7 +408,23 @@ class LsqSTE(PyLayer):
         return grad * inside, gs.reshape([1])
 
 
-class UniformLSQ(Quantizer):
+_round_rule: Optional[str] = None
+
+
+def _paddle_round_rule() -> str:
+    """How ``paddle.round`` rounds halves on the CPU: ``"even"`` (Paddle 3.3: 0.5 -> 0, 2.5 -> 2),
+    ``"away"`` (from zero: 0.5 -> 1) or ``"other"``. The fused LSQ kernel must round as the plain
+    path does, so it asks once."""
+    global _round_rule
+    if _round_rule is None:
+        with paddle.no_grad():
+            r = paddle.round(paddle.to_tensor([0.5, 1.5, 2.5, -0.5, -2.5], dtype="float32",
+                                              place=paddle.CPUPlace())).numpy().tolist()
+        _round_rule = {(0.0, 2.0, 2.0, -0.0, -2.0): "even", (1.0, 2.0, 3.0, -1.0, -3.0): "away"}.get(tuple(r), "other")
+    return _round_rule
+
+
+class UniformLSQ(_InitOnFirstBatch):
     """k-bit uniform activation quantizer with a learned step (the clip is ``step * qp``), for the
     BinaryBERT 1-1-2 / 1-1-4 baselines and BiT's W1A2/W1A4 stage. Signed levels are
     ``{-2^(k-1), ..., 2^(k-1)-1} * step``, unsigned ``{0, ..., 2^k-1} * step``. The step is set on the
@@ -372,6 +445,10 @@ class UniformLSQ(Quantizer):
 
     def forward(self, x):
         _init_on_first_batch(self, x, self.step, 2.0 / math.sqrt(self.qp))
+        if (fused.usable(x) and fused.usable(self.step) and isinstance(self.qn, int) and isinstance(self.qp, int)
+                and _paddle_round_rule() != "other"):
+            # LsqSTE's values and gradients (x and step) in one kernel each way
+            return fused.ops().bibert_lsq(x, self.step, self.qn, self.qp, _paddle_round_rule() == "even")
         return LsqSTE.apply(x, self.step, self.qn, self.qp)
 
     def extra_repr(self) -> str:
