@@ -154,7 +154,7 @@ def plot(results, args, path):
 
     names = ["teacher"] + args.variants.split(",")
     tasks = list(results)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(tasks), 3.6))
+    fig, ax = plt.subplots(figsize=(max(1.8 + 1.6 * len(tasks), 1.2 + 0.22 * len(names) * len(tasks)), 3.6))
     w = 0.8 / len(names)
     for i, n in enumerate(names):
         vals = [results[t][n]["best_metric" if n == "teacher" else "student_metric"] for t in tasks]
@@ -162,9 +162,8 @@ def plot(results, args, path):
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))])
     ax.set_xticklabels([f"{t}\n({results[t]['teacher']['metric']})" for t in tasks])
     ax.set_ylabel("dev metric")
-    ax.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, 1.18))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, ncol=min(len(names), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # room for the legend above the axes
 
 
 def main(argv=None):
