@@ -382,6 +382,20 @@ const float* shift_of(const paddle::Tensor& b, const Rows& l) {
   return b.data<float>();
 }
 
+// body(thread, row) for every row of l on nt threads, each running with the caller's MXCSR
+// (flush-to-zero): the backward kernels accumulate per-thread partial sums indexed by thread.
+template <class Body>
+void for_rows(const Rows& l, int nt, const Body& body) {
+  const unsigned csr = get_csr();
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const WithCsr env(csr);
+    const int t = thread_id();
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < l.rows; ++r) body(t, r);
+  }
+}
+
 template <bool kShift, bool kZeroOne>
 void elastic_forward(const float* px, const float* pb, float a, const Rows& l, float* py) {
   const unsigned csr = get_csr();
@@ -409,39 +423,33 @@ double elastic_backward(const float* px, const float* pb, float a, const float* 
   std::vector<double> part_a(static_cast<size_t>(nt) * l.c, 0.0);
   std::vector<double> part_b(kShift ? static_cast<size_t>(nt) * l.c : 0, 0.0);
   const float abs_a = std::fabs(a);
-  const unsigned csr = get_csr();
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const WithCsr env(csr);
-    double* sa = part_a.data() + thread_id() * l.c;
-    double* sb = kShift ? part_b.data() + thread_id() * l.c : nullptr;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < l.rows; ++r) {
-      const float* x = px + r * l.c;
-      const float* dy = pg + r * l.c;
-      float* dx = pdx + r * l.c;
-      for (int64_t j = 0; j < l.c; ++j) {
-        const float s = kShift ? shifted(x[j], pb[j]) : x[j];
-        float g, t;
-        if (kZeroOne) {
-          const float q = s / a;
-          const bool in = (q >= 0.0f) & (q <= 1.0f);
-          g = times_mask(dy[j], in);
-          t = (q > 1.0f ? 1.0f : 0.0f) + (in ? 1.0f : 0.0f) * (round_half_down(q) - q);
-        } else {
-          g = times_mask(dy[j], std::fabs(s) <= abs_a);
-          t = (std::signbit(s) ? -1.0f : 1.0f);
-        }
-        sa[j] += static_cast<double>(t * dy[j]);
-        if (kShift) {
-          dx[j] = plus_zero(g);
-          sb[j] += static_cast<double>(paddle_equals_zero(x[j] + pb[j]) ? 0.0f : g);  // where() sent g to x there
-        } else {
-          dx[j] = g;
-        }
+  for_rows(l, nt, [&](int thread, int64_t r) {
+    double* sa = part_a.data() + thread * l.c;
+    double* sb = kShift ? part_b.data() + thread * l.c : nullptr;
+    const float* x = px + r * l.c;
+    const float* dy = pg + r * l.c;
+    float* dx = pdx + r * l.c;
+    for (int64_t j = 0; j < l.c; ++j) {
+      const float s = kShift ? shifted(x[j], pb[j]) : x[j];
+      float g, t;
+      if (kZeroOne) {
+        const float q = s / a;
+        const bool in = (q >= 0.0f) & (q <= 1.0f);
+        g = times_mask(dy[j], in);
+        t = (q > 1.0f ? 1.0f : 0.0f) + (in ? 1.0f : 0.0f) * (round_half_down(q) - q);
+      } else {
+        g = times_mask(dy[j], std::fabs(s) <= abs_a);
+        t = (std::signbit(s) ? -1.0f : 1.0f);
+      }
+      sa[j] += static_cast<double>(t * dy[j]);
+      if (kShift) {
+        dx[j] = plus_zero(g);
+        sb[j] += static_cast<double>(paddle_equals_zero(x[j] + pb[j]) ? 0.0f : g);  // where() sent g to x there
+      } else {
+        dx[j] = g;
       }
     }
-  }
+  });
   double total = 0.0;
   for (int t = 0; t < nt; ++t)
     for (int64_t j = 0; j < l.c; ++j) total += part_a[t * l.c + j];
@@ -521,27 +529,21 @@ double lsq_backward(const float* px, float step, const float* pg, int qn, int qp
   std::vector<double> part(static_cast<size_t>(nt) * l.c, 0.0);
   const float fqn = static_cast<float>(qn), fqp = static_cast<float>(qp);
   const float lo = static_cast<float>(-qn);  // the clip bound as paddle.clip gets it (-0 is +0.0)
-  const unsigned csr = get_csr();
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const WithCsr env(csr);
-    double* acc = part.data() + thread_id() * l.c;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < l.rows; ++r) {
-      const float* x = px + r * l.c;
-      const float* dy = pg + r * l.c;
-      float* dx = pdx + r * l.c;
-      for (int64_t j = 0; j < l.c; ++j) {
-        const float q = x[j] / step;
-        const bool lower = q < lo, upper = q > fqp;
-        const float below = lower ? 1.0f : 0.0f, above = upper ? 1.0f : 0.0f;
-        const float inside = 1.0f - below - above;
-        dx[j] = times_mask(dy[j], !(lower | upper));
-        const float t = inside * (lsq_round<kHalfEven>(q) - q) - fqn * below + fqp * above;
-        acc[j] += static_cast<double>(dy[j] * t);
-      }
+  for_rows(l, nt, [&](int thread, int64_t r) {
+    double* acc = part.data() + thread * l.c;
+    const float* x = px + r * l.c;
+    const float* dy = pg + r * l.c;
+    float* dx = pdx + r * l.c;
+    for (int64_t j = 0; j < l.c; ++j) {
+      const float q = x[j] / step;
+      const bool lower = q < lo, upper = q > fqp;
+      const float below = lower ? 1.0f : 0.0f, above = upper ? 1.0f : 0.0f;
+      const float inside = 1.0f - below - above;
+      dx[j] = times_mask(dy[j], !(lower | upper));
+      const float t = inside * (lsq_round<kHalfEven>(q) - q) - fqn * below + fqp * above;
+      acc[j] += static_cast<double>(dy[j] * t);
     }
-  }
+  });
   double total = 0.0;
   for (size_t k = 0; k < part.size(); ++k) total += part[k];
   return total;
