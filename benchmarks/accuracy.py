@@ -25,6 +25,9 @@ stopped and restarted at any point.
 
     python benchmarks/accuracy.py --tasks sst-2,cola,mrpc,sts-b,rte --teacher_epochs 1 \\
         --student_steps 300 --out_dir runs/accuracy --table benchmarks/accuracy_table.md
+
+Budgets (``--teacher_epochs/_steps/_lr``, ``--student_steps/_lr``, ``--save_steps``) take one
+value or per-task values, a bare value being the default: ``--student_steps 400,sst-2=1000``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,44 @@ DEFAULT_VARIANTS = "bibert,baseline,biattn_no_dmd,dmd_no_biattn"
 PAIR_TASKS = {"mrpc", "sts-b", "rte", "qqp", "mnli", "qnli", "wnli"}
 
 
+class PerTask:
+    """A budget value for every task, or per task: ``300``, or ``300,cola=1000`` (the bare value
+    is the default), or ``sst-2=1000,mrpc=400`` (then every task run needs its own)."""
+
+    def __init__(self, cast, text):
+        self.text, self.default, self.by_task = str(text), None, {}
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            task, eq, value = part.rpartition("=")
+            try:
+                v = cast(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{value!r} in {text!r} is not a {cast.__name__}; write e.g. 300 or "
+                    "300,cola=1000") from None
+            if eq:
+                self.by_task[task.strip().lower()] = v
+            else:
+                self.default = v
+
+    def __getitem__(self, task):
+        if task.lower() in self.by_task:
+            return self.by_task[task.lower()]
+        if self.default is None:
+            raise SystemExit(f"accuracy.py: no value for task {task!r} in {self.text!r}; add "
+                             f"{task}=<value> or a bare default")
+        return self.default
+
+    def __str__(self):
+        return self.text
+
+
+def per_task(cast):
+    def parse(text):
+        return PerTask(cast, text)
+    parse.__name__ = cast.__name__
+    return parse
+
+
 def _summary(path):
     p = os.path.join(path, "summary.json")
     if os.path.isfile(p):
@@ -94,12 +135,13 @@ def run_task(task, args, log):
     seq = args.pair_seq_len if task in PAIR_TASKS else args.max_seq_length
     common = ["--task_name", task, "--data_dir", args.data_dir, "--max_seq_length", str(seq),
               "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--logging_steps", "1000000",
-              "--save_steps", str(args.save_steps), "--no-progress"]
+              "--save_steps", str(args.save_steps[task]), "--no-progress"]
     tdir = os.path.join(args.out_dir, task, "teacher")
     log(f"[{task}] teacher")
     teacher = _run(run_glue, common + ["--model_name_or_path", args.model, "--learning_rate",
-                                       str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs),
-                                       "--max_steps", str(args.teacher_steps)], tdir, log)
+                                       str(args.teacher_lr[task]), "--num_train_epochs",
+                                       str(args.teacher_epochs[task]), "--max_steps",
+                                       str(args.teacher_steps[task])], tdir, log)
     rows = {"teacher": teacher}
     for name in args.variants.split(","):
         binarize, flags, *dep = VARIANTS[name]
@@ -112,8 +154,9 @@ def run_task(task, args, log):
         log(f"[{task}] {name}")
         init = ["--student_model_name_or_path", teacher_dir] if dep else []
         rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir, "--bi",
-                                                  "--learning_rate", str(args.student_lr),
-                                                  "--max_steps", str(args.student_steps)] + init + flags,
+                                                  "--learning_rate", str(args.student_lr[task]),
+                                                  "--max_steps", str(args.student_steps[task])]
+                          + init + flags,
                           out, log)
     return rows
 
@@ -176,13 +219,16 @@ def main(argv=None):
     ap.add_argument("--max_seq_length", type=int, default=64)
     ap.add_argument("--pair_seq_len", type=int, default=128)
     ap.add_argument("--batch_size", type=int, default=32)
-    ap.add_argument("--teacher_epochs", type=float, default=1.0)
-    ap.add_argument("--teacher_steps", type=int, default=-1,
+    # Budgets take one value or per-task values, e.g. --student_steps 400,sst-2=1000
+    ap.add_argument("--teacher_epochs", type=per_task(float), default=PerTask(float, "1.0"))
+    ap.add_argument("--teacher_steps", type=per_task(int), default=PerTask(int, "-1"),
                     help="if > 0, cap the teacher at this many steps (SST-2 has 67k sentences)")
-    ap.add_argument("--teacher_lr", type=float, default=5e-5)
-    ap.add_argument("--student_steps", type=int, default=300)
-    ap.add_argument("--student_lr", type=float, default=2e-4)
-    ap.add_argument("--save_steps", type=int, default=100)
+    ap.add_argument("--teacher_lr", type=per_task(float), default=PerTask(float, "5e-5"))
+    ap.add_argument("--student_steps", type=per_task(int), default=PerTask(int, "300"),
+                    help="one value, or per task: 400,sst-2=1000 (budgets alike)")
+    ap.add_argument("--student_lr", type=per_task(float), default=PerTask(float, "2e-4"))
+    ap.add_argument("--save_steps", type=per_task(int), default=PerTask(int, "100"),
+                    help="dev evaluation (and checkpoint) every this many steps")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--table", help="write the markdown table here")
     ap.add_argument("--plot", help="write the PNG plot here")
@@ -194,6 +240,10 @@ def main(argv=None):
         dep = VARIANTS[v][2:]
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")
+    for t in args.tasks.split(","):  # a missing per-task value fails now, not hours in
+        for name in ("teacher_epochs", "teacher_steps", "teacher_lr", "student_steps", "student_lr",
+                     "save_steps"):
+            getattr(args, name)[t]
     log = lambda m: print(m, flush=True)
     t0 = time.time()
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}

@@ -24,14 +24,17 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     bench = _bench()
     argv = ["--tasks", "sst-2,sts-b", "--data_dir", glue_slice, "--model", tiny_model_dir,
             "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
-            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "2", "--save_steps", "2",
-            "--variants", "bibert,baseline,biattn_no_dmd,dmd_no_biattn,bit",
+            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "2,sts-b=3",
+            "--save_steps", "2", "--variants", "bibert,baseline,biattn_no_dmd,dmd_no_biattn,bit",
             "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
     results = bench.main(argv)
     assert set(results) == {"sst-2", "sts-b"}
     for rows in results.values():
         assert set(rows) == {"teacher", "bibert", "baseline", "biattn_no_dmd", "dmd_no_biattn", "bit"}
         assert all(r["finished"] for r in rows.values())
+    # per-task budgets: sts-b's students ran 3 steps, sst-2's the default 2
+    assert {rows["bibert"]["global_step"] for rows in results.values()} == {2, 3}
+    assert results["sts-b"]["bit"]["global_step"] == 3 and results["sst-2"]["bit"]["global_step"] == 2
     # the variants really differ in binarization and losses
     cfg = (tmp_path / "runs" / "sst-2" / "baseline" / "best_model" / "bibert_config.yaml").read_text()
     assert "attention: softmax_sign" in cfg
@@ -63,6 +66,21 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert "method: binarybert_a4" in cfg("binarybert_a4")
     with pytest.raises(SystemExit):  # the two-step variant needs its teacher's variant listed first
         bench.main(argv[:-1] + ["bit_2step,bit_a2"])
+
+
+def test_per_task_budgets_parse_and_fail_early(capsys):
+    bench = _bench()
+    steps = bench.PerTask(int, "400,SST-2=1000, rte=240")
+    assert (steps["sst-2"], steps["rte"], steps["cola"]) == (1000, 240, 400)
+    only = bench.PerTask(float, "sst-2=5e-4")
+    assert only["sst-2"] == 5e-4
+    with pytest.raises(SystemExit, match="no value for task 'cola'"):
+        only["cola"]
+    with pytest.raises(SystemExit):  # bad number: argparse names the option
+        bench.main(["--student_steps", "sst-2=many"])
+    assert "'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no value for task 'cola'"):  # before any training
+        bench.main(["--tasks", "sst-2,cola", "--student_steps", "sst-2=10"])
 
 
 def test_unknown_variant_rejected():
