@@ -55,6 +55,9 @@ class CommonArgs:
     stop_at_step: int = _f(-1, "end the run at this step as if interrupted (for resume tests)")
     flush_denormals: bool = _f(True, "treat subnormal floats as 0 while training (x86 FTZ/DAZ); "
                                "they otherwise slow some recipes' steps several-fold")
+    ema_decay: float = _f(0.0, "if > 0, dev evaluation scores and best_model/ keeps an exponential "
+                          "moving average of the weights (e.g. 0.99: about the last 100 steps); "
+                          "training itself is unchanged")
 
 
 @dataclass

@@ -3,11 +3,14 @@
 One loop for both commands: AdamW with linear warm-up then linear decay, weight decay off for
 biases and LayerNorms, a progress bar with the live loss terms, a log line every
 ``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
-and checkpoints that are written atomically and resume to the same result.
+and checkpoints that are written atomically and resume to the same result. With
+``ema_decay > 0`` the dev evaluations score, and ``best_model/`` keeps, an exponential moving
+average of the weights (``ema.py``); the training steps are the same either way.
 
 Checkpoint layout in ``output_dir``::
 
     checkpoint-<step>/     model.pdparams, optimizer.pdopt, trainer_state.json, rng.pkl
+                           (+ ema.pdparams with --ema_decay)
     LATEST                 name of the newest complete checkpoint (replaced atomically)
     best_model/            the best dev model, in the caller's save format
 
@@ -35,6 +38,7 @@ import numpy as np
 import paddle
 
 from .. import distributed as dist
+from .ema import ParamEMA
 from ..data.metrics import compute_metrics, main_metric
 
 __all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "latest_checkpoint"]
@@ -69,6 +73,7 @@ class TrainArgs:
     eval_batch_size: int = 64
     progress: bool = True
     flush_denormals: bool = True  # train with FTZ/DAZ set (see paddle_bibert._cpu); eval too
+    ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights (see ema.py)
 
     def validate(self):
         if self.learning_rate <= 0:
@@ -81,6 +86,8 @@ class TrainArgs:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}; e.g. 0.1")
         if self.logging_steps <= 0 or self.save_steps <= 0:
             raise ValueError("--logging_steps and --save_steps must be > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}; e.g. 0.99")
 
 
 def latest_checkpoint(output_dir: str) -> Optional[str]:
@@ -224,6 +231,7 @@ class Trainer:
         self.optimizer = paddle.optimizer.AdamW(
             learning_rate=self.scheduler, parameters=model.parameters(),
             weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
+        self.ema = ParamEMA(model, args.ema_decay) if args.ema_decay > 0 else None
         self.state = {"global_step": 0, "best_metric": None, "best_step": None, "history": [],
                       "train_seconds": 0.0}
         # data parallel: rank 0 alone writes; batches are padded to the longest across ranks
@@ -272,6 +280,8 @@ class Trainer:
         def write(d):
             paddle.save(self.model.state_dict(), os.path.join(d, "model.pdparams"))
             paddle.save(self._portable_optimizer_state(), os.path.join(d, "optimizer.pdopt"))
+            if self.ema is not None:
+                paddle.save(self.ema.state_dict(), os.path.join(d, "ema.pdparams"))
             with open(os.path.join(d, "rng.pkl"), "wb") as f:
                 pickle.dump(dict(rngs[0], per_rank=rngs), f)
             with open(os.path.join(d, "trainer_state.json"), "w") as f:
@@ -287,6 +297,15 @@ class Trainer:
     def _load_checkpoint(self, path):
         self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
         self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
+        ema_file = os.path.join(path, "ema.pdparams")
+        if self.ema is not None:
+            if not os.path.isfile(ema_file):
+                raise ValueError(f"{path} was written without --ema_decay, so it has no weight "
+                                 "average to continue; resume with --ema_decay 0 or start a new run")
+            self.ema.set_state_dict(paddle.load(ema_file))
+        elif os.path.isfile(ema_file):
+            raise ValueError(f"{path} was written with --ema_decay and this run has none; resume "
+                             "with the run's --ema_decay (trainer_state.json, 'args')")
         with open(os.path.join(path, "trainer_state.json")) as f:
             st = json.load(f)
         self.scheduler.set_state_dict(st.pop("scheduler"))
@@ -306,6 +325,12 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------
     def _evaluate_and_keep_best(self):
+        if self.ema is not None:  # score, and keep, the averaged weights
+            with self.ema.swapped():
+                return self._evaluate_and_keep_best_now()
+        return self._evaluate_and_keep_best_now()
+
+    def _evaluate_and_keep_best_now(self):
         metrics = evaluate(self.model, self.dev_loader, self.args.task_name)
         step = self.state["global_step"]
         value = metrics[self.metric]
@@ -387,6 +412,8 @@ class Trainer:
                         f"checkpoint is {latest_checkpoint(args.output_dir)}; lower --learning_rate")
                 loss.backward()
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
                 self.optimizer.clear_grad()
                 self.scheduler.step()
                 step += 1
