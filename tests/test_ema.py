@@ -113,6 +113,8 @@ def test_training_with_ema(glue_slice, tiny_model_dir, tmp_path, monkeypatch):  
     assert not part["finished"]
     with pytest.raises(ValueError, match="--ema_decay"):
         task_distill(args(tmp_path / "r", "--resume"), log=Log())
+    with pytest.raises(ValueError, match="same value"):
+        task_distill(args(tmp_path / "r", "--ema_decay", "0.5", "--resume"), log=Log())
     task_distill(args(tmp_path / "r", "--ema_decay", "0.6", "--resume"), log=Log())
     again = paddle.load(str(tmp_path / "r" / "checkpoint-5" / "ema.pdparams"))
     for n in saved:

@@ -308,6 +308,10 @@ class Trainer:
                              "with the run's --ema_decay (trainer_state.json, 'args')")
         with open(os.path.join(path, "trainer_state.json")) as f:
             st = json.load(f)
+        was = st.get("args", {}).get("ema_decay", 0.0)
+        if self.ema is not None and was != self.args.ema_decay:
+            raise ValueError(f"{path} averaged the weights with --ema_decay {was}; resume with the "
+                             f"same value, not {self.args.ema_decay}")
         self.scheduler.set_state_dict(st.pop("scheduler"))
         st.pop("args", None)
         self.state.update(st)
