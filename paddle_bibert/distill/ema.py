@@ -37,11 +37,12 @@ class ParamEMA:
 
     @paddle.no_grad()
     def update(self):
-        """shadow = decay * shadow + (1 - decay) * weight, for every trainable parameter."""
-        keep, take = self.decay, 1.0 - self.decay
+        """shadow = decay * shadow + (1 - decay) * weight, for every trainable parameter, as
+        shadow += (1 - decay) * (weight - shadow) in place: one pass per parameter, no temporaries
+        (this runs every training step)."""
+        take = 1.0 - self.decay
         for n, p in self.params:
-            s = self.shadow[n]
-            paddle.assign(s * keep + p.detach() * take, output=s)
+            self.shadow[n].lerp_(p.detach(), take)
 
     @contextmanager
     def swapped(self):
