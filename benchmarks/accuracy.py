@@ -244,9 +244,9 @@ def main(argv=None):
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")
     for t in args.tasks.split(","):  # a missing per-task value fails now, not hours in
-        for name in ("teacher_epochs", "teacher_steps", "teacher_lr", "student_steps", "student_lr",
-                     "save_steps"):
-            getattr(args, name)[t]
+        for budget in vars(args).values():
+            if isinstance(budget, PerTask):
+                budget[t]
     log = lambda m: print(m, flush=True)
     t0 = time.time()
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}

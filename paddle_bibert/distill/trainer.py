@@ -295,23 +295,16 @@ class Trainer:
                 shutil.rmtree(os.path.join(self.args.output_dir, other), ignore_errors=True)
 
     def _load_checkpoint(self, path):
-        self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
-        self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
-        ema_file = os.path.join(path, "ema.pdparams")
-        if self.ema is not None:
-            if not os.path.isfile(ema_file):
-                raise ValueError(f"{path} was written without --ema_decay, so it has no weight "
-                                 "average to continue; resume with --ema_decay 0 or start a new run")
-            self.ema.set_state_dict(paddle.load(ema_file))
-        elif os.path.isfile(ema_file):
-            raise ValueError(f"{path} was written with --ema_decay and this run has none; resume "
-                             "with the run's --ema_decay (trainer_state.json, 'args')")
         with open(os.path.join(path, "trainer_state.json")) as f:
             st = json.load(f)
         was = st.get("args", {}).get("ema_decay", 0.0)
-        if self.ema is not None and was != self.args.ema_decay:
-            raise ValueError(f"{path} averaged the weights with --ema_decay {was}; resume with the "
+        if was != self.args.ema_decay:  # on/off or another horizon: the average would not continue
+            raise ValueError(f"{path} was written with --ema_decay {was} (0 = off); resume with the "
                              f"same value, not {self.args.ema_decay}")
+        self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
+        self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
+        if self.ema is not None:
+            self.ema.set_state_dict(paddle.load(os.path.join(path, "ema.pdparams")))
         self.scheduler.set_state_dict(st.pop("scheduler"))
         st.pop("args", None)
         self.state.update(st)
