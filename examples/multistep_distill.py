@@ -11,6 +11,7 @@ lists every stage's dev metric. Rerun with --resume to continue an interrupted c
 
 import paddle_bibert  # noqa: F401  (sets CPU defaults before Paddle loads MKL)
 from paddle_bibert.commands import multistep_distill
+from paddle_bibert.distributed import main
 
 if __name__ == "__main__":
-    multistep_distill()
+    main(multistep_distill)

@@ -9,6 +9,7 @@ See `--help` and configs/<task>.yaml (`--config`).
 
 import paddle_bibert  # noqa: F401  (sets CPU defaults before Paddle loads MKL)
 from paddle_bibert.commands import run_glue
+from paddle_bibert.distributed import main
 
 if __name__ == "__main__":
-    run_glue()
+    main(run_glue)

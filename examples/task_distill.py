@@ -11,6 +11,7 @@ See `--help` and configs/<task>.yaml (`--config`).
 
 import paddle_bibert  # noqa: F401  (sets CPU defaults before Paddle loads MKL)
 from paddle_bibert.commands import task_distill
+from paddle_bibert.distributed import main
 
 if __name__ == "__main__":
-    task_distill()
+    main(task_distill)

@@ -4,9 +4,12 @@ processes (gloo) against one process with the same global batch."""
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import paddle
@@ -66,17 +69,18 @@ def test_two_processes_match_one_process_with_the_global_batch(data_and_teacher,
     one = tmp_path / "one"
     s1 = COMMANDS[command](_args(command, glue, teacher, one, 8), log=lambda m: None)
 
-    two, logs = tmp_path / "two", tmp_path / "launch-logs"
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-                        "--log_dir", str(logs), os.path.join(REPO, "examples", f"{command}.py"),
-                        *_args(command, glue, teacher, two, 4)], cwd=str(tmp_path), env=env,
-                       capture_output=True, text=True, timeout=600)
-    wall = time.time() - t0
-    worker = {i: (logs / f"workerlog.{i}").read_text() if (logs / f"workerlog.{i}").exists() else ""
-              for i in (0, 1)}
-    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-1500:], worker[0][-3000:], worker[1][-3000:])
+    two = tmp_path / "two"
+    r, worker, wall = _launch(command, _args(command, glue, teacher, two, 4), tmp_path / "launch-logs", tmp_path)
+    signal = re.search(r"Exit code -(\d+)", r.stdout + r.stderr)
+    if r.returncode != 0 and signal:
+        # a worker killed by a signal (seen once in CI: "Exit code -6", SIGABRT, cause unknown,
+        # not reproduced in 59 local launches): report it and launch once more from
+        # scratch; a second failure, or any failure with an ordinary exit code, fails the test
+        warnings.warn(f"two-process {command}: a worker died by signal {signal.group(1)}; relaunching once. "
+                      + _failure_report(r, worker))
+        shutil.rmtree(two, ignore_errors=True)
+        r, worker, wall = _launch(command, _args(command, glue, teacher, two, 4), tmp_path / "launch-logs-2", tmp_path)
+    assert r.returncode == 0, _failure_report(r, worker)
 
     s2 = json.loads((two / "summary.json").read_text())
     assert s2["world_size"] == 2 and s2["global_step"] == 4 and s1["world_size"] == 1
@@ -101,6 +105,29 @@ def test_two_processes_match_one_process_with_the_global_batch(data_and_teacher,
     assert len(moved) > 10, moved  # training changed the weights: not a comparison of two untouched copies
     # dev metrics gathered from both ranks equal the one-process ones
     assert [e["acc"] for e in _history(two)] == pytest.approx([e["acc"] for e in _history(one)])
+
+
+def _launch(command, argv, logs, cwd):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                        "--log_dir", str(logs), os.path.join(REPO, "examples", f"{command}.py"), *argv],
+                       cwd=str(cwd), env=env, capture_output=True, text=True, timeout=600)
+    worker = {i: (logs / f"workerlog.{i}").read_text() if (logs / f"workerlog.{i}").exists() else ""
+              for i in (0, 1)}
+    return r, worker, time.time() - t0
+
+
+def _failure_report(r, worker):
+    """The launcher's verdict and every worker's error lines first (a long assertion message is
+    cut in the middle by pytest), then the log tails."""
+    pattern = re.compile(r"Exit code|Error|error|terminate|Traceback|Abort|abort|signal|Killed")
+    lines = [f"launcher exit {r.returncode}"]
+    lines += [f"launcher: {x}" for x in (r.stdout + r.stderr).splitlines() if pattern.search(x)][-10:]
+    for i, text in worker.items():
+        lines += [f"worker {i}: {x}" for x in text.splitlines() if pattern.search(x)][-10:]
+    tails = "\n".join(f"--- worker {i} log tail ---\n{t[-1500:]}" for i, t in worker.items())
+    return "\n".join(lines) + "\n" + tails + "\n--- launcher stderr tail ---\n" + r.stderr[-1500:]
 
 
 def _history(out):
