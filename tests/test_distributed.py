@@ -55,7 +55,7 @@ def _args(command, glue, teacher, out, batch_size):
              else ["--model_name_or_path", teacher])
     return ["--task_name", "mrpc", "--data_dir", glue, *model, "--max_seq_length", "64", "--batch_size", str(batch_size), "--max_steps", "4",
             "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3", "--seed", "5",
-            "--output_dir", str(out), "--no-progress"]
+            "--output_dir", str(out), "--no-progress", "--ema_decay", "0.5"]
 
 
 def _weights(out):
@@ -103,6 +103,15 @@ def test_two_processes_match_one_process_with_the_global_batch(data_and_teacher,
     print(f"two-process {command}: {wall:.1f} s wall, largest weight difference to one process {diff:.2g}")
     moved = [k for k in w1 if k in w0 and not np.array_equal(w1[k].numpy(), w0[k].numpy())]
     assert len(moved) > 10, moved  # training changed the weights: not a comparison of two untouched copies
+    # the weight average (--ema_decay) is kept the same on both ranks: the checkpointed average
+    # equals the one-process run's, and it is not the raw weights
+    e1, e2 = (paddle.load(os.path.join(d, open(os.path.join(d, "LATEST")).read().strip(), "ema.pdparams"))
+              for d in (one, two))
+    assert e1.keys() == e2.keys() and e1
+    for k in e1:
+        np.testing.assert_allclose(e2[k].numpy(), e1[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert set(e1) <= set(w1)
+    assert any(not np.allclose(e1[k].numpy(), w1[k].numpy()) for k in e1)
     # dev metrics gathered from both ranks equal the one-process ones
     assert [e["acc"] for e in _history(two)] == pytest.approx([e["acc"] for e in _history(one)])
 
