@@ -27,8 +27,13 @@ stopped and restarted at any point.
     python benchmarks/accuracy.py --tasks sst-2,cola,mrpc,sts-b,rte --teacher_epochs 1 \\
         --student_steps 300 --out_dir runs/accuracy --table benchmarks/accuracy_table.md
 
-Budgets (``--teacher_epochs/_steps/_lr``, ``--student_steps/_lr``, ``--save_steps``) take one
-value or per-task values, a bare value being the default: ``--student_steps 400,sst-2=1000``.
+Budgets (``--teacher_epochs/_steps/_lr``, ``--student_steps/_epochs/_lr``, ``--save_steps``) take
+one value or per-task values, a bare value being the default: ``--student_steps 400,sst-2=1000``.
+BiBERT's reference schedule (bibert-spec.md section 3; ``benchmarks/budget.py`` says what it would
+cost here) is
+
+    --batch_size 16 --student_epochs sst-2=10,cola=50,mrpc=20,sts-b=20,rte=20 \
+        --student_lr 1e-4,mrpc=2e-4,rte=1e-5
 """
 
 from __future__ import annotations
@@ -157,11 +162,19 @@ def run_task(task, args, log):
         log(f"[{task}] {name}")
         init = ["--student_model_name_or_path", teacher_dir] if dep else []
         rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir, "--bi",
-                                                  "--learning_rate", str(args.student_lr[task]),
-                                                  "--max_steps", str(args.student_steps[task])]
+                                                  "--learning_rate", str(args.student_lr[task])]
+                          + _student_length(args, task)
                           + init + flags,
                           out, log)
     return rows
+
+
+def _student_length(args, task):
+    """``--num_train_epochs E`` where ``--student_epochs`` gives the task E > 0, else ``--max_steps``."""
+    epochs = args.student_epochs[task]
+    if epochs > 0:
+        return ["--num_train_epochs", str(epochs), "--max_steps", "-1"]
+    return ["--max_steps", str(args.student_steps[task])]
 
 
 def table(results, args) -> str:
@@ -225,10 +238,13 @@ def main(argv=None):
     # Budgets take one value or per-task values, e.g. --student_steps 400,sst-2=1000
     ap.add_argument("--teacher_epochs", type=per_task(float), default=PerTask(float, "1.0"))
     ap.add_argument("--teacher_steps", type=per_task(int), default=PerTask(int, "-1"),
-                    help="if > 0, cap the teacher at this many steps (SST-2 has 67k sentences)")
+                    help="if > 0, cap the teacher at this many steps")
     ap.add_argument("--teacher_lr", type=per_task(float), default=PerTask(float, "5e-5"))
     ap.add_argument("--student_steps", type=per_task(int), default=PerTask(int, "300"),
                     help="one value, or per task: 400,sst-2=1000 (budgets alike)")
+    ap.add_argument("--student_epochs", type=per_task(float), default=PerTask(float, "0"),
+                    help="where > 0 for a task, train its students this many epochs instead of "
+                         "--student_steps (the reference schedule: sst-2=10,cola=50,mrpc=20,sts-b=20,rte=20)")
     ap.add_argument("--student_lr", type=per_task(float), default=PerTask(float, "2e-4"))
     ap.add_argument("--save_steps", type=per_task(int), default=PerTask(int, "100"),
                     help="dev evaluation (and checkpoint) every this many steps")

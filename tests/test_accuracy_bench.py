@@ -72,6 +72,19 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
         bench.main(argv[:-1] + ["bit_2step,bit_a2"])
 
 
+@needs_glue
+def test_student_epochs_replace_steps_per_task(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    bench = _bench()
+    argv = ["--tasks", "sst-2,mrpc", "--data_dir", glue_slice, "--model", tiny_model_dir,
+            "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
+            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "3",
+            "--student_epochs", "0,mrpc=2", "--save_steps", "100", "--variants", "baseline"]
+    results = bench.main(argv)
+    # mrpc: 2 epochs of its 40 training pairs at batch 8 = 10 steps; sst-2 keeps --student_steps
+    assert results["mrpc"]["baseline"]["global_step"] == 2 * 40 // 8
+    assert results["sst-2"]["baseline"]["global_step"] == 3
+
+
 def test_per_task_budgets_parse_and_fail_early(capsys):
     bench = _bench()
     steps = bench.PerTask(int, "400,SST-2=1000, rte=240")
