@@ -102,9 +102,10 @@ def shutdown():
 
     Every rank waits for the others, then closes its group while Python is still running, instead
     of leaving the gloo connections to C++ destructors at interpreter exit, in whatever order the
-    ranks happen to exit. (A CI run once reported a two-process run as ``Exit code -6``, SIGABRT in
-    one worker, and no error in the part of the logs it printed; the cause was not reproduced here in 59 launches, and a
-    teardown race of this kind is the suspected one.)
+    ranks happen to exit. (A CI run once reported a two-process run as ``Exit code -6``, SIGABRT
+    in one worker, and no error in the part of the logs it printed; the cause was not reproduced
+    here in 59 launches, and a teardown race of this kind is the suspected one.) Scripts of your
+    own that call the commands under the launcher should end with it too.
     """
     if world_size() == 1:
         return
@@ -120,4 +121,3 @@ def main(command):
     leave the process group (``shutdown``) once it has returned."""
     command()
     shutdown()
-
