@@ -21,20 +21,12 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from accuracy import _summary as finished_run  # noqa: E402  (a run's summary once it finished, else None)
 
 # bibert-spec.md section 3, "Reference hyper-parameters": epochs per task at batch 16
 REFERENCE_EPOCHS = {"sst-2": 10, "cola": 50, "mrpc": 20, "sts-b": 20, "rte": 20, "mnli": 5, "qqp": 5, "qnli": 10}
 REFERENCE_BATCH = 16
-
-
-def finished_run(path):
-    """The run's summary when it finished, else None."""
-    p = os.path.join(path, "summary.json")
-    if not os.path.isfile(p):
-        return None
-    with open(p) as f:
-        s = json.load(f)
-    return s if s.get("finished") and s.get("global_step") else None
 
 
 def project(out_dir, data_dir, tasks, variants, batch_size=REFERENCE_BATCH):
@@ -51,7 +43,7 @@ def project(out_dir, data_dir, tasks, variants, batch_size=REFERENCE_BATCH):
         ref_steps = REFERENCE_EPOCHS[task] * per_epoch
         for variant in variants:
             s = finished_run(os.path.join(out_dir, task, variant))
-            if s is None:
+            if s is None or not s.get("global_step"):
                 continue
             sec = s["train_seconds"] / s["global_step"]
             rows.append({"task": task, "variant": variant, "n_train": n_train, "steps_per_epoch": per_epoch,
