@@ -20,12 +20,17 @@ def _bench():
     return mod
 
 
+def _tiny(glue, model, out):
+    """The data, tiny model and short budgets every end-to-end run here shares."""
+    return ["--data_dir", glue, "--model", model, "--out_dir", str(out), "--batch_size", "8",
+            "--max_seq_length", "32", "--pair_seq_len", "32", "--teacher_epochs", "1"]
+
+
 @needs_glue
 def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     bench = _bench()
-    argv = ["--tasks", "sst-2,sts-b", "--data_dir", glue_slice, "--model", tiny_model_dir,
-            "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
-            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "2,sts-b=3",
+    argv = ["--tasks", "sst-2,sts-b", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"),
+            "--student_steps", "2,sts-b=3",
             "--save_steps", "2", "--variants", "bibert,baseline,biattn_no_dmd,dmd_no_biattn,bit",
             "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
     results = bench.main(argv)
@@ -75,9 +80,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
 @needs_glue
 def test_student_epochs_replace_steps_per_task(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     bench = _bench()
-    argv = ["--tasks", "sst-2,mrpc", "--data_dir", glue_slice, "--model", tiny_model_dir,
-            "--out_dir", str(tmp_path / "runs"), "--batch_size", "8", "--max_seq_length", "32",
-            "--pair_seq_len", "32", "--teacher_epochs", "1", "--student_steps", "3",
+    argv = ["--tasks", "sst-2,mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "3",
             "--student_epochs", "0,mrpc=2", "--save_steps", "100", "--variants", "baseline"]
     results = bench.main(argv)
     # mrpc: 2 epochs of its 40 training pairs at batch 8 = 10 steps; sst-2 keeps --student_steps
