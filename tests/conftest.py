@@ -1,6 +1,12 @@
 import os
 import warnings
 
+# Before anything imports Paddle: the same CPU defaults as the example commands the tests launch
+# (on AMD, MKL_DEBUG_CPU_TYPE=5 selects another MKL code path). Without this the pytest process
+# and its subprocesses could sum in different orders, and runs compared across them would differ
+# in the last bits.
+import paddle_bibert  # noqa: F401,E402
+
 import numpy as np
 import pytest
 
