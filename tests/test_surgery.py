@@ -229,3 +229,57 @@ def test_ernie_binarizes_and_runs():
     assert "ernie.embeddings.word_embeddings" in report.replaced_paths
     out = model(paddle.to_tensor(IDS)).numpy()
     assert out.shape == (3, 3) and np.isfinite(out).all() and np.abs(out - fp).max() > 1e-4
+
+
+def _train_mode_attention(recipe, act_bits, rng, p=0.1, length=12, scale=1.0):
+    """Layer 0's binarized attention of a tiny BERT with attention dropout p, in training mode,
+    returning its map; plus what enters the attention-output quantizer and its input gradient."""
+    paddle.seed(3)
+    model = BertForSequenceClassification(tiny_bert_config(attention_probs_dropout_prob=p))
+    binarize_model(model, BinarizeConfig.preset(recipe, act_bits=act_bits))
+    att = model.bert.encoder.layers[0].self_attn
+    att.need_weights = True
+    att.train()
+    seen = {}
+
+    def keep_input(layer, inputs):
+        seen["context"] = inputs[0]
+        inputs[0].register_hook(lambda g: seen.__setitem__("grad", g.numpy()))
+
+    att.out_proj.input_quantizer.register_forward_pre_hook(keep_input)
+    x = paddle.to_tensor(scale * rng.standard_normal((2, length, 32)).astype("float32"))
+    out, a = att(x)
+    out.sum().backward()
+    return att, a.numpy(), seen["context"].numpy(), seen["grad"]
+
+
+def test_attention_dropout_keeps_the_bool_map_binary_and_the_context_integer(rng):
+    # Dropout acts on the scores before the bool function (as BiBERT's authors do), so in
+    # training the map stays in {0, 1} and A @ sign(V) is an integer; dropout after the map
+    # would make it {0, 1/(1-p)}. The attention-output input's STE passes gradient where the
+    # context is -1 or +1 (|x| <= 1). No dropout exists at inference, so the packed runtime's
+    # eval-mode equivalence (test_runtime.py) is untouched.
+    _, a, context, grad = _train_mode_attention("bibert", 1, rng)
+    assert set(np.unique(a)) == {0.0, 1.0}
+    np.testing.assert_array_equal(context, np.round(context))
+    unit = np.abs(context) == 1
+    assert unit.sum() > 20
+    assert (grad[unit] != 0).all()
+    assert (grad[np.abs(context) > 1] == 0).all()
+
+
+def test_attention_dropout_before_every_kind_of_map(rng):
+    # sign of softmax: all ones without dropout; dropout removes entries but leaves {0, 1}
+    _, a, context, _ = _train_mode_attention("baseline", 1, rng)
+    assert set(np.unique(a)) == {0.0, 1.0} and 0.02 < (a == 0).mean() < 0.3
+    np.testing.assert_array_equal(context, np.round(context))
+    # BiT's {0, a} map of the softmax: dropout on the probabilities, so the map's non-zero
+    # entries are the quantizer's scale itself, not scale / (1 - p)
+    att, a, _, _ = _train_mode_attention("bit", 1, rng, scale=5.0)  # peaked: some probabilities reach a/2
+    alpha = float(att.attention_quantizer.alpha)
+    assert set(np.unique(a)) <= {0.0, np.float32(alpha)} and (a > 0).any()
+    # an LSQ map (2 bits): multiples 0..3 of its step
+    att, a, _, _ = _train_mode_attention("bit", 2, rng)
+    steps = a / float(att.attention_quantizer.step)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-5)
+    assert np.round(steps).max() <= 3 and len(np.unique(np.round(steps))) > 1

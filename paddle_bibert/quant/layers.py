@@ -185,7 +185,7 @@ class BiMultiHeadAttention(nn.Layer):
         if mask is not None:
             s = s + mask
         if self.attention == "softmax":
-            a = F.softmax(s, axis=-1)
+            a = self._drop(F.softmax(s, axis=-1))
             if self.attention_quantizer is not None:
                 a = self.attention_quantizer(a)
         elif self.attention == "softmax_sign":
@@ -193,13 +193,31 @@ class BiMultiHeadAttention(nn.Layer):
             if mask is not None:
                 # sign(+0) = +1 would give padded keys weight 1; they must stay 0.
                 a = a * (mask > MASKED_BELOW).astype(a.dtype)
+            a = self._drop_entries(a)
         else:
-            a = self.attention_quantizer(s)
-        if self.dropout and self.training:
-            a = F.dropout(a, self.dropout, training=True, mode="upscale_in_train")
+            a = self.attention_quantizer(self._drop(s))
         context = paddle.matmul(a, v).transpose([0, 2, 1, 3])
         out = self.out_proj(context.reshape([0, 0, self.embed_dim]))
         return (out, a) if self.need_weights else out
+
+    # Attention dropout (training only; the packed runtime has none) acts before the map is
+    # quantized, as the authors' code does: on the scores before the bool function (BiBERT) and on
+    # the probabilities before their quantizer (BiT, LSQ), so the map stays in {0,1} or {0,a} and
+    # A @ sign(V) stays an integer. Upscaling dropout after the map would make it {0, 1/(1-p)};
+    # the attention-output input's STE (gradient where |x| <= 1) then stops the gradient wherever
+    # the context is not exactly 0.
+    def _drop(self, x):
+        """Upscaling dropout of what a quantizer that maps 0 to 0 turns into the map."""
+        if not (self.dropout and self.training):
+            return x
+        return F.dropout(x, self.dropout, training=True, mode="upscale_in_train")
+
+    def _drop_entries(self, a):
+        """Drop entries of a sign map (sign(+0) = +1, so dropping its input would keep them):
+        multiply by a {0, 1} keep mask, which is what dropout before a sign with sign(0) = 0 does."""
+        if not (self.dropout and self.training):
+            return a
+        return F.dropout(a, self.dropout, training=True, mode="downscale_in_infer")
 
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
