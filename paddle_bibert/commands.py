@@ -39,10 +39,15 @@ class CommonArgs:
                                  "without it PaddleNLP's load_dataset('glue', task) is used")
     max_seq_length: int = _f(128, "tokens per example, [CLS]/[SEP] included")
     batch_size: int = _f(32, "training batch size")
-    learning_rate: float = _f(5e-5, "peak learning rate (AdamW, linear warm-up then decay)")
+    learning_rate: float = _f(5e-5, "peak learning rate (linear warm-up then decay)")
     num_train_epochs: float = _f(3.0, "epochs")
     max_steps: int = _f(-1, "if > 0, train this many steps instead of num_train_epochs")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    weight_decay: float = _f(0.01, "weight decay (not on biases and LayerNorm)")
+    pad_to_max_length: bool = _f(False, "pad every batch to --max_seq_length (BiBERT's authors do: their "
+                                 "Q/K/V and hidden-state direction matching then covers every padded "
+                                 "position) instead of to its longest example")
+    optimizer: str = _f("adamw", "adamw, or bertadam (BiBERT's authors': no bias correction, eps 1e-6, "
+                        "each parameter's gradient clipped to norm 1 on its own)")
     warmup_proportion: float = _f(0.1, "fraction of steps of linear warm-up")
     logging_steps: int = _f(50, "log the loss terms every N steps")
     save_steps: int = _f(500, "evaluate on dev, keep the best, and checkpoint every N steps")
@@ -196,7 +201,7 @@ def _data(args, tokenizer):
     train = load_glue(info.name, args.data_dir, "train")
     dev = load_glue(info.name, args.data_dir, info.dev_splits[0])
     enc = lambda ex: encode_examples(ex, tokenizer, info.name, args.max_seq_length)
-    collate = Collator(tokenizer, info.name)
+    collate = Collator(tokenizer, info.name, args.max_seq_length if args.pad_to_max_length else None)
     train_loader = make_dataloader(enc(train), args.batch_size, shuffle=True, seed=args.seed,
                                    collate_fn=collate, distributed=world_size() > 1)
     dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate)

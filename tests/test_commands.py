@@ -105,8 +105,10 @@ def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_ste
                               "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
 
 
-def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path):
-    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2")
+@pytest.mark.parametrize("optimizer", ["adamw", "bertadam"])
+def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path, optimizer):
+    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2",
+                                      "--optimizer", optimizer)
     full = task_distill(args(tmp_path / "a"), log=Log())
     assert full["total_steps"] == 12  # 48 examples / 8 per batch * 2 epochs, crossing an epoch
     part = task_distill(args(tmp_path / "b") + ["--stop_at_step", "7"], log=Log())
@@ -260,3 +262,42 @@ def test_half_written_checkpoint_is_never_picked_up(glue_slice, tiny_model_dir, 
     s = run_glue(common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "3",
                         "--resume"), log=Log())
     assert s["global_step"] == 3 and s["finished"]
+
+
+def test_resume_with_another_optimizer_is_refused(glue_slice, tiny_model_dir, tmp_path):
+    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--max_steps", "6")
+    task_distill(args(tmp_path / "s") + ["--stop_at_step", "3"], log=Log())
+    with pytest.raises(ValueError, match="written with --optimizer adamw; resume with the same optimizer"):
+        task_distill(args(tmp_path / "s") + ["--resume", "--optimizer", "bertadam"], log=Log())
+
+
+def test_pad_to_max_length_pads_every_batch_and_relations_cover_the_padding(glue_slice, tiny_model_dir, tmp_path):
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from paddle_bibert import binarize_model
+    from paddle_bibert.commands import DistillArgs, _data, parse_args
+    from paddle_bibert.convert import load_tokenizer
+    from paddle_bibert.distill.distiller import DistillConfig, Distiller
+
+    tok = load_tokenizer(tiny_model_dir)
+    loaders = {}
+    for flag in ("--pad_to_max_length", "--no-pad_to_max_length"):
+        a = parse_args(DistillArgs, common(glue_slice, "sst-2", tmp_path / "x", "--teacher_path", "t", flag))
+        loaders[flag] = _data(a, tok)[1:3]
+    lengths = lambda flag: {b["input_ids"].shape[1] for loader in loaders[flag] for b in loader}
+    assert lengths("--pad_to_max_length") == {32}
+    assert len(lengths("--no-pad_to_max_length")) > 1  # per batch: its longest example
+    # direction matching on a statically padded batch: Q relations over all 32 positions, the
+    # padded ones included (no mask), summed over layers, as numpy computes them from the taps
+    batch = next(iter(loaders["--pad_to_max_length"][0]))
+    assert (batch["input_ids"].numpy() == tok.pad_token_id).any(axis=1).sum() >= 2  # padding to cover
+    teacher = BertForSequenceClassification.from_pretrained(tiny_model_dir)
+    student, _ = binarize_model(BertForSequenceClassification.from_pretrained(tiny_model_dir))
+    d = Distiller(student, teacher, DistillConfig(query_distill=True))
+    (_, t_rec), (s_logits, s_rec) = d.teacher_forward(batch), d.student_forward(batch)
+    _, terms = d.terms(s_logits, s_rec, None, t_rec)
+    rel = lambda x: (lambda y: y @ y.transpose(0, 1, 3, 2) / np.sqrt(y.shape[-1]))(x.numpy().astype(np.float64))
+    unit = lambda r: r / np.linalg.norm(r)
+    assert all(q.shape[2] == 32 for q in s_rec["q"])
+    expect = sum(np.linalg.norm(unit(rel(s)) - unit(rel(t))) for s, t in zip(s_rec["q"], t_rec["q"]))
+    assert float(terms["q"]) == pytest.approx(expect, rel=1e-5)

@@ -77,6 +77,7 @@ def test_full_disk_fails_before_training(glue_slice, tiny_model_dir, tmp_path, m
     ("--max_seq_length", "0", "max_seq_length must be >= 3"),
     ("--warmup_proportion", "1.5", r"warmup_proportion must be in \[0, 1\)"),
     ("--save_steps", "0", "--logging_steps and --save_steps must be > 0"),
+    ("--optimizer", "sgd", "--optimizer must be one of adamw, bertadam, got 'sgd'"),
 ])
 def test_out_of_range_values_are_refused_before_loading_anything(tmp_path, flag, value, message):
     # the model path does not exist: the range check must come first

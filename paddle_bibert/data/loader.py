@@ -73,7 +73,7 @@ def encode_examples(examples, tokenizer, task: str, max_seq_length: int) -> list
 
 
 class Collator:
-    """Pad a list of features to the longest one in the batch.
+    """Pad a list of features to the longest one in the batch (or to ``fixed_length``).
 
     Returns ``{"input_ids", "token_type_ids"}`` int64 tensors ``[B, L]`` (padded
     with the tokenizer's pad id / pad token type id) and ``labels`` ``[B]``
@@ -81,7 +81,10 @@ class Collator:
     attention mask: PaddleNLP's BERT derives it from ``input_ids == pad_token_id``.
     """
 
-    def __init__(self, tokenizer, task: str):
+    def __init__(self, tokenizer, task: str, fixed_length: int = None):
+        # fixed_length: pad every batch to this many tokens (BiBERT's authors pad to
+        # max_seq_length, so their direction matching covers that many positions)
+        self.fixed_length = fixed_length
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. '[PAD]') first")
         self.pad_token_id = int(tokenizer.pad_token_id)
@@ -92,6 +95,10 @@ class Collator:
         if not features:
             raise ValueError("cannot collate an empty batch")
         max_len = max(len(f["input_ids"]) for f in features)
+        if self.fixed_length is not None:
+            if max_len > self.fixed_length:
+                raise ValueError(f"an example has {max_len} tokens, more than the fixed length {self.fixed_length}")
+            max_len = self.fixed_length
         input_ids = np.full((len(features), max_len), self.pad_token_id, dtype="int64")
         token_type_ids = np.full((len(features), max_len), self.pad_token_type_id, dtype="int64")
         for i, f in enumerate(features):

@@ -1,6 +1,6 @@
 """The training loop shared by fine-tuning and distillation.
 
-One loop for both commands: AdamW with linear warm-up then linear decay, weight decay off for
+One loop for both commands: AdamW (or the authors' BertAdam) with linear warm-up then linear decay, weight decay off for
 biases and LayerNorms, a progress bar with the live loss terms, a log line every
 ``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
 and checkpoints that are written atomically and resume to the same result. With
@@ -38,6 +38,7 @@ import numpy as np
 import paddle
 
 from .. import distributed as dist
+from ..optim import BertAdam
 from .ema import ParamEMA
 from ..data.metrics import compute_metrics, main_metric
 
@@ -46,6 +47,7 @@ __all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "latest_checkpoint"]
 logger = logging.getLogger("paddle_bibert")
 
 LATEST = "LATEST"
+OPTIMIZERS = ("adamw", "bertadam")
 BEST = "best_model"
 
 
@@ -74,6 +76,7 @@ class TrainArgs:
     progress: bool = True
     flush_denormals: bool = True  # train with FTZ/DAZ set (see paddle_bibert._cpu); eval too
     ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights (see ema.py)
+    optimizer: str = "adamw"  # or "bertadam" (paddle_bibert.optim)
 
     def validate(self):
         if self.learning_rate <= 0:
@@ -86,6 +89,8 @@ class TrainArgs:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}; e.g. 0.1")
         if self.logging_steps <= 0 or self.save_steps <= 0:
             raise ValueError("--logging_steps and --save_steps must be > 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}; e.g. 0.99")
 
@@ -228,9 +233,9 @@ class Trainer:
             if own:
                 for p in layer.parameters(include_sublayers=False):
                     p.optimize_attr["learning_rate"] = own / args.learning_rate
-        self.optimizer = paddle.optimizer.AdamW(
-            learning_rate=self.scheduler, parameters=model.parameters(),
-            weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
+        optimizer = paddle.optimizer.AdamW if args.optimizer == "adamw" else BertAdam
+        self.optimizer = optimizer(learning_rate=self.scheduler, parameters=model.parameters(),
+                                   weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
         self.ema = ParamEMA(model, args.ema_decay) if args.ema_decay > 0 else None
         self.state = {"global_step": 0, "best_metric": None, "best_step": None, "history": [],
                       "train_seconds": 0.0}
@@ -301,6 +306,10 @@ class Trainer:
         if was != self.args.ema_decay:  # on/off or another horizon: the average would not continue
             raise ValueError(f"{path} was written with --ema_decay {was} (0 = off); resume with the "
                              f"same value, not {self.args.ema_decay}")
+        was = st.get("args", {}).get("optimizer", "adamw")
+        if was != self.args.optimizer:  # the other optimizer's moments mean something else
+            raise ValueError(f"{path} was written with --optimizer {was}; resume with the same "
+                             f"optimizer, not {self.args.optimizer}")
         self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
         self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
         if self.ema is not None:
