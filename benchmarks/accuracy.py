@@ -4,9 +4,9 @@ For each task it runs (through the same code as the two commands):
 
     teacher        run_glue.py (full precision)
     bibert         task_distill.py --bi, Bi-Attention (bool), all five distill flags
-    baseline       --bi with sign-binarized softmax attention, --pred_distill only
-    biattn_no_dmd  Bi-Attention, --pred_distill only (ablation: no DMD)
-    dmd_no_biattn  sign-binarized softmax attention, all five flags (ablation: no Bi-Attention)
+    baseline       the paper's baseline: sign-binarized softmax attention, all five flags
+    bibert_pred    Bi-Attention, --pred_distill only (ablation: no DMD)
+    baseline_pred  sign-binarized softmax attention, --pred_distill only
     bit            BiT's 1-1-1 quantizers (``--method bit``: elastic activations, one weight scale
                    per matrix, {0,a} softmax map and ReLU-FFN input), all five flags: the lever
                    from bibert-spec.md section 4 that this package adds
@@ -19,7 +19,12 @@ For each task it runs (through the same code as the two commands):
                    BinaryBERT-style 1-1-1 / 1-1-2 / 1-1-4 (sign or LSQ activations, softmax kept
                    and quantized), all five flags, so every recipe has one footing
 
-and writes a markdown table (task metric per cell, retention = student / teacher) with each
+``grid`` stands for the paper's ablation grid, {Bi-Attention, sign-softmax} x {all five terms,
+prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes modifiers after
+``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), e.g.
+``bibert+bertadam+padmax``; each such run has its own folder.
+
+It writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
 one continues from its last checkpoint (``--resume`` is passed), so the whole benchmark can be
 stopped and restarted at any point.
@@ -58,9 +63,9 @@ ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_dist
 # and initialises this one instead of the full-precision teacher])
 VARIANTS = {
     "bibert": ({"attention": "bool"}, ALL_FLAGS),
-    "baseline": ({"attention": "softmax_sign"}, ["--pred_distill"]),
-    "biattn_no_dmd": ({"attention": "bool"}, ["--pred_distill"]),
-    "dmd_no_biattn": ({"attention": "softmax_sign"}, ALL_FLAGS),
+    "baseline": ({"attention": "softmax_sign"}, ALL_FLAGS),
+    "bibert_pred": ({"attention": "bool"}, ["--pred_distill"]),
+    "baseline_pred": ({"attention": "softmax_sign"}, ["--pred_distill"]),
     "bit": ({"preset": "bit"}, ALL_FLAGS),
     "bit_mse": ({"preset": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
                                     "--gold_weight", "0"]),
@@ -73,7 +78,20 @@ VARIANTS = {
     "binarybert_a2": ({"preset": "binarybert", "act_bits": 2}, ALL_FLAGS),
     "binarybert_a4": ({"preset": "binarybert", "act_bits": 4}, ALL_FLAGS),
 }
-DEFAULT_VARIANTS = "bibert,baseline,biattn_no_dmd,dmd_no_biattn"
+GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
+MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"]}
+DEFAULT_VARIANTS = "grid"
+
+
+def variant(name):
+    """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags."""
+    base, *mods = name.split("+")
+    binarize, flags, *dep = VARIANTS[base]
+    return (binarize, flags + [f for m in mods for f in MODIFIERS[m]], *dep)
+
+
+def expand(variants: str) -> list:
+    return [v for part in variants.split(",") for v in GROUPS.get(part, part).split(",")]
 PAIR_TASKS = {"mrpc", "sts-b", "rte", "qqp", "mnli", "qnli", "wnli"}
 
 
@@ -151,8 +169,8 @@ def run_task(task, args, log):
                                        str(args.teacher_epochs[task]), "--max_steps",
                                        str(args.teacher_steps[task])], tdir, log)
     rows = {"teacher": teacher}
-    for name in args.variants.split(","):
-        binarize, flags, *dep = VARIANTS[name]
+    for name in expand(args.variants):
+        binarize, flags, *dep = variant(name)
         teacher_dir = os.path.join(args.out_dir, task, dep[0]) if dep else tdir
         out = os.path.join(args.out_dir, task, name)
         os.makedirs(out, exist_ok=True)
@@ -178,7 +196,7 @@ def _student_length(args, task):
 
 
 def table(results, args) -> str:
-    names = args.variants.split(",")
+    names = expand(args.variants)
     head = "| task (metric) | teacher | " + " | ".join(names) + " |"
     lines = [head, "|" + "---|" * (2 + len(names))]
     def retention(rows, n):  # undefined when the teacher itself scores <= 0 (e.g. CoLA mcc 0)
@@ -211,7 +229,7 @@ def plot(results, args, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["teacher"] + args.variants.split(",")
+    names = ["teacher"] + expand(args.variants)
     tasks = list(results)
     fig, ax = plt.subplots(figsize=(max(1.8 + 1.6 * len(tasks), 1.2 + 0.22 * len(names) * len(tasks)), 3.6))
     w = 0.8 / len(names)
@@ -228,7 +246,8 @@ def plot(results, args, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="sst-2,cola,mrpc,sts-b,rte")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"any of {','.join(VARIANTS)}")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"any of {','.join(VARIANTS)}, or {','.join(GROUPS)}; modifiers +{' +'.join(MODIFIERS)}")
     ap.add_argument("--data_dir", default=GLUE)
     ap.add_argument("--model", default="minilm", help="pre-trained model (default: the packaged MiniLM)")
     ap.add_argument("--out_dir", default="runs/accuracy")
@@ -252,11 +271,15 @@ def main(argv=None):
     ap.add_argument("--table", help="write the markdown table here")
     ap.add_argument("--plot", help="write the PNG plot here")
     args = ap.parse_args(argv)
-    listed = args.variants.split(",")
+    listed = expand(args.variants)
     for i, v in enumerate(listed):
-        if v not in VARIANTS:
-            ap.error(f"unknown variant {v!r}; known: {sorted(VARIANTS)}")
-        dep = VARIANTS[v][2:]
+        base, *mods = v.split("+")
+        if base not in VARIANTS:
+            ap.error(f"unknown variant {base!r}; known: {sorted(VARIANTS)} (or a group: {sorted(GROUPS)})")
+        for m in mods:
+            if m not in MODIFIERS:
+                ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}")
+        dep = VARIANTS[base][2:]
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")
     for t in args.tasks.split(","):  # a missing per-task value fails now, not hours in

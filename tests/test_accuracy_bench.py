@@ -31,12 +31,13 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     bench = _bench()
     argv = ["--tasks", "sst-2,sts-b", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"),
             "--student_steps", "2,sts-b=3",
-            "--save_steps", "2", "--variants", "bibert,baseline,biattn_no_dmd,dmd_no_biattn,bit",
+            "--save_steps", "2", "--variants", "grid,bibert+bertadam+padmax,bit",
             "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
     results = bench.main(argv)
     assert set(results) == {"sst-2", "sts-b"}
     for rows in results.values():
-        assert set(rows) == {"teacher", "bibert", "baseline", "biattn_no_dmd", "dmd_no_biattn", "bit"}
+        assert set(rows) == {"teacher", "bibert", "baseline", "bibert_pred", "baseline_pred",
+                             "bibert+bertadam+padmax", "bit"}
         assert all(r["finished"] for r in rows.values())
     # per-task budgets: sts-b's students ran 3 steps, sst-2's the default 2
     assert {rows["bibert"]["global_step"] for rows in results.values()} == {2, 3}
@@ -44,6 +45,9 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     # the variants really differ in binarization and losses
     cfg = (tmp_path / "runs" / "sst-2" / "baseline" / "best_model" / "bibert_config.yaml").read_text()
     assert "attention: softmax_sign" in cfg
+    run_args = lambda n: json.loads((tmp_path / "runs" / "sst-2" / n / "checkpoint-2" / "trainer_state.json")
+                                    .read_text())["args"]
+    assert run_args("bibert+bertadam+padmax")["optimizer"] == "bertadam" and run_args("bibert")["optimizer"] == "adamw"
     cfg = (tmp_path / "runs" / "sst-2" / "bit" / "best_model" / "bibert_config.yaml").read_text()
     assert "method: bit" in cfg and "ffn_activation: relu" in cfg
     table = (tmp_path / "t.md").read_text()
