@@ -216,11 +216,44 @@ def table(results, args) -> str:
     budget = []
     for task, rows in results.items():
         t = rows["teacher"]
-        students = ", ".join(f"{n} {rows[n]['global_step']} steps {rows[n]['wall_minutes']:.1f} min" for n in names)
-        budget.append(f"{task}: teacher {t['global_step']} steps ({t['wall_minutes']:.1f} min); {students}")
+        students = ", ".join(f"{n} {rows[n]['global_step']} steps {_minutes(rows[n]):.1f} min" for n in names)
+        budget.append(f"{task}: teacher {t['global_step']} steps ({_minutes(t):.1f} min); {students}")
     lines.append("")
-    lines.append("Budget per run: " + "; ".join(budget) + ".")
+    lines.append("Budget per run (training time, evaluations included, summed over resumes): "
+                 + "; ".join(budget) + ".")
     return "\n".join(lines)
+
+
+def _minutes(summary):
+    # train_seconds accumulates across resumes; wall_minutes (older runs) only saw the last one
+    return summary["train_seconds"] / 60 if "train_seconds" in summary else summary["wall_minutes"]
+
+
+def history(out):
+    """The dev evaluations of the run in ``out``, from its newest checkpoint."""
+    p = os.path.join(out, "LATEST")
+    if not os.path.isfile(p):
+        return []
+    with open(p) as f:
+        state = os.path.join(out, f.read().strip(), "trainer_state.json")
+    with open(state) as f:
+        return json.load(f)["history"]
+
+
+def curves(results, args) -> str:
+    """Per task, the main dev metric of every student at each evaluation step."""
+    names = expand(args.variants)
+    out = []
+    for task, rows in results.items():
+        metric = rows["teacher"]["metric"]
+        by_name = {n: {e["step"]: e[metric] for e in history(os.path.join(args.out_dir, task, n))} for n in names}
+        steps = sorted({s for h in by_name.values() for s in h})
+        out += [f"Dev {metric} of each student by step ({task}; teacher {rows['teacher']['best_metric']:.4f}):", "",
+                "| step | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
+        for st in steps:
+            out.append(f"| {st} | " + " | ".join(f"{by_name[n][st]:.4f}" if st in by_name[n] else "" for n in names) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def plot(results, args, path):
@@ -289,7 +322,7 @@ def main(argv=None):
     log = lambda m: print(m, flush=True)
     t0 = time.time()
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}
-    text = table(results, args)
+    text = table(results, args) + "\n\n" + curves(results, args)
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Date {time.strftime('%Y-%m-%d')}, machine {platform.processor() or platform.machine()} "
               f"({os.cpu_count()} CPUs), wall time {(time.time() - t0) / 60:.1f} min this invocation.\n"

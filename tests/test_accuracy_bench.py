@@ -53,6 +53,11 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     table = (tmp_path / "t.md").read_text()
     assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
     assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
+    # the dev curve of every student, read from its run (evaluations at steps 2 and 3 for sts-b)
+    assert "Dev corr of each student by step (sts-b" in table
+    curve_rows = [ln for ln in table.split("Dev corr of each student by step (sts-b")[1].splitlines()
+                  if ln.startswith("| 2 |") or ln.startswith("| 3 |")]
+    assert len(curve_rows) == 2 and curve_rows[1].count("|") == 2 + 6  # step + six students
     assert (tmp_path / "p.png").stat().st_size > 1000
     # a second invocation finds every run finished and reproduces the table without training
     again = bench.main(argv)
