@@ -302,17 +302,29 @@ def load_binarized(path: str, model_cls=None, **kwargs):
                                 "(load it with from_pretrained and call binarize_model)")
     if model_cls is None:
         from paddlenlp.transformers import BertForSequenceClassification as model_cls
-    model = model_cls.from_pretrained(path, **kwargs)
-    model, _ = binarize_model(model, BinarizeConfig.from_yaml(cfg_path))
-    # learned quantizer state (elastic scales and shifts, LSQ steps) is not part of the
-    # full-precision class: load it into the rebuilt quantizers
     weights = os.path.join(path, "model_state.pdparams")
-    if os.path.isfile(weights):
-        import paddle
+    if not os.path.isfile(weights):  # another save format: let PaddleNLP find and load it
+        model = model_cls.from_pretrained(path, **kwargs)
+        model, _ = binarize_model(model, BinarizeConfig.from_yaml(cfg_path))
+        return model
+    import paddle
+    from paddlenlp.utils.log import logger
 
-        state = paddle.load(weights)
-        own = model.state_dict()
-        extra = {k: v for k, v in state.items() if k in own and "quantizer." in k}
-        if extra:
-            model.set_state_dict(extra)
+    # Build the full-precision class from its config (no weights), redo the surgery, then load
+    # every weight, learned quantizer state included, in one pass. Loading into the unbinarized
+    # class first would report each quantizer key as unused (hundreds of lines).
+    level = logger.logger.level
+    logger.set_level("WARNING")
+    try:
+        model = model_cls(model_cls.config_class.from_pretrained(path, **kwargs))
+    finally:
+        logger.logger.setLevel(level)
+    model, _ = binarize_model(model, BinarizeConfig.from_yaml(cfg_path))
+    state = paddle.load(weights)
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:
+        raise ValueError(f"{weights} lacks {len(missing)} of the model's weights (first: {missing[0]}); "
+                         "was it saved by save_binarized from the same model class?")
+    model.set_state_dict(state)
+    model.eval()
     return model

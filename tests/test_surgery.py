@@ -184,6 +184,28 @@ def test_save_and_reload_identical_logits(tmp_path):
     assert type(again.bert.encoder.layers[1].linear1) is nn.Linear  # the switched-off part
 
 
+def test_reload_with_learned_quantizer_state_is_quiet_and_complete(tmp_path, capfd):
+    model = make_model(seed=4)
+    binarize_model(model, BinarizeConfig.preset("bit"))
+    model.train()
+    model(paddle.to_tensor(IDS))  # the first batch sets the elastic scales
+    save_binarized(model, str(tmp_path))
+    capfd.readouterr()
+    again = load_binarized(str(tmp_path))
+    out = capfd.readouterr()
+    assert (out.out + out.err).strip() == ""  # no "weights not used" / "skip loading" lines
+    want = model.state_dict()
+    assert again.state_dict().keys() == want.keys() and any("quantizer.alpha" in k for k in want)
+    for k, v in again.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), want[k].numpy(), err_msg=k)
+    # a file that lacks weights of the model is refused, naming one
+    state = paddle.load(str(tmp_path / "model_state.pdparams"))
+    del state["classifier.weight"]
+    paddle.save(state, str(tmp_path / "model_state.pdparams"))
+    with pytest.raises(ValueError, match="lacks 1 of the model's weights .first: classifier.weight"):
+        load_binarized(str(tmp_path))
+
+
 def test_config_switches_and_yaml(tmp_path):
     cfg = BinarizeConfig(word_embeddings=False, pooler=False, attention="softmax")
     path = tmp_path / "b.yaml"
