@@ -18,6 +18,7 @@ With a single process every helper is a no-op, so nothing changes for the usual 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, List
 
 __all__ = ["world_size", "rank", "is_main", "init_if_launched", "wrap", "all_reduce_sum",
@@ -116,8 +117,19 @@ def shutdown():
         dist.destroy_process_group()
 
 
+#: What the commands raise for a problem with the user's input or machine: told as one line.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
 def main(command):
     """Entry point of the example scripts: run ``command`` (argv from the command line), then
-    leave the process group (``shutdown``) once it has returned."""
-    command()
+    leave the process group (``shutdown``) once it has returned. A user error (``USER_ERRORS``:
+    bad values, an occupied or full output folder, a loss that turned nan) ends the process with
+    its one-line message and exit status 1; ``PADDLE_BIBERT_TRACEBACK=1`` shows the traceback."""
+    try:
+        command()
+    except USER_ERRORS as e:
+        if os.environ.get("PADDLE_BIBERT_TRACEBACK") == "1":
+            raise
+        sys.exit(f"error: {e}")
     shutdown()

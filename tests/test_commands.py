@@ -301,3 +301,15 @@ def test_pad_to_max_length_pads_every_batch_and_relations_cover_the_padding(glue
     assert all(q.shape[2] == 32 for q in s_rec["q"])
     expect = sum(np.linalg.norm(unit(rel(s)) - unit(rel(t))) for s, t in zip(s_rec["q"], t_rec["q"]))
     assert float(terms["q"]) == pytest.approx(expect, rel=1e-5)
+
+
+def test_command_line_user_error_is_one_line_without_traceback(glue_slice, tiny_model_dir, tmp_path):
+    out = tmp_path / "t"
+    argv = common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "2")
+    run_glue(argv, log=Log())  # a finished run in out
+    script = os.path.join(REPO, "examples", "run_glue.py")
+    r = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {out} already holds a run's checkpoint; pass --resume to continue it, or choose an "
+        "empty --output_dir")
