@@ -1,0 +1,44 @@
+"""The main job (examples/quickstart.py) end to end on a tiny model and two steps per stage:
+what it prints, and the packed file it leaves, for each recipe."""
+
+import importlib.util
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import REPO
+from test_commands import tiny_model_dir  # noqa: F401  (fixture)
+
+
+def _quickstart():
+    spec = importlib.util.spec_from_file_location("quickstart", os.path.join(REPO, "examples", "quickstart.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("recipe", ["bit", "bibert"])
+def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_model_dir, tmp_path, capsys, recipe):  # noqa: F811
+    from paddle_bibert import load_binarized
+    from paddle_bibert.runtime import load_packed
+
+    out = tmp_path / "qs"
+    result = _quickstart().main(["--output_dir", str(out), "--model", tiny_model_dir, "--max_steps", "2",
+                                 "--no-progress", "--recipe", recipe])
+    text = capsys.readouterr().out
+    assert f"teacher (full precision)  dev accuracy: {result['teacher_acc']:.4f}" in text
+    assert f"student (1-1-1, {recipe:6s}) dev accuracy: {result['student_acc']:.4f}" in text
+    assert f"student / teacher: {result['retention']:.3f}" in text
+    packed = out / "student.bibert"
+    assert f"packed 1-bit student: {packed} (" in text
+    assert result["recipe"] == recipe and result["packed_bytes"] == packed.stat().st_size
+    assert result["teacher_steps"] == 2 and result["student_steps"] == 2
+    # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences
+    student = load_binarized(str(out / "student" / "best_model"))
+    assert f"method: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
+    ids = np.array([[101, 2023, 3185, 2001, 2307, 102, 0, 0], [101, 1037, 9202, 2143, 1012, 2009, 2001, 102]])
+    want = student(paddle.to_tensor(ids)).numpy()
+    got = load_packed(str(packed))(ids, np.zeros_like(ids))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
