@@ -9,7 +9,7 @@ For each task it runs (through the same code as the two commands):
     baseline_pred  sign-binarized softmax attention, --pred_distill only
     bit            BiT's 1-1-1 quantizers (``--method bit``: elastic activations, one weight scale
                    per matrix, {0,a} softmax map and ReLU-FFN input), all five flags: the lever
-                   from bibert-spec.md section 4 that this package adds
+                   from docs/algorithms.md, section 5, that this package adds
     bit_mse        BiT's quantizers with BiT's own loss: soft CE (no gold term) + hidden-state MSE
     bit_mse_ema    bit_mse, evaluated and kept as an average of its weights (--ema_decay 0.99)
     bit_a2, bit_a4 BiT's quantizers with 2- / 4-bit activations (W1A2, W1A4), all five flags
@@ -34,7 +34,7 @@ stopped and restarted at any point.
 
 Budgets (``--teacher_epochs/_steps/_lr``, ``--student_steps/_epochs/_lr``, ``--save_steps``) take
 one value or per-task values, a bare value being the default: ``--student_steps 400,sst-2=1000``.
-BiBERT's reference schedule (bibert-spec.md section 3; ``benchmarks/budget.py`` says what it would
+BiBERT's reference schedule (docs/algorithms.md, section 4; ``benchmarks/budget.py`` says what it would
 cost here) is
 
     --batch_size 16 --student_epochs sst-2=10,cola=50,mrpc=20,sts-b=20,rte=20 \

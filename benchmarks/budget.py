@@ -1,6 +1,6 @@
 """What the reference training schedule would cost on this machine, from runs that finished.
 
-BiBERT's reference schedule (bibert-spec.md section 3: batch 16 and, per task, 10 epochs on
+BiBERT's reference schedule (docs/algorithms.md, section 4: batch 16 and, per task, 10 epochs on
 SST-2, 50 on CoLA, 20 on MRPC, STS-B and RTE) against the benchmark's budgets: for every
 finished run of a ``benchmarks/accuracy.py --out_dir`` this prints its seconds per step
 (``train_seconds / global_step``, dev evaluations included, under whatever contention the run
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from accuracy import _summary as finished_run  # noqa: E402  (a run's summary once it finished, else None)
 
-# bibert-spec.md section 3, "Reference hyper-parameters": epochs per task at batch 16
+# docs/algorithms.md, section 4, "Reference schedule": epochs per task at batch 16
 REFERENCE_EPOCHS = {"sst-2": 10, "cola": 50, "mrpc": 20, "sts-b": 20, "rte": 20, "mnli": 5, "qqp": 5, "qnli": 10}
 REFERENCE_BATCH = 16
 

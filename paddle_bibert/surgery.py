@@ -34,7 +34,7 @@ def _lowbit(bits):
 
 
 #: recipe name -> {activation bits: BinarizeConfig fields}. Weights and word embeddings are 1-bit
-#: in all of them; see bibert-spec.md sections 1, 2 and 4.
+#: in all of them; see docs/algorithms.md, sections 1, 2 and 5.
 RECIPES = {
     # BiBERT 1-1-1: per-channel scaled sign weights, sign activations, Bi-Attention
     "bibert": {1: {}},

@@ -1,4 +1,4 @@
-"""Distillation losses (bibert-spec.md section 3).
+"""Distillation losses (docs/algorithms.md, section 3).
 
     P(X)      = X X^T / sqrt(d_head)                      X: [B, H, L, d_head]
     dmd(S, T) = || S/||S||_F - T/||T||_F ||_F            norms over the whole tensor

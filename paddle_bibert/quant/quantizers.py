@@ -8,7 +8,7 @@ Sign convention, shared with the bit-packed export and runtime:
 ``sign(x) = -1 if signbit(x) else +1``. So ``sign(+0.0) = +1`` (every binarized tensor is
 two-valued and packs to one bit: the bit *is* the float's sign bit), and ``sign(-0.0) = -1``,
 which keeps ``sign(gelu(h)) == sign(h)`` where float32 GELU underflows to ``-0.0``
-(h <= -6 or so); see bibert-spec.md section 1.
+(h <= -6 or so); see docs/algorithms.md, section 1.
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ class BoolSTE(PyLayer):
     forward:  A = 1[s > 0]                     (s == 0 -> 0, like torch.sign(s) clamped at 0)
     backward: dL/ds = dL/dA * 1[|s| < 1]
 
-    The strict ``< 1`` follows bibert-spec.md section 2; the PyTorch reference code passes the
-    gradient at ``|s| == 1`` as well. The two differ only where a score is exactly +-1, which
-    happens when d_head is a perfect square (d_head = 64 in BERT-base: s = 8/8).
+    The strict ``< 1`` is the authors' rule too (their backward zeroes the gradient where
+    ``s >= 1`` or ``s <= -1``; docs/algorithms.md, section 2). It matters where a score is
+    exactly +-1, which happens when d_head is a perfect square (d_head = 64 in BERT-base: s = 8/8).
     """
 
     @staticmethod
