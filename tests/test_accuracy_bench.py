@@ -9,8 +9,6 @@ import pytest
 from conftest import GLUE_DIR, REPO
 from test_commands import glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
-needs_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
-                                reason=f"real GLUE data folder {GLUE_DIR} is absent")
 
 
 def _bench():
@@ -26,7 +24,6 @@ def _tiny(glue, model, out):
             "--max_seq_length", "32", "--pair_seq_len", "32", "--teacher_epochs", "1"]
 
 
-@needs_glue
 def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     bench = _bench()
     argv = ["--tasks", "sst-2,sts-b", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"),
@@ -64,7 +61,6 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     assert again["sst-2"]["bibert"]["student_metric"] == results["sst-2"]["bibert"]["student_metric"]
 
 
-@needs_glue
 def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     bench = _bench()
     runs = tmp_path / "runs"
@@ -86,7 +82,6 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
         bench.main(argv[:-1] + ["bit_2step,bit_a2"])
 
 
-@needs_glue
 def test_student_epochs_replace_steps_per_task(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     bench = _bench()
     argv = ["--tasks", "sst-2,mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "3",
@@ -117,7 +112,6 @@ def test_unknown_variant_rejected():
         _bench().main(["--variants", "bibert,nonsense"])
 
 
-@needs_glue
 def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F811
     spec = importlib.util.spec_from_file_location("init_agreement",
                                                   os.path.join(REPO, "benchmarks", "init_agreement.py"))

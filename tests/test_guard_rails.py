@@ -11,10 +11,8 @@ from paddle_bibert.distill.trainer import latest_checkpoint
 from conftest import GLUE_DIR
 from test_commands import Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
-needs_glue = pytest.mark.skipif(not os.path.isdir(GLUE_DIR), reason=f"real GLUE data folder {GLUE_DIR} is absent")
 
 
-@needs_glue
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(glue_slice, tiny_model_dir, tmp_path,
                                                                   monkeypatch):
     import paddle
@@ -48,7 +46,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(glue_slice, ti
     assert all((a[k].numpy() == b[k].numpy()).all() for k in a)
 
 
-@needs_glue
 def test_unwritable_output_dir_fails_before_training(glue_slice, tiny_model_dir, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     log = Log()
@@ -58,7 +55,6 @@ def test_unwritable_output_dir_fails_before_training(glue_slice, tiny_model_dir,
     assert not any(m.startswith("[train]") for m in log)
 
 
-@needs_glue
 def test_full_disk_fails_before_training(glue_slice, tiny_model_dir, tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     real = shutil.disk_usage

@@ -172,7 +172,6 @@ def test_quantizer_parameters_train_at_their_own_rate_without_decay():
 
 ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill",
              "--intermediate_distill"]
-needs_data = pytest.mark.skipif(not os.path.isdir(GLUE_DIR), reason=f"real GLUE data folder {GLUE_DIR} is absent")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +209,6 @@ def _distill_args(glue, teacher, out, task="sst-2", *extra):
             "--learning_rate", "1e-3", "--output_dir", str(out), "--no-progress", *extra]
 
 
-@needs_data
 @pytest.mark.parametrize("method,bits,flags", [
     ("bibert_elastic", 1, ALL_FLAGS),
     ("bit", 1, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0"]),
@@ -235,7 +233,6 @@ def test_each_recipe_trains_end_to_end(slice_and_teacher, tmp_path, method, bits
     assert f"method: {BinarizeConfig.preset(method, bits).method}" in cfg
 
 
-@needs_data
 def test_hidden_mse_is_the_sum_of_per_layer_mse(slice_and_teacher):
     from paddle_bibert.distill.distiller import DistillConfig, Distiller
 
@@ -251,7 +248,6 @@ def test_hidden_mse_is_the_sum_of_per_layer_mse(slice_and_teacher):
     assert float(terms["hidden"]) == pytest.approx(want, rel=1e-5) and float(total) == pytest.approx(want, rel=1e-5)
 
 
-@needs_data
 def test_multistep_chain_w1a2_then_w1a1(slice_and_teacher, tmp_path):
     from paddle_bibert.commands import multistep_distill
 

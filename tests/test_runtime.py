@@ -20,6 +20,27 @@ ISAS = available_isas()
 needs_c = pytest.mark.skipif(not compiled_available(), reason="extension not built")
 
 
+def test_c_kernels_are_built_where_a_compiler_exists():
+    # Otherwise every compiled-kernel test below would skip and the C path would go untested.
+    import shutil
+    import sysconfig
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}): the runtime uses its numpy kernels")
+    assert compiled_available(), ("the runtime's C kernels did not build although a compiler exists; "
+                                  "reinstall with `pip install -e .` and read its build output")
+    # the portable kernels always exist; where the CPU has AVX2, the kernels AVX2-only CPUs run
+    # are built and offered too, so the tests below exercise them (the kern fixture runs each)
+    assert "generic" in ISAS, ISAS
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    if " avx2" in flags:
+        assert "avx2" in ISAS, ISAS
+
+
 @pytest.fixture(params=ISAS or [None])
 def kern(request):
     """Compiled kernels of each instruction set this CPU has (process-wide: restored after)."""
