@@ -1,11 +1,8 @@
 """Bit packing, the packed file format (contents, versions, rejection of bad files and of
 recipes that are not 1-bit), size/FLOPs accounting."""
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import paddle
@@ -328,41 +325,16 @@ def test_file_claiming_an_older_version_than_its_features_is_refused(tmp_path):
         read_packed(str(tmp_path / "m.bibert"))
 
 
-#: the commit whose paddle_bibert/export/format.py wrote format version 1 (the first packed format)
-V1_COMMIT = "a1291b0"
-
-
-def _version1_exporter():
-    """``export_packed`` of format version 1, from git history; None where there is no git."""
-    try:
-        src = subprocess.run(["git", "show", f"{V1_COMMIT}:paddle_bibert/export/format.py"],
-                             cwd=REPO, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if src.returncode != 0:
-        return None
-    name = "paddle_bibert.export._format_v1"  # inside the package: its relative imports work
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is built
-    try:
-        exec(compile(src.stdout, f"{V1_COMMIT}:paddle_bibert/export/format.py", "exec"),
-             mod.__dict__)
-    finally:
-        del sys.modules[name]
-    assert mod.FORMAT_VERSION == 1
-    return mod.export_packed
+#: Files of format version 1 (the first packed format), written by its exporter from
+#: ``make_model(seed=4)`` binarized with each attention (see tests/data/README.md).
+V1_FILES = os.path.join(REPO, "tests", "data", "packed")
 
 
 @pytest.mark.parametrize("attention", ["bool", "softmax_sign"])
 def test_version_1_files_of_the_previous_writer_still_load(tmp_path, attention):
-    export_v1 = _version1_exporter()
-    if export_v1 is None:
-        pytest.skip(f"git history with commit {V1_COMMIT} not available")
     model = make_model(seed=4)
     binarize_model(model, {"attention": attention})
-    old, new = str(tmp_path / "old.bibert"), str(tmp_path / "new.bibert")
-    export_v1(model, old)
+    old, new = os.path.join(V1_FILES, f"v1_{attention}.bibert"), str(tmp_path / "new.bibert")
     export_packed(model, new)
     f_old, f_new = read_packed(old), read_packed(new)
     assert f_old.metadata["format_version"] == "1"
