@@ -363,3 +363,16 @@ def test_command_line_export_of_a_saved_bit_model(tmp_path, capsys):
         want = model(paddle.to_tensor(ids)).numpy()
     np.testing.assert_allclose(load_packed(str(tmp_path / "out.bibert"))(ids), want, atol=1e-4,
                                rtol=1e-5)
+
+
+def test_cost_notes_are_computed_from_the_counts():
+    from paddle_bibert.export.cost import notes
+
+    for seq_len in (128, 64):
+        c = count(SHAPES["bert-base"], seq_len)
+        text = notes(SHAPES["bert-base"], seq_len)
+        assert f"seq_len {seq_len}" in text
+        assert f"linears {c['mm_linear_flops'] / 1e9:.2f} G" in text and f"BOPs/64 = {c['bops'] / 64e9:.2f} G" in text
+        no_gelu = c["bi_flops"] - c["gelu_flops"] + c["bops"] / 64
+        assert f"= {no_gelu / 1e9:.3f} G, {c['fp_flops'] / no_gelu:.1f}x" in text
+    assert notes(SHAPES["bert-base"], 64) != notes(SHAPES["bert-base"], 128)

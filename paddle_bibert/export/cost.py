@@ -106,7 +106,11 @@ def count(shape: BertShape, seq_len: int = 128) -> dict:
     outputs = L * nl * sum(n for _, n in lin) + h  # each binary-linear output scaled by alpha
     bi_flops = (2 * h * s.num_labels + bias + elem + scores  # 1[S > 0]
                 + outputs + L * h)  # alpha scaling (linears, word-embedding rows)
+    ln, gelu = (1 + 2 * nl) * L * h * LN_FLOPS, nl * L * f * GELU_FLOPS
     return {
+        "mm_linear_flops": mm_lin, "mm_attention_flops": mm_att, "layernorm_flops": ln,
+        "gelu_flops": gelu, "score_comparisons": scores,
+        "position_table_bytes": 4 * s.max_position_embeddings * h,
         "params": params, "binarized_weights": bin_w, "fp_values": fp_vals, "scales": scales,
         "fp_bytes": 4 * params,
         "bi_bytes_paper": bin_w / 8 + 4 * fp_vals,
@@ -161,19 +165,34 @@ def _paper(name, key, unit):
     return f"paper: {PAPER[key]} {unit}{extra.get(key, '')}"
 
 
-NOTES = """\
-Differences from the paper (BERT-base, seq_len 128):
-  * FLOPs float32: matmuls (linears 21.74 G + attention 0.60 G) are exact; the elementwise
+def notes(shape: BertShape, seq_len: int) -> str:
+    """How these counts differ from the paper's Table 1 (BERT-base), computed, not quoted."""
+    c, G = count(shape, seq_len), 1e9
+    paper_fp_part = PAPER["fp_gflops"] / PAPER["flops_x"] - c["bops"] / 64 / G
+    other = c["bi_flops"] - c["layernorm_flops"] - c["gelu_flops"] - c["score_comparisons"]
+    no_gelu = c["bi_flops"] - c["gelu_flops"] + c["bops"] / 64
+    return f"""\
+Differences from the paper (BERT-base, seq_len {seq_len}):
+  * FLOPs float32: matmuls (linears {c['mm_linear_flops'] / G:.2f} G + attention \
+{c['mm_attention_flops'] / G:.2f} G) are exact; the elementwise
     part (LayerNorm, GELU, softmax) uses stated per-value constants, the paper gives none.
-  * BiBERT size: the paper's 13.4 MB (31.2x) is below what its own rule gives when every
-    part BiBERT keeps in full precision is counted at 32 bits; the 1.5 MiB float32
-    position-embedding table accounts for the difference (counting the position and
-    token-type tables at 1 bit gives 13.5 MiB). The packed file also stores one float32
-    scale per output channel / vocabulary row, which the paper's rule leaves out.
-  * BiBERT FLOPs: BOPs/64 = 0.35 G as in the paper; its 0.38 G (22.5 / 59.2) leaves ~0.03 G
-    for the full-precision part, we count 0.084 G (LayerNorm 0.020, GELU 0.038, biases, alpha
-    scaling and residual adds 0.024, comparisons 0.002). The runtime skips GELU entirely because
-    sign(gelu(h)) = sign(h): 0.046 G + BOPs/64 = 0.395 G, 56.8x, for what it really computes.
+  * BiBERT size: the paper's {PAPER['bi_size']} MB ({PAPER['size_x']}x) is below what its own rule \
+gives ({c['bi_bytes_paper'] / MiB:.1f} MiB) when every
+    part BiBERT keeps in full precision is counted at 32 bits; the {c['position_table_bytes'] / MiB:.1f} MiB \
+float32 position-embedding
+    table accounts for the difference (counting the position and token-type tables at 1 bit
+    gives {c['bi_bytes_paper_tables_1bit'] / MiB:.1f} MiB). The packed file also stores one float32 scale \
+per output channel /
+    vocabulary row, which the paper's rule leaves out.
+  * BiBERT FLOPs: BOPs/64 = {c['bops'] / 64 / G:.2f} G; the paper's {PAPER['fp_gflops'] / PAPER['flops_x']:.2f} G \
+({PAPER['fp_gflops']} / {PAPER['flops_x']}) leaves {paper_fp_part:.2f} G for
+    the full-precision part, we count {c['bi_flops'] / G:.3f} G (LayerNorm {c['layernorm_flops'] / G:.3f}, \
+GELU {c['gelu_flops'] / G:.3f}, biases,
+    alpha scaling and residual adds {other / G:.3f}, comparisons {c['score_comparisons'] / G:.3f}). The \
+runtime skips GELU
+    entirely because sign(gelu(h)) = sign(h): {(c['bi_flops'] - c['gelu_flops']) / G:.3f} G + BOPs/64 = \
+{no_gelu / G:.3f} G, {c['fp_flops'] / no_gelu:.1f}x,
+    for what it really computes.
 """
 
 
@@ -197,8 +216,8 @@ def main(argv=None):
     shape = BertShape(**{**asdict(shape), **over})
     name = args.shape if not over else f"{args.shape} (modified)"
     print(report(name, shape, args.seq_len))
-    if name == "bert-base" and args.seq_len == 128:
-        print(NOTES)
+    if name == "bert-base":
+        print(notes(shape, args.seq_len))
 
 
 if __name__ == "__main__":
