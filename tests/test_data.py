@@ -292,3 +292,25 @@ def test_real_tokenizer_on_rte():
     for f in feats:
         assert f["input_ids"][0] == tok.cls_token_id and f["input_ids"][-1] == tok.sep_token_id
         assert f["input_ids"].count(tok.sep_token_id) == 2 and len(f["token_type_ids"]) == len(f["input_ids"])
+
+
+@pytest.mark.parametrize("task", ["sst-2", "cola", "mrpc", "sts-b", "rte"])
+def test_a_labelled_test_file_is_read_with_its_labels(tmp_path, task):
+    folder = REAL_TASKS[task][0]
+    os.makedirs(tmp_path / folder)
+    (tmp_path / folder / "test.tsv").write_text((GLUE_DIR / folder / "dev.tsv").read_text())
+    assert load_glue(task, tmp_path, "test") == load_glue(task, GLUE_DIR, "dev")
+
+
+@pytest.mark.parametrize("task,text", [
+    ("sst-2", "index\tsentence\n0\ta gripping film\n"),
+    ("mrpc", "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tOne said .\tAnother said .\n"),
+    ("sts-b", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n"
+              "0\tnews\tf\t2012\t1\tnone\tnone\tA cat sits .\tA cat is sitting .\n"),
+])
+def test_glue_style_test_file_is_unlabelled(tmp_path, task, text):
+    folder = REAL_TASKS[task][0]
+    os.makedirs(tmp_path / folder)
+    (tmp_path / folder / "test.tsv").write_text(text)
+    rows = load_glue(task, tmp_path, "test")
+    assert len(rows) == 1 and "labels" not in rows[0] and set(rows[0]) == set(TASKS[task].text_fields)

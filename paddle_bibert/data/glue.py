@@ -3,7 +3,8 @@
 Every reader returns a list of dicts: ``{"sentence": str, "labels": ...}`` for
 single-sentence tasks, ``{"sentence1": str, "sentence2": str, "labels": ...}``
 for pair tasks.  ``labels`` is the int index into ``TASKS[task].labels``, or a
-float for the regression task STS-B; test splits have no ``labels`` key.
+float for the regression task STS-B; GLUE's test files have no labels, so their examples have no
+``labels`` key (a test.tsv laid out like dev.tsv is read with its labels).
 
 Local files are read by a small TSV reader (``_read_tsv``) rather than by
 PaddleNLP's ``Glue._read``.  PaddleNLP's reader does accept local files
@@ -189,8 +190,23 @@ def _find_file(info: TaskInfo, data_dir, split: str) -> str:
     )
 
 
+def _layout(info: TaskInfo, path: str, split: str):
+    """(columns, header rows) of ``path``. A test file that is laid out like the dev file (a
+    held-out set of one's own, saved as test.tsv) is read in the dev layout, with its labels.
+    GLUE's own test files are not: they lack the label column, or (MRPC, SST-2) have as many
+    columns but start with an ``index`` header."""
+    if split.startswith("test"):
+        dev = _LAYOUT[info.name][split.replace("test", "dev")]
+        dev_width, test_width = max(dev[0]) + 1, max(_LAYOUT[info.name][split][0]) + 1
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
+            first = f.readline().rstrip("\r\n").split("\t")
+        if len(first) >= dev_width and (dev_width > test_width or first[0].strip().lower() != "index"):
+            return dev
+    return _LAYOUT[info.name][split]
+
+
 def _read_tsv(info: TaskInfo, path: str, split: str) -> list[dict]:
-    columns, n_header = _LAYOUT[info.name][split]
+    columns, n_header = _layout(info, path, split)
     has_labels = len(columns) > len(info.text_fields)
     # headerless files (CoLA train/dev) have exactly as many columns as the layout needs
     width = max(columns) + 1
