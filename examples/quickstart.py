@@ -27,11 +27,11 @@ import time
 import paddle_bibert  # noqa: F401  (CPU defaults before Paddle loads)
 from paddle_bibert.commands import run_glue, task_distill
 
-RECIPES = {
-    "bit": ["--method", "bit", "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
-            "--gold_weight", "0", "--ema_decay", "0.99"],
-    "bibert": ["--method", "bibert", "--pred_distill", "--query_distill", "--key_distill", "--value_distill",
-               "--intermediate_distill"],
+RECIPES = {  # name -> (task_distill flags, student learning rate)
+    "bit": (["--method", "bit", "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
+             "--gold_weight", "0", "--ema_decay", "0.99"], 5e-4),
+    "bibert": (["--method", "bibert", "--pred_distill", "--query_distill", "--key_distill", "--value_distill",
+                "--intermediate_distill"], 1e-4),  # BiBERT's SST-2 learning rate
 }
 
 BUDGETS = {
@@ -50,27 +50,31 @@ def main(argv=None):
     ap.add_argument("--model", default="minilm", help="pre-trained model (default: the packaged MiniLM)")
     ap.add_argument("--max_steps", type=int, default=-1, help="if > 0, cap each stage at this many steps")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--teacher_batch_size", type=int, default=32)
+    ap.add_argument("--student_batch_size", type=int, default=16, help="BiBERT's and BiT's batch size")
     ap.add_argument("--max_seq_length", type=int, default=64)
     ap.add_argument("--teacher_lr", type=float, default=5e-5)
-    ap.add_argument("--student_lr", type=float, default=2e-4)
+    ap.add_argument("--student_lr", type=float, help="default: the recipe's (bit 5e-4, bibert 1e-4)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     b = BUDGETS["full" if args.full else "short"]
+    flags, student_lr = RECIPES[args.recipe]
     common = ["--task_name", "movie-reviews", "--max_seq_length", str(args.max_seq_length),
-              "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--logging_steps", "20",
+              "--seed", str(args.seed), "--logging_steps", "20",
               "--save_steps", str(b["save_steps"]), "--max_steps", str(args.max_steps)] \
         + (["--resume"] if args.resume else []) + ([] if args.progress else ["--no-progress"])
     teacher_dir = os.path.join(args.output_dir, "teacher")
     student_dir = os.path.join(args.output_dir, "student")
     t0 = time.time()
     teacher = run_glue(common + ["--model_name_or_path", args.model, "--learning_rate", str(args.teacher_lr),
+                                 "--batch_size", str(args.teacher_batch_size),
                                  "--num_train_epochs", str(b["teacher_epochs"]), "--output_dir", teacher_dir])
     t1 = time.time()
     student = task_distill(common + [
-        "--teacher_path", teacher_dir, "--learning_rate", str(args.student_lr),
+        "--teacher_path", teacher_dir, "--learning_rate", str(args.student_lr or student_lr),
+        "--batch_size", str(args.student_batch_size),
         "--num_train_epochs", str(b["student_epochs"]), "--output_dir", student_dir, "--bi",
-        *RECIPES[args.recipe]])
+        *flags])
     t2 = time.time()
     packed = os.path.join(args.output_dir, "student.bibert")
     info = export(student_dir, packed)
