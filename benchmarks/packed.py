@@ -41,8 +41,8 @@ SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                    intermediate_size=1536),
 }
-#: Each side runs in processes of its own per setting and is scored at its best one. The brief's
-#: setting is 2 threads (the machine has 2 cores); 1 thread is tried too, for both sides alike,
+#: Each side runs in processes of its own per setting and is scored at its best one. The main
+#: setting is 2 threads (a 2-core machine); 1 thread is tried too, for both sides alike,
 #: because on a CPU shared with other jobs a second thread can cost more than it brings.
 PADDLE_SETTINGS = {
     "2 thr, default MKL": {"OMP_NUM_THREADS": "2"},
