@@ -311,3 +311,14 @@ def test_command_line_user_error_is_one_line_without_traceback(glue_slice, tiny_
     assert r.stderr.strip().splitlines()[-1] == (
         f"error: {out} already holds a run's checkpoint; pass --resume to continue it, or choose an "
         "empty --output_dir")
+
+
+def test_learning_rate_warms_up_then_decays_linearly(glue_slice, tiny_model_dir, tmp_path):
+    log = Log()
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir, "--max_steps", "10",
+                    "--warmup_proportion", "0.2", "--learning_rate", "1e-3", "--logging_steps", "1"), log=log)
+    # the line of step k shows the rate of step k + 1: (k+1)/2 of the peak during the 2 warm-up
+    # steps, then falling linearly to 0 at step 10
+    shown = [float(m.split(" lr ")[1].split(":")[0]) for m in log if m.startswith("[train]")]
+    want = [1e-3 * (k / 2 if k < 2 else (10 - k) / 8) for k in range(1, 11)]
+    assert shown == pytest.approx(want, rel=1e-2, abs=1e-12)

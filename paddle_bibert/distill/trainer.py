@@ -1,6 +1,6 @@
 """The training loop shared by fine-tuning and distillation.
 
-One loop for both commands: AdamW (or the authors' BertAdam) with linear warm-up then linear decay, weight decay off for
+One loop for both commands: AdamW (or the authors' BertAdam) with PaddleNLP's linear warm-up then decay, weight decay off for
 biases and LayerNorms, a progress bar with the live loss terms, a log line every
 ``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
 and checkpoints that are written atomically and resume to the same result. With
@@ -219,14 +219,10 @@ class Trainer:
         total = (args.max_steps if args.max_steps > 0
                  else int(math.ceil(args.num_train_epochs * self.steps_per_epoch)))
         self.total_steps = total
-        warmup = int(args.warmup_proportion * total)
+        from paddlenlp.transformers import LinearDecayWithWarmup
 
-        def lr_lambda(step):
-            if step < warmup:
-                return step / max(1, warmup)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        self.scheduler = paddle.optimizer.lr.LambdaDecay(args.learning_rate, lr_lambda)
+        # linear warm-up over the first warmup_proportion of the steps, then linear decay to 0
+        self.scheduler = LinearDecayWithWarmup(args.learning_rate, total, int(args.warmup_proportion * total))
         decay = set(_decay_params(model))
         for layer in model.sublayers():  # e.g. BiT's elastic scales train at their own rate
             own = getattr(layer, "own_learning_rate", None)
