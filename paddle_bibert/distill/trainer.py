@@ -1,7 +1,7 @@
 """The training loop shared by fine-tuning and distillation.
 
-One loop for both commands: AdamW (or the authors' BertAdam) with PaddleNLP's linear warm-up then decay, weight decay off for
-biases and LayerNorms, a progress bar with the live loss terms, a log line every
+One loop for both commands: AdamW (or the authors' BertAdam) with PaddleNLP's linear warm-up
+then decay, weight decay off for biases and LayerNorms, a progress bar with the live loss terms, a log line every
 ``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
 and checkpoints that are written atomically and resume to the same result. With
 ``ema_decay > 0`` the dev evaluations score, and ``best_model/`` keeps, an exponential moving
