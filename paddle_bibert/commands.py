@@ -163,7 +163,7 @@ def _setup(args):
     import paddle
 
     from . import distributed as dist
-    from .distill.trainer import set_seed
+    from .training.trainer import set_seed
 
     device = args.device
     if dist.world_size() > 1 and device in ("gpu", "xpu", "npu"):  # this process's own card
@@ -230,7 +230,7 @@ def _rank_log(log):
 
 
 def _train_args(args):
-    from .distill.trainer import TrainArgs
+    from .training.trainer import TrainArgs
 
     names = {f.name for f in dataclasses.fields(TrainArgs)}
     return TrainArgs(**{k: v for k, v in dataclasses.asdict(args).items() if k in names})
@@ -257,7 +257,7 @@ def run_glue(argv=None, log=None):
 
     from .convert import load_model, load_tokenizer
     from .data.glue import get_task
-    from .distill.trainer import Trainer
+    from .training.trainer import Trainer
 
     info = get_task(args.task_name)
     path = args.model_name_or_path
@@ -324,7 +324,7 @@ def task_distill(argv=None, log=None):
     from .data.glue import get_task
     from .data.metrics import main_metric
     from .distill.distiller import DistillConfig, Distiller
-    from .distill.trainer import Trainer, evaluate
+    from .training.trainer import Trainer, evaluate
     from .surgery import BinarizeConfig, binarize_model, save_binarized
 
     info = get_task(args.task_name)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import GLUE_DIR, REPO
+from conftest import REPO
 from test_commands import glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
 

@@ -247,7 +247,7 @@ def test_sigkill_mid_run_then_resume_loses_nothing(glue_slice, tiny_model_dir, t
 
 
 def test_half_written_checkpoint_is_never_picked_up(glue_slice, tiny_model_dir, tmp_path):
-    from paddle_bibert.distill.trainer import latest_checkpoint
+    from paddle_bibert.training.checkpoint import latest_checkpoint
 
     out = tmp_path / "t"
     run_glue(common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "3"),

@@ -1,6 +1,5 @@
 """CPU numerics switches: flush-to-zero is scoped to training and restored afterwards."""
 
-import os
 import platform
 import sys
 
@@ -9,7 +8,6 @@ import paddle
 import pytest
 
 from paddle_bibert._cpu import flush_denormals, set_flush_denormals
-from conftest import GLUE_DIR
 from test_commands import Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
 x86_linux = pytest.mark.skipif(platform.machine() != "x86_64" or not sys.platform.startswith("linux"),

@@ -7,8 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import GLUE_DIR
-from paddle_bibert.distill.ema import ParamEMA
+from paddle_bibert.training.ema import ParamEMA
 from test_commands import ALL_FLAGS, Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
 

@@ -7,8 +7,7 @@ import shutil
 import pytest
 
 from paddle_bibert.commands import run_glue, task_distill
-from paddle_bibert.distill.trainer import latest_checkpoint
-from conftest import GLUE_DIR
+from paddle_bibert.training.checkpoint import latest_checkpoint
 from test_commands import Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_bibert.optim import BertAdam
+from paddle_bibert.training.optim import BertAdam
 
 
 def numpy_bertadam(p, grads, lrs, decay, lr_mult=1.0, b1=0.9, b2=0.999, eps=1e-6, wd=0.01, max_norm=1.0):
@@ -58,3 +58,21 @@ def test_bertadam_state_round_trip_and_foreign_state_refused(rng):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="not BertAdam's"):
         other.set_state_dict({p.name + "_moment1_0": state[p.name + "_bertadam_m"]})
+
+
+def test_weight_decay_skips_biases_layernorms_and_learned_quantizers():
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+    from paddle_bibert import BinarizeConfig, binarize_model
+    from paddle_bibert.training.trainer import _decay_params
+
+    model = BertForSequenceClassification(tiny_bert_config())
+    binarize_model(model, BinarizeConfig.preset("bit"))
+    decayed = set(_decay_params(model))
+    by_path = {n: p.name in decayed for n, p in model.named_parameters()}
+    assert by_path["bert.encoder.layers.0.linear1.weight"] and by_path["classifier.weight"]
+    assert by_path["bert.embeddings.word_embeddings.weight"]
+    assert not by_path["bert.encoder.layers.0.linear1.bias"] and not by_path["bert.encoder.layers.0.norm1.weight"]
+    quantizer = [n for n in by_path if ".input_quantizer." in n or "_quantizer." in n]
+    assert quantizer and not any(by_path[n] for n in quantizer)

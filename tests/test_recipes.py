@@ -149,7 +149,7 @@ def test_learned_quantizer_state_saves_and_reloads(tmp_path, recipe, bits):
 
 
 def test_quantizer_parameters_train_at_their_own_rate_without_decay():
-    from paddle_bibert.distill.trainer import TrainArgs, Trainer
+    from paddle_bibert.training.trainer import TrainArgs, Trainer
 
     paddle.seed(0)
     m = BertForSequenceClassification(tiny_bert_config())

@@ -1,4 +1,4 @@
-"""Distillation: taps on intermediate tensors, losses, and the distiller loop."""
+"""Distillation: taps on intermediate tensors, the losses, and the distiller that combines them."""
 
 from .taps import Taps
 

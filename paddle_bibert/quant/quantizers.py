@@ -131,6 +131,8 @@ class Quantizer(paddle.nn.Layer):
     name: str = ""
     #: True when the output takes exactly two values (so it can be bit-packed).
     binary: bool = True
+    #: The training loop does not decay learned quantizer parameters (scales, shifts, steps; BiT).
+    no_weight_decay: bool = True
 
     def extra_repr(self) -> str:
         return self.name

@@ -1,22 +1,12 @@
-"""The training loop shared by fine-tuning and distillation.
+"""The training loop shared by fine-tuning (run_glue) and distillation (task_distill).
 
-One loop for both commands: AdamW (or the authors' BertAdam) with PaddleNLP's linear warm-up
-then decay, weight decay off for biases and LayerNorms, a progress bar with the live loss terms, a log line every
-``logging_steps``, dev evaluation every ``save_steps`` (and at the end) keeping the best model,
-and checkpoints that are written atomically and resume to the same result. With
-``ema_decay > 0`` the dev evaluations score, and ``best_model/`` keeps, an exponential moving
-average of the weights (``ema.py``); the training steps are the same either way.
-
-Checkpoint layout in ``output_dir``::
-
-    checkpoint-<step>/     model.pdparams, optimizer.pdopt, trainer_state.json, rng.pkl
-                           (+ ema.pdparams with --ema_decay)
-    LATEST                 name of the newest complete checkpoint (replaced atomically)
-    best_model/            the best dev model, in the caller's save format
-
-A checkpoint directory is written under a temporary name and renamed when complete, and
-``LATEST`` only ever names a renamed one, so a run killed mid-write resumes from the previous
-checkpoint and never reads a half-written one.
+AdamW (or the authors' BertAdam, ``optim.py``) with PaddleNLP's linear warm-up then decay, weight
+decay off for biases, LayerNorms and quantizer parameters; a progress bar with the live loss
+terms, a log line every ``logging_steps``, dev evaluation every ``save_steps`` (and at the end)
+keeping the best model in ``output_dir/best_model/``, and checkpoints (``checkpoint.py``) that
+resume to the same result. With ``ema_decay > 0`` the dev evaluations score, and
+``best_model/`` keeps, an exponential moving average of the weights (``ema.py``); the training
+steps are the same either way. Under data parallelism rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -27,26 +17,25 @@ import math
 import os
 import pickle
 import random
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List
 
 import numpy as np
 import paddle
 
 from .. import distributed as dist
-from ..optim import BertAdam
-from .ema import ParamEMA
 from ..data.metrics import compute_metrics, main_metric
+from .checkpoint import (atomic_dir, check_output_dir, latest_checkpoint, load_portable_optimizer_state,
+                         portable_optimizer_state, rng_state, set_rng_state, write_checkpoint)
+from .ema import ParamEMA
+from .optim import BertAdam
 
-__all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "latest_checkpoint"]
+__all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate"]
 
 logger = logging.getLogger("paddle_bibert")
 
-LATEST = "LATEST"
 OPTIMIZERS = ("adamw", "bertadam")
 BEST = "best_model"
 
@@ -76,7 +65,7 @@ class TrainArgs:
     progress: bool = True
     flush_denormals: bool = True  # train with FTZ/DAZ set (see paddle_bibert._cpu); eval too
     ema_decay: float = 0.0  # > 0: evaluate and keep an EMA of the weights (see ema.py)
-    optimizer: str = "adamw"  # or "bertadam" (paddle_bibert.optim)
+    optimizer: str = "adamw"  # or "bertadam" (optim.py)
 
     def validate(self):
         if self.learning_rate <= 0:
@@ -93,50 +82,6 @@ class TrainArgs:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}; e.g. 0.99")
-
-
-def latest_checkpoint(output_dir: str) -> Optional[str]:
-    p = os.path.join(output_dir, LATEST)
-    if not os.path.isfile(p):
-        return None
-    with open(p) as f:
-        name = f.read().strip()
-    path = os.path.join(output_dir, name)
-    return path if os.path.isdir(path) else None
-
-
-def _atomic_write_text(path: str, text: str):
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_dir(final: str, write: Callable[[str], None]):
-    """Write a directory under a temporary name, then swap it in for ``final``."""
-    parent = os.path.dirname(os.path.abspath(final))
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(final) + "-")
-    try:
-        write(tmp)
-        for name in os.listdir(tmp):  # contents durable before the rename makes them visible
-            p = os.path.join(tmp, name)
-            if os.path.isfile(p):
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(final):
-        old = final + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @paddle.no_grad()
@@ -159,41 +104,13 @@ def evaluate(model, loader, task) -> Dict[str, float]:
     return compute_metrics(task, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
 
 
-def _state_bytes(model) -> int:
-    return sum(int(np.prod(p.shape)) * 4 for p in model.parameters())
-
-
-def check_output_dir(output_dir: str, model):
-    """Fail before training if ``output_dir`` cannot take the run's files.
-
-    A checkpoint holds the weights and AdamW's two moments (3x the float32 weights); during the
-    swap the old and new ones coexist, and best_model/ holds one more copy of the weights.
-    """
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-probe-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"output_dir {output_dir} is not writable ({e.strerror or e}); "
-                              "choose another --output_dir") from e
-    need = 7 * _state_bytes(model)
-    free = shutil.disk_usage(output_dir).free
-    if free < need:
-        raise OSError(f"output_dir {output_dir} has {free / 2**20:.0f} MiB free but checkpoints of this "
-                      f"model need about {need / 2**20:.0f} MiB (weights + optimizer state, old and new "
-                      "during a swap, plus best_model/); free some space or choose another --output_dir")
-
-
 def _decay_params(model) -> List[str]:
-    """Names of parameters that get weight decay: not biases, not LayerNorm weights."""
-    out = []
-    for name, p in model.named_parameters():
-        low = name.lower()
-        if "bias" in low or "norm" in low or "quantizer." in low:  # quantizer scales/shifts: no decay
-            continue
-        out.append(p.name)
-    return out
+    """Names of parameters that get weight decay: not biases, not LayerNorm weights, not those of
+    layers that say ``no_weight_decay`` (the learned quantizers)."""
+    kept = {id(p) for layer in model.sublayers() if getattr(layer, "no_weight_decay", False)
+            for p in layer.parameters()}
+    return [p.name for name, p in model.named_parameters()
+            if not ("bias" in name.lower() or "norm" in name.lower() or id(p) in kept)]
 
 
 class Trainer:
@@ -239,48 +156,16 @@ class Trainer:
         self.world, self.is_main = dist.world_size(), dist.is_main()
         self.pad_to = getattr(getattr(train_loader, "collate_fn", None), "pad_to", None)
 
-    # ---- checkpoints -------------------------------------------------------------------
-    # Paddle keys optimizer state by each parameter's process-global unique name
-    # ("linear_12.w_0_moment1_0"), which differs in a new process; checkpoints key it by the
-    # parameter's path in the model instead, so a resumed run finds its moments.
-    def _portable_optimizer_state(self):
-        names = sorted(((p.name, n) for n, p in self.model.named_parameters()), key=lambda x: -len(x[0]))
-        out = {}
-        for key, value in self.optimizer.state_dict().items():
-            for uniq, path in names:
-                if key.startswith(uniq + "_"):
-                    key = "@" + path + key[len(uniq):]
-                    break
-            out[key] = value
-        return out
-
-    def _load_portable_optimizer_state(self, state):
-        by_path = {n: p.name for n, p in self.model.named_parameters()}
-        out = {}
-        for key, value in state.items():
-            if key.startswith("@"):
-                # parameter paths contain "_" too: take the longest one the key starts with
-                path = max((n for n in by_path if key[1:].startswith(n + "_")), key=len)
-                key = by_path[path] + key[1 + len(path):]
-            out[key] = value
-        self.optimizer.set_state_dict(out)
-
-    @staticmethod
-    def _rng_state():
-        return {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
+    # ---- checkpoints (checkpoint.py) -----------------------------------------------------
     def _write_checkpoint(self):
-        step = self.state["global_step"]
-        rngs = dist.gather_objects(self._rng_state())  # one entry per rank
+        rngs = dist.gather_objects(rng_state())  # one entry per rank
         self._check_ranks_agree()
         if not self.is_main:
             return
-        name = f"checkpoint-{step}"
-        final = os.path.join(self.args.output_dir, name)
 
         def write(d):
             paddle.save(self.model.state_dict(), os.path.join(d, "model.pdparams"))
-            paddle.save(self._portable_optimizer_state(), os.path.join(d, "optimizer.pdopt"))
+            paddle.save(portable_optimizer_state(self.optimizer, self.model), os.path.join(d, "optimizer.pdopt"))
             if self.ema is not None:
                 paddle.save(self.ema.state_dict(), os.path.join(d, "ema.pdparams"))
             with open(os.path.join(d, "rng.pkl"), "wb") as f:
@@ -289,11 +174,7 @@ class Trainer:
                 json.dump(dict(self.state, scheduler=self.scheduler.state_dict(),
                                args=asdict(self.args)), f, indent=1)
 
-        atomic_dir(final, write)
-        _atomic_write_text(os.path.join(self.args.output_dir, LATEST), name)
-        for other in os.listdir(self.args.output_dir):  # older checkpoints are now redundant
-            if other.startswith("checkpoint-") and other != name:
-                shutil.rmtree(os.path.join(self.args.output_dir, other), ignore_errors=True)
+        write_checkpoint(self.args.output_dir, self.state["global_step"], write)
 
     def _load_checkpoint(self, path):
         with open(os.path.join(path, "trainer_state.json")) as f:
@@ -307,7 +188,7 @@ class Trainer:
             raise ValueError(f"{path} was written with --optimizer {was}; resume with the same "
                              f"optimizer, not {self.args.optimizer}")
         self.model.set_state_dict(paddle.load(os.path.join(path, "model.pdparams")))
-        self._load_portable_optimizer_state(paddle.load(os.path.join(path, "optimizer.pdopt")))
+        load_portable_optimizer_state(self.optimizer, self.model, paddle.load(os.path.join(path, "optimizer.pdopt")))
         if self.ema is not None:
             self.ema.set_state_dict(paddle.load(os.path.join(path, "ema.pdparams")))
         self.scheduler.set_state_dict(st.pop("scheduler"))
@@ -321,9 +202,7 @@ class Trainer:
         elif self.world > 1:
             self.log(f"the checkpoint was written by {len(per_rank)} process(es), this run has {self.world}: "
                      "every rank continues from rank 0's random state")
-        paddle.set_rng_state(rng["paddle"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(rng)
 
     # ---- loop --------------------------------------------------------------------------
     def _evaluate_and_keep_best(self):
