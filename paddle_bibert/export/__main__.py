@@ -17,7 +17,7 @@ def main(argv=None):
 
     from ..surgery import load_binarized
     from .cost import BertShape, count
-    from .format import export_packed
+    from .exporter import export_packed
 
     try:
         model = load_binarized(args.model_dir)
