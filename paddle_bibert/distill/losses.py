@@ -14,10 +14,11 @@ import math
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["relation", "dmd", "relation_dmd", "soft_cross_entropy", "pred_loss", "MASKED_BELOW"]
+# The authors zero relation entries at or below the masking threshold before the norm (it never
+# fires: no mask is added to a relation; docs/algorithms.md, section 3).
+from ..quant.layers import MASKED_BELOW
 
-#: The reference zeroes relation entries at or below this (masked scores) before the norm.
-MASKED_BELOW = -1e2
+__all__ = ["relation", "dmd", "relation_dmd", "soft_cross_entropy", "pred_loss", "MASKED_BELOW"]
 
 
 def relation(x: paddle.Tensor) -> paddle.Tensor:
