@@ -46,6 +46,10 @@ def init_if_launched() -> bool:
 
     if not dist.is_initialized():
         dist.init_parallel_env()
+    from .quant.quantizers import set_first_batch_mean_abs
+
+    # learned quantizers start from mean|x| of the global first batch, the same on every rank
+    set_first_batch_mean_abs(lambda x: all_reduce_sum(x.abs().mean().reshape([1])) / world_size())
     return True
 
 

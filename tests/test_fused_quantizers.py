@@ -153,7 +153,7 @@ def test_lsq_rounds_halves_as_paddle_round(monkeypatch):
         yp, dxp, _, _ = run(name, x, None, 0.25, g, True, monkeypatch)
         assert_bitwise(yf, yp, name)
         assert_bitwise(dxf, dxp, name)
-    assert qz._paddle_round_rule() in ("even", "away")
+    assert fused.paddle_round_rule() in ("even", "away")
 
 
 def test_nonfinite_and_subnormal_inputs_match(monkeypatch):
@@ -255,3 +255,22 @@ def test_state_dict_is_the_source_of_truth(name):
     q.train()
     q(x)
     assert float(q.initialized) == 1 and float(getattr(q, scale_name)) != pytest.approx(0.3)
+
+
+def test_first_batch_initialisation_takes_its_reduction_from_the_caller():
+    # data parallelism installs a cross-rank mean (paddle_bibert.distributed); the quantizers
+    # themselves only apply whatever reduction they were given
+    x = paddle.to_tensor(np.array([[1.0, -3.0], [2.0, -2.0]], dtype=np.float32))
+    q = get_quantizer("elastic_sign", channels=2)
+    q.train()
+    q(x)
+    assert float(q.alpha) == pytest.approx(2 * 2.0)  # 2 mean|x| of this batch
+    try:
+        qz.set_first_batch_mean_abs(lambda t: t.abs().max().reshape([1]))
+        q2 = get_quantizer("elastic_sign", channels=2)
+        q2.train()
+        q2(x)
+        assert float(q2.alpha) == pytest.approx(2 * 3.0)
+    finally:
+        qz.set_first_batch_mean_abs(None)
+    assert qz.first_batch_mean_abs is not None and float(qz.first_batch_mean_abs(x)) == pytest.approx(2.0)

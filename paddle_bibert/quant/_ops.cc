@@ -336,7 +336,7 @@ inline float plus_zero(float g) {
 // paddle.clip: v < lo ? lo : (v > hi ? hi : v), so NaN and the sign of a zero pass through
 inline float clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// quantizers._round_half_down, op for op: 1[q > 0.5] + 1[q > 1.5] * (round(q) - 1). The rounding
+// ste.round_half_down, op for op: 1[q > 0.5] + 1[q > 1.5] * (round(q) - 1). The rounding
 // rule is irrelevant here: round(q) only counts where q > 1.5, which every caller clips to 1 or
 // masks out, and any rule keeps inf and NaN (which propagate as in Paddle).
 inline float round_half_down(float q) {

@@ -67,3 +67,21 @@ def usable(x) -> bool:
     import paddle
 
     return x.dtype == paddle.float32 and x.place.is_cpu_place() and ops() is not None
+
+
+_round_rule = None
+
+
+def paddle_round_rule() -> str:
+    """How ``paddle.round`` rounds halves on the CPU: ``"even"`` (Paddle 3.3: 0.5 -> 0, 2.5 -> 2),
+    ``"away"`` (from zero: 0.5 -> 1) or ``"other"``. The fused LSQ kernel must round as the plain
+    path does, so it asks once."""
+    global _round_rule
+    if _round_rule is None:
+        import paddle
+
+        with paddle.no_grad():
+            r = paddle.round(paddle.to_tensor([0.5, 1.5, 2.5, -0.5, -2.5], dtype="float32",
+                                              place=paddle.CPUPlace())).numpy().tolist()
+        _round_rule = {(0.0, 2.0, 2.0, -0.0, -2.0): "even", (1.0, 2.0, 3.0, -1.0, -3.0): "away"}.get(tuple(r), "other")
+    return _round_rule

@@ -1,7 +1,8 @@
 """Binarization quantizers: forward values and straight-through pseudo-gradients.
 
 Each quantizer is a small ``paddle.nn.Layer`` (so that later schemes may carry learned
-parameters) wrapping a ``PyLayer`` that states its forward and its backward exactly.
+parameters) applying a straight-through estimator of ``ste.py``, or the fused kernel that
+computes the same values and gradients in one pass (``fused.py``) where the tensor allows.
 Quantizers are registered by name, so a config can say ``act_quantizer: ste_sign``.
 
 Sign convention, shared with the bit-packed export and runtime:
@@ -18,9 +19,9 @@ import math
 from typing import Callable, Dict, Optional, Union
 
 import paddle
-from paddle.autograd import PyLayer
 
 from . import fused
+from .ste import BoolSTE, ElasticSignSTE, ElasticUnsignedSTE, LsqSTE, ScaledSignSTE, SignSTE, binary_sign
 
 __all__ = [
     "binary_sign",
@@ -39,90 +40,15 @@ __all__ = [
     "TensorMeanSign",
     "LsqSTE",
     "UniformLSQ",
+    "Lsq2",
+    "Lsq4",
+    "Lsq2Unsigned",
+    "Lsq4Unsigned",
+    "set_first_batch_mean_abs",
     "register_quantizer",
     "get_quantizer",
     "QUANTIZERS",
 ]
-
-
-def binary_sign(x: paddle.Tensor) -> paddle.Tensor:
-    """``-1`` where ``signbit(x)`` is set, else ``+1``, in ``x.dtype``.
-
-    ``copysign(1, x)`` is exactly that. (``paddle.signbit`` is ~30x slower on CPU, and a
-    broadcast ``[1]`` first argument makes Paddle warn on every call.)
-    """
-    return paddle.copysign(paddle.ones_like(x), x)
-
-
-def _inside(x: paddle.Tensor, bound: float, inclusive: bool) -> paddle.Tensor:
-    a = x.abs()
-    m = a <= bound if inclusive else a < bound
-    return m.astype(x.dtype)
-
-
-class SignSTE(PyLayer):
-    """Activation sign with clipped straight-through gradient.
-
-    forward:  y = sign(x)                      (sign(+0) = +1, sign(-0) = -1)
-    backward: dL/dx = dL/dy * 1[|x| <= 1]
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return binary_sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensor()
-        return grad * _inside(x, 1.0, inclusive=True)
-
-
-class ScaledSignSTE(PyLayer):
-    """Scaled sign of an already centred weight, straight-through on the clipped input.
-
-    forward:  y = alpha * sign(wc)             (alpha broadcast, treated as a constant)
-    backward: dL/dwc = dL/dy * 1[|wc| <= 1]    (no alpha factor, no gradient to alpha)
-
-    This is the gradient of ``clip(wc, -1, 1)`` with the clip's boundary included, as in the
-    BiBERT reference (``alpha*sign(wc)`` detached, plus ``clip(wc) - clip(wc).detach()``).
-    """
-
-    @staticmethod
-    def forward(ctx, wc, alpha):
-        ctx.save_for_backward(wc)
-        if fused.usable(wc):
-            return fused.ops().bibert_sign_ste(wc) * alpha
-        return binary_sign(wc) * alpha
-
-    @staticmethod
-    def backward(ctx, grad):
-        (wc,) = ctx.saved_tensor()
-        if fused.usable(wc):
-            return fused.ops().bibert_ste_mask(wc, grad), None
-        return grad * _inside(wc, 1.0, inclusive=True), None
-
-
-class BoolSTE(PyLayer):
-    """Bool function of the attention scores (Bi-Attention).
-
-    forward:  A = 1[s > 0]                     (s == 0 -> 0, like torch.sign(s) clamped at 0)
-    backward: dL/ds = dL/dA * 1[|s| < 1]
-
-    The strict ``< 1`` is the authors' rule too (their backward zeroes the gradient where
-    ``s >= 1`` or ``s <= -1``; docs/algorithms.md, section 2). It matters where a score is
-    exactly +-1, which happens when d_head is a perfect square (d_head = 64 in BERT-base: s = 8/8).
-    """
-
-    @staticmethod
-    def forward(ctx, s):
-        ctx.save_for_backward(s)
-        return (s > 0).astype(s.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (s,) = ctx.saved_tensor()
-        return grad * _inside(s, 1.0, inclusive=False)
 
 
 class Quantizer(paddle.nn.Layer):
@@ -199,59 +125,6 @@ class BoolAttention(Quantizer):
         return BoolSTE.apply(s)
 
 
-class ElasticSignSTE(PyLayer):
-    """BiT's signed elastic binarization of an (already shifted) input ``x`` with scale ``a``.
-
-    forward:  y = a * sign(x)
-    backward: dL/dx = dL/dy * 1[|x / a| <= 1]
-              dL/da = sum(sign(x) * dL/dy) / sqrt(numel(x))
-    """
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x, alpha)
-        return binary_sign(x) * alpha
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, alpha = ctx.saved_tensor()
-        sx = binary_sign(x)
-        gx = grad * (x.abs() <= alpha.abs()).astype(x.dtype)
-        ga = (sx * grad).sum() * (1.0 / math.sqrt(math.prod(x.shape)))
-        return gx, ga.reshape(alpha.shape)
-
-
-def _round_half_down(q):
-    # torch.round (the BiT reference) rounds halves to even, so 0.5 -> 0 and 1.5 -> 2 (clipped
-    # to 1 here); on [0, 1] that is 1[q > 0.5]. Written out rather than left to paddle.round,
-    # whose rule for halves Paddle does not document (3.3 rounds them to even; see _paddle_round_rule).
-    return (q > 0.5).astype(q.dtype) + (q > 1.5).astype(q.dtype) * (paddle.round(q) - 1)
-
-
-class ElasticUnsignedSTE(PyLayer):
-    """BiT's unsigned elastic binarization {0, a} of an (already shifted) input ``x``.
-
-    forward:  y = a * clip(round(x / a), 0, 1)
-    backward: dL/dx = dL/dy * 1[0 <= x/a <= 1]
-              dL/da = sum((1[x/a > 1] + 1[0 <= x/a <= 1] * (round(x/a) - x/a)) * dL/dy) / sqrt(numel)
-    """
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        q = x / alpha
-        ctx.save_for_backward(q)
-        return paddle.clip(_round_half_down(q), 0.0, 1.0) * alpha
-
-    @staticmethod
-    def backward(ctx, grad):
-        (q,) = ctx.saved_tensor()
-        inside = ((q >= 0) & (q <= 1)).astype(q.dtype)
-        gx = grad * inside
-        ga = (((q > 1).astype(q.dtype) + inside * (_round_half_down(q) - q)) * grad).sum()
-        ga = ga * (1.0 / math.sqrt(math.prod(q.shape)))
-        return gx, ga.reshape([1])
-
-
 # the elastic STEs with a fused kernel (bibert_elastic*), and the kernel's zero_one flag for each
 _FUSED_ELASTIC = {ElasticSignSTE: False, ElasticUnsignedSTE: True}
 
@@ -286,20 +159,33 @@ def _needs_init(layer) -> bool:
     return True
 
 
-def _set_from_first_batch(layer, x, param, factor):
-    """``param = factor * mean|x|`` (averaged over data-parallel ranks), and mark ``layer`` initialised."""
-    from ..distributed import all_reduce_sum, world_size
+def _local_mean_abs(x):
+    return x.abs().mean().reshape([1])
 
+
+#: ``x -> mean|x|`` over the batch a first-batch initialisation sees ([1] tensor). The training
+#: code sets it for data parallelism (the mean over every rank's batch, so all ranks agree);
+#: quantizers know nothing of processes.
+first_batch_mean_abs: Callable = _local_mean_abs
+
+
+def set_first_batch_mean_abs(fn: Optional[Callable] = None):
+    """Install the reduction learned quantizers initialise from (None: this process's batch)."""
+    global first_batch_mean_abs
+    first_batch_mean_abs = fn or _local_mean_abs
+
+
+def _set_from_first_batch(layer, x, param, factor):
+    """``param = factor * mean|x|`` (``first_batch_mean_abs``), and mark ``layer`` initialised."""
     with paddle.no_grad():
-        stat = all_reduce_sum(x.abs().mean().reshape([1])) / world_size()
-        param.set_value((stat * factor).astype(param.dtype))
+        param.set_value((first_batch_mean_abs(x) * factor).astype(param.dtype))
         layer.initialized.set_value(paddle.ones([1], dtype="float32"))
     layer._init_done = True
 
 
 def _init_on_first_batch(layer, x, param, factor):
-    """Set ``param = factor * mean|x|`` on ``layer``'s first training batch (averaged over
-    data-parallel ranks), once: the persistable ``initialized`` buffer records it."""
+    """Set ``param = factor * mean|x|`` on ``layer``'s first training batch, once: the persistable
+    ``initialized`` buffer records it."""
     if _needs_init(layer):
         _set_from_first_batch(layer, x, param, factor)
 
@@ -384,48 +270,6 @@ class TensorMeanSign(ChannelMeanSign):
         return w.abs().mean().reshape([1]).expand([w.shape[-1]])  # the same scale for every column
 
 
-class LsqSTE(PyLayer):
-    """Uniform k-bit quantizer with learned step ``s`` (LSQ, Esser et al. 2020).
-
-    forward:  y = s * clip(round(x / s), -qn, qp)        (round: paddle.round; halves to even in Paddle 3.3)
-    backward: dL/dx = dL/dy * 1[-qn <= x/s <= qp]
-              dL/ds = sum(dL/dy * (round(x/s) - x/s if inside, -qn below, qp above)) / sqrt(numel * qp)
-    """
-
-    @staticmethod
-    def forward(ctx, x, step, qn, qp):
-        q = x / step
-        ctx.save_for_backward(q)
-        ctx.qn, ctx.qp = qn, qp
-        return paddle.clip(paddle.round(q), -qn, qp) * step
-
-    @staticmethod
-    def backward(ctx, grad):
-        (q,) = ctx.saved_tensor()
-        qn, qp = ctx.qn, ctx.qp
-        below, above = (q < -qn).astype(q.dtype), (q > qp).astype(q.dtype)
-        inside = 1.0 - below - above
-        gs = (grad * (inside * (paddle.round(q) - q) - qn * below + qp * above)).sum()
-        gs = gs * (1.0 / math.sqrt(math.prod(q.shape) * qp))
-        return grad * inside, gs.reshape([1])
-
-
-_round_rule: Optional[str] = None
-
-
-def _paddle_round_rule() -> str:
-    """How ``paddle.round`` rounds halves on the CPU: ``"even"`` (Paddle 3.3: 0.5 -> 0, 2.5 -> 2),
-    ``"away"`` (from zero: 0.5 -> 1) or ``"other"``. The fused LSQ kernel must round as the plain
-    path does, so it asks once."""
-    global _round_rule
-    if _round_rule is None:
-        with paddle.no_grad():
-            r = paddle.round(paddle.to_tensor([0.5, 1.5, 2.5, -0.5, -2.5], dtype="float32",
-                                              place=paddle.CPUPlace())).numpy().tolist()
-        _round_rule = {(0.0, 2.0, 2.0, -0.0, -2.0): "even", (1.0, 2.0, 3.0, -1.0, -3.0): "away"}.get(tuple(r), "other")
-    return _round_rule
-
-
 class UniformLSQ(_InitOnFirstBatch):
     """k-bit uniform activation quantizer with a learned step (the clip is ``step * qp``), for the
     BinaryBERT 1-1-2 / 1-1-4 baselines and BiT's W1A2/W1A4 stage. Signed levels are
@@ -448,19 +292,33 @@ class UniformLSQ(_InitOnFirstBatch):
     def forward(self, x):
         _init_on_first_batch(self, x, self.step, 2.0 / math.sqrt(self.qp))
         if (fused.usable(x) and fused.usable(self.step) and isinstance(self.qn, int) and isinstance(self.qp, int)
-                and _paddle_round_rule() != "other"):
+                and fused.paddle_round_rule() != "other"):
             # LsqSTE's values and gradients (x and step) in one kernel each way
-            return fused.ops().bibert_lsq(x, self.step, self.qn, self.qp, _paddle_round_rule() == "even")
+            return fused.ops().bibert_lsq(x, self.step, self.qn, self.qp, fused.paddle_round_rule() == "even")
         return LsqSTE.apply(x, self.step, self.qn, self.qp)
 
     def extra_repr(self) -> str:
         return f"{self.name}, levels [-{self.qn}, {self.qp}]"
 
 
-def _lsq(bits, signed):
-    return type(f"UniformLSQ{bits}{'' if signed else 'U'}", (UniformLSQ,),
-                {"name": f"lsq{bits}" + ("" if signed else "_unsigned"), "bits": bits, "signed": signed,
-                 "__doc__": f"{bits}-bit {'signed' if signed else 'unsigned'} :class:`UniformLSQ`."})
+class Lsq2(UniformLSQ):
+    """2-bit signed :class:`UniformLSQ`."""
+    name, bits, signed = "lsq2", 2, True
+
+
+class Lsq4(UniformLSQ):
+    """4-bit signed :class:`UniformLSQ`."""
+    name, bits, signed = "lsq4", 4, True
+
+
+class Lsq2Unsigned(UniformLSQ):
+    """2-bit unsigned :class:`UniformLSQ` (attention maps, the ReLU FFN's output-dense input)."""
+    name, bits, signed = "lsq2_unsigned", 2, False
+
+
+class Lsq4Unsigned(UniformLSQ):
+    """4-bit unsigned :class:`UniformLSQ`."""
+    name, bits, signed = "lsq4_unsigned", 4, False
 
 
 QUANTIZERS: Dict[str, Callable[[], Quantizer]] = {}
@@ -475,7 +333,7 @@ def register_quantizer(cls):
 
 
 for _cls in (SteSign, ChannelMeanSign, RowMeanSign, BoolAttention, ElasticSign, ElasticUnsigned, TensorMeanSign,
-             _lsq(2, True), _lsq(4, True), _lsq(2, False), _lsq(4, False)):
+             Lsq2, Lsq4, Lsq2Unsigned, Lsq4Unsigned):
     register_quantizer(_cls)
 
 
