@@ -240,20 +240,68 @@ def history(out):
         return json.load(f)["history"]
 
 
+def timed_history(out, summary):
+    """``[(step, training minutes, entry)]`` of a run's dev evaluations. Runs that predate the
+    per-evaluation clock get minutes from their mean seconds per step, marked estimated."""
+    hist = history(out)
+    if all("training_seconds" in e for e in hist):
+        return [(e["step"], e["training_seconds"] / 60, e) for e in hist], False
+    per_step = summary["train_seconds"] / max(1, summary["global_step"])
+    return [(e["step"], e["step"] * per_step / 60, e) for e in hist], True
+
+
+def first_reach(timed, metric, target):
+    """(step, minutes) of the first evaluation at or above ``target``, or None."""
+    return next(((st, mins) for st, mins, e in timed if e[metric] >= target), None)
+
+
 def curves(results, args) -> str:
-    """Per task, the main dev metric of every student at each evaluation step."""
+    """Per task, the main dev metric of every student at each evaluation step, and the training
+    time (evaluations excluded) each needed to first reach 90% and 95% of its teacher."""
     names = expand(args.variants)
     out = []
     for task, rows in results.items():
-        metric = rows["teacher"]["metric"]
-        by_name = {n: {e["step"]: e[metric] for e in history(os.path.join(args.out_dir, task, n))} for n in names}
+        metric, teacher = rows["teacher"]["metric"], rows["teacher"]["best_metric"]
+        timed = {n: timed_history(os.path.join(args.out_dir, task, n), rows[n]) for n in names}
+        by_name = {n: {st: e[metric] for st, _, e in timed[n][0]} for n in names}
         steps = sorted({s for h in by_name.values() for s in h})
-        out += [f"Dev {metric} of each student by step ({task}; teacher {rows['teacher']['best_metric']:.4f}):", "",
+        out += [f"Dev {metric} of each student by step ({task}; teacher {teacher:.4f}):", "",
                 "| step | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
         for st in steps:
             out.append(f"| {st} | " + " | ".join(f"{by_name[n][st]:.4f}" if st in by_name[n] else "" for n in names) + " |")
+        out += ["", f"First reached ({task}; step, training minutes without evaluations; ~ = estimated from the "
+                    "run's mean step time):", "", "| student | 90% of the teacher | 95% of the teacher |", "|---|---|---|"]
+        for n in names:
+            est = "~" if timed[n][1] else ""
+            cells = [(lambda r: f"step {r[0]}, {est}{r[1]:.1f} min" if r else "not reached")(
+                first_reach(timed[n][0], metric, frac * teacher)) for frac in (0.9, 0.95)]
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def curve_plot(results, args, path):
+    """Dev metric against training minutes, one line per student, the teacher dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = results[task]
+        metric = rows["teacher"]["metric"]
+        for n in expand(args.variants):
+            timed, est = timed_history(os.path.join(args.out_dir, task, n), rows[n])
+            ax.plot([m for _, m, _ in timed], [e[metric] for _, _, e in timed], marker=".",
+                    label=n + (" (minutes estimated)" if est else ""))
+        ax.axhline(rows["teacher"]["best_metric"], color="k", ls="--", lw=1, label="teacher")
+        ax.set_xlabel("training minutes (evaluations excluded)")
+        ax.set_ylabel(f"dev {metric}")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def plot(results, args, path):
@@ -303,6 +351,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--table", help="write the markdown table here")
     ap.add_argument("--plot", help="write the PNG plot here")
+    ap.add_argument("--curve_plot", help="write a PNG of dev metric against training minutes here")
     args = ap.parse_args(argv)
     listed = expand(args.variants)
     for i, v in enumerate(listed):
@@ -333,6 +382,8 @@ def main(argv=None):
             f.write(header + text + "\n")
     if args.plot:
         plot(results, args, args.plot)
+    if args.curve_plot:
+        curve_plot(results, args, args.curve_plot)
     return results
 
 

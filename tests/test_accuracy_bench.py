@@ -29,7 +29,8 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     argv = ["--tasks", "sst-2,sts-b", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"),
             "--student_steps", "2,sts-b=3",
             "--save_steps", "2", "--variants", "grid,bibert+bertadam+padmax,bit",
-            "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
+            "--table", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png"),
+            "--curve_plot", str(tmp_path / "c.png")]
     results = bench.main(argv)
     assert set(results) == {"sst-2", "sts-b"}
     for rows in results.values():
@@ -55,6 +56,9 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     curve_rows = [ln for ln in table.split("Dev corr of each student by step (sts-b")[1].splitlines()
                   if ln.startswith("| 2 |") or ln.startswith("| 3 |")]
     assert len(curve_rows) == 2 and curve_rows[1].count("|") == 2 + 6  # step + six students
+    # time to 90% / 95% of the teacher, from each evaluation's training seconds
+    assert "| student | 90% of the teacher | 95% of the teacher |" in table
+    assert (tmp_path / "c.png").stat().st_size > 1000
     assert (tmp_path / "p.png").stat().st_size > 1000
     # a second invocation finds every run finished and reproduces the table without training
     again = bench.main(argv)
@@ -131,3 +135,25 @@ def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F81
     a, b = np.random.default_rng(0).standard_normal((2, 50, 4))
     assert mod.centred_cos(a, a * 3 + 1) == pytest.approx(1.0)
     assert mod.centred_cos(a, -a) == pytest.approx(-1.0)
+
+
+def test_time_to_accuracy_reads_each_evaluations_training_seconds(tmp_path):
+    bench = _bench()
+    run = tmp_path / "run"
+    hist = [{"step": 100, "training_seconds": 60.0, "acc": 0.70}, {"step": 200, "training_seconds": 150.0, "acc": 0.80},
+            {"step": 300, "training_seconds": 240.0, "acc": 0.78}, {"step": 400, "training_seconds": 330.0, "acc": 0.84}]
+    os.makedirs(run / "checkpoint-400")
+    (run / "LATEST").write_text("checkpoint-400")
+    (run / "checkpoint-400" / "trainer_state.json").write_text(json.dumps({"history": hist}))
+    summary = {"train_seconds": 999.0, "global_step": 400}
+    timed, estimated = bench.timed_history(str(run), summary)
+    assert not estimated and [m for _, m, _ in timed] == [1.0, 2.5, 4.0, 5.5]
+    assert bench.first_reach(timed, "acc", 0.9 * 0.88) == (200, 2.5)  # 0.792: first at step 200
+    assert bench.first_reach(timed, "acc", 0.95 * 0.88) == (400, 5.5)  # 0.836
+    assert bench.first_reach(timed, "acc", 0.9) is None
+    # a run without the per-evaluation clock: minutes from its mean step time, flagged
+    for e in hist:
+        del e["training_seconds"]
+    (run / "checkpoint-400" / "trainer_state.json").write_text(json.dumps({"history": hist}))
+    timed, estimated = bench.timed_history(str(run), summary)
+    assert estimated and timed[1][1] == pytest.approx(200 * 999.0 / 400 / 60)

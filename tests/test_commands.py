@@ -322,3 +322,22 @@ def test_learning_rate_warms_up_then_decays_linearly(glue_slice, tiny_model_dir,
     shown = [float(m.split(" lr ")[1].split(":")[0]) for m in log if m.startswith("[train]")]
     want = [1e-3 * (k / 2 if k < 2 else (10 - k) / 8) for k in range(1, 11)]
     assert shown == pytest.approx(want, rel=1e-2, abs=1e-12)
+
+
+def test_history_records_training_seconds_apart_from_evaluation(glue_slice, tiny_model_dir, tmp_path, monkeypatch):
+    import time
+
+    from paddle_bibert.training import trainer
+
+    real = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *a: (time.sleep(1.0), real(*a))[1])  # a slow dev set
+    out = tmp_path / "t"
+    s = run_glue(common(glue_slice, "sst-2", out, "--model_name_or_path", tiny_model_dir, "--max_steps", "6",
+                        "--save_steps", "2"), log=Log())
+    hist = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())["history"]
+    secs = [e["training_seconds"] for e in hist]
+    assert [e["step"] for e in hist] == [2, 4, 6] and 0 < secs[0] < secs[1] < secs[2]
+    assert s["eval_seconds"] > 0 and s["checkpoint_seconds"] > 0
+    assert s["training_seconds"] == pytest.approx(s["train_seconds"] - s["eval_seconds"] - s["checkpoint_seconds"])
+    assert secs[-1] <= s["training_seconds"] + 1e-2
+    assert s["eval_seconds"] >= 3.0 and s["training_seconds"] < s["train_seconds"] - 3.0  # the sleeps are not training

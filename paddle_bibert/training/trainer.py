@@ -7,6 +7,10 @@ keeping the best model in ``output_dir/best_model/``, and checkpoints (``checkpo
 resume to the same result. With ``ema_decay > 0`` the dev evaluations score, and
 ``best_model/`` keeps, an exponential moving average of the weights (``ema.py``); the training
 steps are the same either way. Under data parallelism rank 0 alone writes.
+
+Time: ``train_seconds`` is the loop's wall time (summed over resumes), of which
+``eval_seconds`` went to dev evaluations and ``checkpoint_seconds`` to checkpoint writes;
+``training_seconds`` is the rest, and each dev evaluation in the history records it as it stood.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ class Trainer:
                                    weight_decay=args.weight_decay, apply_decay_param_fun=lambda n: n in decay)
         self.ema = ParamEMA(model, args.ema_decay) if args.ema_decay > 0 else None
         self.state = {"global_step": 0, "best_metric": None, "best_step": None, "history": [],
-                      "train_seconds": 0.0}
+                      "train_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0}
         # data parallel: rank 0 alone writes; batches are padded to the longest across ranks
         self.world, self.is_main = dist.world_size(), dist.is_main()
         self.pad_to = getattr(getattr(train_loader, "collate_fn", None), "pad_to", None)
@@ -205,13 +209,19 @@ class Trainer:
         set_rng_state(rng)
 
     # ---- loop --------------------------------------------------------------------------
-    def _evaluate_and_keep_best(self):
+    def _evaluate_and_keep_best(self, training_seconds: float):
+        """Score the dev set; ``training_seconds`` (the run's time so far, evaluations and
+        checkpoint writes excluded) goes into the history with the metrics."""
+        t0 = time.time()
         if self.ema is not None:  # score, and keep, the averaged weights
             with self.ema.swapped():
-                return self._evaluate_and_keep_best_now()
-        return self._evaluate_and_keep_best_now()
+                metrics = self._evaluate_and_keep_best_now(training_seconds)
+        else:
+            metrics = self._evaluate_and_keep_best_now(training_seconds)
+        self.state["eval_seconds"] += time.time() - t0
+        return metrics
 
-    def _evaluate_and_keep_best_now(self):
+    def _evaluate_and_keep_best_now(self, training_seconds):
         metrics = evaluate(self.model, self.dev_loader, self.args.task_name)
         step = self.state["global_step"]
         value = metrics[self.metric]
@@ -219,7 +229,7 @@ class Trainer:
             value = -math.inf
         best = self.state["best_metric"]
         improved = best is None or value > best
-        self.state["history"].append({"step": step, **metrics})
+        self.state["history"].append({"step": step, "training_seconds": round(training_seconds, 2), **metrics})
         if improved:
             self.state["best_metric"], self.state["best_step"] = value, step
             if self.is_main:
@@ -315,9 +325,12 @@ class Trainer:
                     running = {}
                 last = step >= self.total_steps
                 if step % args.save_steps == 0 or last:
-                    self._evaluate_and_keep_best()
-                    self.state["train_seconds"] = t_base + time.time() - t_start
+                    elapsed = t_base + time.time() - t_start
+                    self._evaluate_and_keep_best(elapsed - self.state["eval_seconds"] - self.state["checkpoint_seconds"])
+                    t0 = time.time()
+                    self.state["train_seconds"] = t_base + t0 - t_start
                     self._write_checkpoint()
+                    self.state["checkpoint_seconds"] += time.time() - t0
                 if last or step == args.stop_at_step:
                     break
             if step == args.stop_at_step:
@@ -327,6 +340,10 @@ class Trainer:
         self.state["train_seconds"] = t_base + time.time() - t_start
         return {"best_metric": self.state["best_metric"], "best_step": self.state["best_step"],
                 "metric": self.metric, "global_step": step, "total_steps": self.total_steps,
-                "train_seconds": self.state["train_seconds"], "world_size": self.world,
+                "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
+                "checkpoint_seconds": self.state["checkpoint_seconds"],
+                "training_seconds": (self.state["train_seconds"] - self.state["eval_seconds"]
+                                     - self.state["checkpoint_seconds"]),
+                "world_size": self.world,
                 **({"weights_sha256": self.state["weights_sha256"]} if "weights_sha256" in self.state else {}),
                 "finished": step >= self.total_steps}
