@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -251,7 +250,6 @@ def run_glue(argv=None, log=None):
     args = parse_args(GlueArgs, argv, section="teacher")
     log = _rank_log(log)
     _setup(args)
-    import paddle
     import paddle.nn.functional as F
     from paddlenlp.transformers import BertForSequenceClassification
 
@@ -316,8 +314,10 @@ def _load_for_distill(path, info, role):
 
 def task_distill(argv=None, log=None):
     """Distill a (binarized with --bi) student from a fine-tuned teacher."""
-    args = parse_args(DistillArgs, argv, section="student")
-    log = _rank_log(log)
+    return _task_distill(parse_args(DistillArgs, argv, section="student"), _rank_log(log))
+
+
+def _task_distill(args: DistillArgs, log):
     _setup(args)
     if args.teacher_model_type != "bert":
         raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
@@ -409,14 +409,8 @@ def multistep_distill(argv=None, log=None):
     if args.binarize:
         raise ValueError("multistep_distill sets each stage's recipe from --method and --stages; remove the "
                          "binarize: section from the config")
-    per_stage = {"output_dir", "teacher_path", "student_model_name_or_path", "act_bits", "bi", "resume",
-                 "binarize"}
-    base = []  # every other setting, as resolved from flags and --config, passed to each stage
-    for f in dataclasses.fields(DistillArgs):
-        v = getattr(args, f.name)
-        if f.name in per_stage or v is None:
-            continue
-        base += [f"--{f.name}" if v else f"--no-{f.name}"] if isinstance(v, bool) else [f"--{f.name}", str(v)]
+    # every other setting, as resolved from flags and --config, is each stage's
+    base = DistillArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillArgs)})
     teacher, student_init = args.teacher_path, args.student_model_name_or_path or args.teacher_path
     stages = []
     for n, b in enumerate(bits, 1):
@@ -427,10 +421,9 @@ def multistep_distill(argv=None, log=None):
             log(f"[stage {n}] W1A{b}: finished earlier ({s['metric']} {s['student_metric']:.4f}), kept")
         else:
             log(f"[stage {n}] W1A{b}: teacher {teacher}, student from {student_init}")
-            resume = ["--resume"] if os.path.isdir(out) and args.resume else []
-            s = task_distill(base + ["--bi", "--act_bits", str(b), "--teacher_path", teacher,
-                                     "--student_model_name_or_path", student_init, "--output_dir", out]
-                             + resume, log=log)
+            s = _task_distill(dataclasses.replace(
+                base, bi=True, act_bits=b, teacher_path=teacher, student_model_name_or_path=student_init,
+                output_dir=out, resume=os.path.isdir(out) and args.resume), log)
         stages.append({"stage": n, "act_bits": b, "output_dir": out, "metric": s["metric"],
                        "teacher_metric": s["teacher_metric"], "student_metric": s["student_metric"],
                        "global_step": s["global_step"], "finished": s["finished"]})
