@@ -42,6 +42,9 @@ class CommonArgs:
     num_train_epochs: float = _f(3.0, "epochs")
     max_steps: int = _f(-1, "if > 0, train this many steps instead of num_train_epochs")
     weight_decay: float = _f(0.01, "weight decay (not on biases and LayerNorm)")
+    group_by_length: bool = _f(False, "batch examples of similar length together (shuffled runs of 50 "
+                               "batches, each sorted by length): less padding, every example still once "
+                               "per epoch")
     pad_to_max_length: bool = _f(False, "pad every batch to --max_seq_length (BiBERT's authors do: their "
                                  "Q/K/V and hidden-state direction matching then covers every padded "
                                  "position) instead of to its longest example")
@@ -202,7 +205,8 @@ def _data(args, tokenizer):
     enc = lambda ex: encode_examples(ex, tokenizer, info.name, args.max_seq_length)
     collate = Collator(tokenizer, info.name, args.max_seq_length if args.pad_to_max_length else None)
     train_loader = make_dataloader(enc(train), args.batch_size, shuffle=True, seed=args.seed,
-                                   collate_fn=collate, distributed=world_size() > 1)
+                                   collate_fn=collate, distributed=world_size() > 1,
+                                   group_by_length=args.group_by_length)
     dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate)
     return info, train_loader, dev_loader, len(train), len(dev)
 

@@ -103,10 +103,9 @@ def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_ste
                               "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "bertadam"])
-def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path, optimizer):
-    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2",
-                                      "--optimizer", optimizer)
+@pytest.mark.parametrize("flags", [["--optimizer", "adamw"], ["--optimizer", "bertadam"], ["--group_by_length"]])
+def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path, flags):
+    args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2", *flags)
     full = task_distill(args(tmp_path / "a"), log=Log())
     assert full["total_steps"] == 12  # 48 examples / 8 per batch * 2 epochs, crossing an epoch
     part = task_distill(args(tmp_path / "b") + ["--stop_at_step", "7"], log=Log())
@@ -341,3 +340,17 @@ def test_history_records_training_seconds_apart_from_evaluation(glue_slice, tiny
     assert s["training_seconds"] == pytest.approx(s["train_seconds"] - s["eval_seconds"] - s["checkpoint_seconds"])
     assert secs[-1] <= s["training_seconds"] + 1e-2
     assert s["eval_seconds"] >= 3.0 and s["training_seconds"] < s["train_seconds"] - 3.0  # the sleeps are not training
+
+
+def test_group_by_length_reaches_the_training_batches(glue_slice, tiny_model_dir, tmp_path):
+    from paddle_bibert.commands import DistillArgs, _data, parse_args
+    from paddle_bibert.convert import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    spread = {}
+    for flag in ("--group_by_length", "--no-group_by_length"):
+        a = parse_args(DistillArgs, common(glue_slice, "sst-2", tmp_path / "x", "--teacher_path", "t", flag))
+        train = _data(a, tok)[1]
+        # within a batch, how far apart the example lengths are (padding is what that costs)
+        spread[flag] = np.mean([np.ptp((b["input_ids"].numpy() != tok.pad_token_id).sum(1)) for b in train])
+    assert spread["--group_by_length"] < 0.5 * spread["--no-group_by_length"]

@@ -314,3 +314,32 @@ def test_glue_style_test_file_is_unlabelled(tmp_path, task, text):
     (tmp_path / folder / "test.tsv").write_text(text)
     rows = load_glue(task, tmp_path, "test")
     assert len(rows) == 1 and "labels" not in rows[0] and set(rows[0]) == set(TASKS[task].text_fields)
+
+
+def test_group_by_length_keeps_every_example_once_and_pads_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=1003)
+    data = list(range(1003))
+
+    def batches(lens, epoch, **kw):
+        s = SeededBatchSampler(data, 16, shuffle=True, seed=7, lengths=lens, **kw)
+        s.set_epoch(epoch)
+        return list(s)
+
+    for epoch in (0, 1):
+        grouped = batches(lengths, epoch)
+        assert sorted(i for b in grouped for i in b) == data  # each example once per epoch
+        assert len(grouped) == len(batches(None, epoch)) == 63
+        pad = lambda bs: np.mean([lengths[b].max() * len(b) - lengths[b].sum() for b in bs])  # noqa: E731
+        assert pad(grouped) < 0.2 * pad(batches(None, epoch))
+    assert batches(lengths, 0) != batches(lengths, 1)  # reshuffled each epoch
+    # a pure function of (seed, epoch): a resumed run rebuilds the same batches from any point
+    assert batches(lengths, 1) == batches(lengths, 1)
+    s = SeededBatchSampler(data, 16, shuffle=True, seed=7, lengths=lengths)
+    s.set_epoch(1, skip_batches=40)
+    assert list(s) == batches(lengths, 1)[40:]
+    # data parallel: the ranks' batches together hold every example, of similar lengths
+    ranks = [batches(lengths, 0, num_replicas=2, rank=r) for r in (0, 1)]
+    assert set(i for r in ranks for b in r for i in b) == set(data)
+    with pytest.raises(ValueError, match="lengths has 3 entries for 1003 examples"):
+        SeededBatchSampler(data, 16, shuffle=True, lengths=[1, 2, 3])

@@ -139,10 +139,18 @@ class SeededBatchSampler(paddle.io.BatchSampler):
     With ``num_replicas > 1`` each rank takes every ``num_replicas``-th index of
     the shuffled order (padded by wrapping around so all ranks get equally many),
     as paddle's DistributedBatchSampler does.
+
+    ``lengths`` (one per example) groups batches by length, as Hugging Face's
+    ``group_by_length``: the shuffled order is cut into runs of ``MEGABATCH``
+    batches, each run sorted by length (longest first), so a batch holds examples
+    of similar length and pads less, while which examples meet stays random.
     """
 
+    #: batches per run sorted by length (Hugging Face's Trainer uses 50)
+    MEGABATCH = 50
+
     def __init__(self, dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0, lengths=None):
         super().__init__(dataset=dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
@@ -153,6 +161,9 @@ class SeededBatchSampler(paddle.io.BatchSampler):
         self.num_samples = len(dataset)
         self.epoch = 0
         self._skip = 0
+        if lengths is not None and len(lengths) != self.num_samples:
+            raise ValueError(f"lengths has {len(lengths)} entries for {self.num_samples} examples")
+        self.lengths = None if lengths is None else np.asarray(lengths)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         if skip_batches < 0 or skip_batches > self.batches_per_epoch:
@@ -171,6 +182,10 @@ class SeededBatchSampler(paddle.io.BatchSampler):
             order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
+        if self.shuffle and self.lengths is not None:
+            run = self.MEGABATCH * self.batch_size * self.num_replicas  # ranks stride through a run
+            runs = [order[i:i + run] for i in range(0, len(order), run)]
+            order = np.concatenate([r[np.argsort(-self.lengths[r], kind="stable")] for r in runs])
         if self.num_replicas > 1:
             total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
             order = np.resize(order, total)[self.rank :: self.num_replicas]  # resize repeats from the start
@@ -189,7 +204,8 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 
 
 def make_dataloader(features, batch_size: int, shuffle: bool, seed: int = 0, *, collate_fn,
-                    drop_last: bool = False, sampler=None, distributed: bool = False) -> paddle.io.DataLoader:
+                    drop_last: bool = False, sampler=None, distributed: bool = False,
+                    group_by_length: bool = False) -> paddle.io.DataLoader:
     """A single-process ``paddle.io.DataLoader`` over encoded ``features``.
 
     The default batch sampler is a :class:`SeededBatchSampler` (reachable as
@@ -197,13 +213,15 @@ def make_dataloader(features, batch_size: int, shuffle: bool, seed: int = 0, *, 
     ``paddle.distributed.get_rank()/get_world_size()``.  Pass ``sampler`` (any
     paddle batch sampler) to use it as is; batch_size, shuffle, seed, drop_last and
     distributed are then ignored.  ``collate_fn`` is usually ``Collator(tokenizer, task)``.
+    ``group_by_length``: batches of examples of similar length (see :class:`SeededBatchSampler`).
     """
     if sampler is None:
         num_replicas, rank = 1, 0
         if distributed:
             num_replicas, rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
+        lengths = [len(f["input_ids"]) for f in features] if group_by_length else None
         sampler = SeededBatchSampler(features, batch_size, shuffle, seed=seed, drop_last=drop_last,
-                                     num_replicas=num_replicas, rank=rank)
+                                     num_replicas=num_replicas, rank=rank, lengths=lengths)
     # num_workers=0: features are small python lists; worker processes only add
     # start-up cost and another source of non-determinism.
     return paddle.io.DataLoader(features, batch_sampler=sampler, collate_fn=collate_fn, num_workers=0)
