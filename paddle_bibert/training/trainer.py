@@ -262,6 +262,44 @@ class Trainer:
 
     def _train(self) -> dict:
         args = self.args
+        self._start()
+        step = self.state["global_step"]
+        sampler = self.train_loader.batch_sampler
+        bar = None
+        if args.progress and self.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=self.total_steps, initial=step, file=sys.stderr, dynamic_ncols=True,
+                       mininterval=2.0, desc="train")
+        self.model.train()
+        self._running: Dict[str, float] = {}
+        clock = (time.time(), self.state["train_seconds"])  # this process's start, the earlier runs' time
+        while step < self.total_steps:
+            epoch, skip = divmod(step, self.steps_per_epoch)
+            sampler.set_epoch(epoch, skip_batches=skip)
+            for batch in self.train_loader:
+                loss, terms, loss_value = self._step(batch, step)
+                step += 1
+                self.state["global_step"] = step
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in [("loss", loss), *terms.items()]},
+                                    refresh=False)
+                self._log_terms(step, terms, loss_value)
+                last = step >= self.total_steps
+                if step % args.save_steps == 0 or last:
+                    self._evaluate_and_checkpoint(clock)
+                if last or step == args.stop_at_step:
+                    break
+            if step == args.stop_at_step:
+                break
+        if bar is not None:
+            bar.close()
+        self.state["train_seconds"] = clock[1] + time.time() - clock[0]
+        return self._summary(step)
+
+    def _start(self):
+        """Check the output folder; resume from its newest checkpoint, or refuse to overwrite one."""
+        args = self.args
         check_output_dir(args.output_dir, self.model)
         best, best_old = os.path.join(args.output_dir, BEST), os.path.join(args.output_dir, BEST + ".old")
         if not os.path.exists(best) and os.path.isdir(best_old):
@@ -276,74 +314,57 @@ class Trainer:
         elif latest_checkpoint(args.output_dir):
             raise FileExistsError(f"{args.output_dir} already holds a run's checkpoint; pass --resume "
                                   "to continue it, or choose an empty --output_dir")
-        step = self.state["global_step"]
-        sampler = self.train_loader.batch_sampler
-        bar = None
-        if args.progress and self.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=self.total_steps, initial=step, file=sys.stderr, dynamic_ncols=True,
-                       mininterval=2.0, desc="train")
-        self.model.train()
-        running: Dict[str, float] = {}
-        t_start = time.time()
-        t_base = self.state["train_seconds"]
-        while step < self.total_steps:
-            epoch, skip = divmod(step, self.steps_per_epoch)
-            sampler.set_epoch(epoch, skip_batches=skip)
-            for batch in self.train_loader:
-                if self.world > 1 and self.pad_to is not None:
-                    batch = self.pad_to(batch, int(dist.all_reduce_max(batch["input_ids"].shape[1])))
-                loss, terms = self.loss_fn(batch)
-                loss_value = float(loss)
-                if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
-                    loss_value = float(dist.all_reduce_sum(loss.reshape([1]))) / self.world
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"loss is {loss_value} at step {step + 1}; stopping. The last good "
-                        f"checkpoint is {latest_checkpoint(args.output_dir)}; lower --learning_rate")
-                loss.backward()
-                self.optimizer.step()
-                if self.ema is not None:
-                    self.ema.update()
-                self.optimizer.clear_grad()
-                self.scheduler.step()
-                step += 1
-                self.state["global_step"] = step
-                for k, v in terms.items():
-                    running[k] = running.get(k, 0.0) + float(v)
-                running["loss"] = running.get("loss", 0.0) + loss_value
-                running["_n"] = running.get("_n", 0) + 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{float(v):.3f}" for k, v in [("loss", loss), *terms.items()]},
-                                    refresh=False)
-                if step % args.logging_steps == 0:
-                    n = running.pop("_n")
-                    shown = ", ".join(f"{k} {v / n:.4f}" for k, v in running.items())
-                    self.log(f"[train] step {step}/{self.total_steps} epoch {step / self.steps_per_epoch:.2f} "
-                             f"lr {self.scheduler.get_lr():.2e}: {shown}")
-                    running = {}
-                last = step >= self.total_steps
-                if step % args.save_steps == 0 or last:
-                    elapsed = t_base + time.time() - t_start
-                    self._evaluate_and_keep_best(elapsed - self.state["eval_seconds"] - self.state["checkpoint_seconds"])
-                    t0 = time.time()
-                    self.state["train_seconds"] = t_base + t0 - t_start
-                    self._write_checkpoint()
-                    self.state["checkpoint_seconds"] += time.time() - t0
-                if last or step == args.stop_at_step:
-                    break
-            if step == args.stop_at_step:
-                break
-        if bar is not None:
-            bar.close()
-        self.state["train_seconds"] = t_base + time.time() - t_start
-        return {"best_metric": self.state["best_metric"], "best_step": self.state["best_step"],
+
+    def _step(self, batch, step):
+        """One optimizer step on ``batch``; returns the loss, its terms and the loss as logged."""
+        if self.world > 1 and self.pad_to is not None:
+            batch = self.pad_to(batch, int(dist.all_reduce_max(batch["input_ids"].shape[1])))
+        loss, terms = self.loss_fn(batch)
+        loss_value = float(loss)
+        if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
+            loss_value = float(dist.all_reduce_sum(loss.reshape([1]))) / self.world
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"loss is {loss_value} at step {step + 1}; stopping. The last good "
+                f"checkpoint is {latest_checkpoint(self.args.output_dir)}; lower --learning_rate")
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.optimizer.clear_grad()
+        self.scheduler.step()
+        return loss, terms, loss_value
+
+    def _log_terms(self, step, terms, loss_value):
+        """Accumulate the loss terms; every ``logging_steps`` log their means and start again."""
+        running = self._running
+        for k, v in terms.items():
+            running[k] = running.get(k, 0.0) + float(v)
+        running["loss"] = running.get("loss", 0.0) + loss_value
+        running["_n"] = running.get("_n", 0) + 1
+        if step % self.args.logging_steps == 0:
+            n = running.pop("_n")
+            shown = ", ".join(f"{k} {v / n:.4f}" for k, v in running.items())
+            self.log(f"[train] step {step}/{self.total_steps} epoch {step / self.steps_per_epoch:.2f} "
+                     f"lr {self.scheduler.get_lr():.2e}: {shown}")
+            self._running = {}
+
+    def _evaluate_and_checkpoint(self, clock):
+        start, earlier = clock
+        elapsed = earlier + time.time() - start
+        self._evaluate_and_keep_best(elapsed - self.state["eval_seconds"] - self.state["checkpoint_seconds"])
+        t0 = time.time()
+        self.state["train_seconds"] = earlier + t0 - start
+        self._write_checkpoint()
+        self.state["checkpoint_seconds"] += time.time() - t0
+
+    def _summary(self, step) -> dict:
+        st = self.state
+        return {"best_metric": st["best_metric"], "best_step": st["best_step"],
                 "metric": self.metric, "global_step": step, "total_steps": self.total_steps,
-                "train_seconds": self.state["train_seconds"], "eval_seconds": self.state["eval_seconds"],
-                "checkpoint_seconds": self.state["checkpoint_seconds"],
-                "training_seconds": (self.state["train_seconds"] - self.state["eval_seconds"]
-                                     - self.state["checkpoint_seconds"]),
+                "train_seconds": st["train_seconds"], "eval_seconds": st["eval_seconds"],
+                "checkpoint_seconds": st["checkpoint_seconds"],
+                "training_seconds": st["train_seconds"] - st["eval_seconds"] - st["checkpoint_seconds"],
                 "world_size": self.world,
-                **({"weights_sha256": self.state["weights_sha256"]} if "weights_sha256" in self.state else {}),
+                **({"weights_sha256": st["weights_sha256"]} if "weights_sha256" in st else {}),
                 "finished": step >= self.total_steps}
