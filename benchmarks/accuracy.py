@@ -242,7 +242,8 @@ def history(out):
 
 def timed_history(out, summary):
     """``[(step, training minutes, entry)]`` of a run's dev evaluations. Runs that predate the
-    per-evaluation clock get minutes from their mean seconds per step, marked estimated."""
+    per-evaluation clock get minutes from their mean seconds per step, evaluations included,
+    marked estimated."""
     hist = history(out)
     if all("training_seconds" in e for e in hist):
         return [(e["step"], e["training_seconds"] / 60, e) for e in hist], False
@@ -270,7 +271,8 @@ def curves(results, args) -> str:
         for st in steps:
             out.append(f"| {st} | " + " | ".join(f"{by_name[n][st]:.4f}" if st in by_name[n] else "" for n in names) + " |")
         out += ["", f"First reached ({task}; step, training minutes without evaluations; ~ = estimated from the "
-                    "run's mean step time):", "", "| student | 90% of the teacher | 95% of the teacher |", "|---|---|---|"]
+                    "run's mean step time, evaluations included):", "",
+                "| student | 90% of the teacher | 95% of the teacher |", "|---|---|---|"]
         for n in names:
             est = "~" if timed[n][1] else ""
             cells = [(lambda r: f"step {r[0]}, {est}{r[1]:.1f} min" if r else "not reached")(
@@ -295,7 +297,7 @@ def curve_plot(results, args, path):
         for n in expand(args.variants):
             timed, est = timed_history(os.path.join(args.out_dir, task, n), rows[n])
             ax.plot([m for _, m, _ in timed], [e[metric] for _, _, e in timed], marker=".",
-                    label=n + (" (minutes estimated)" if est else ""))
+                    label=n + (" (minutes estimated, evaluations included)" if est else ""))
         ax.axhline(rows["teacher"]["best_metric"], color="k", ls="--", lw=1, label="teacher")
         ax.set_xlabel("training minutes (evaluations excluded)")
         ax.set_ylabel(f"dev {metric}")
@@ -322,6 +324,14 @@ def plot(results, args, path):
     ax.set_ylabel("dev metric")
     ax.legend(fontsize=7, ncol=min(len(names), 5), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.savefig(path, dpi=120, bbox_inches="tight")  # room for the legend above the axes
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -373,7 +383,7 @@ def main(argv=None):
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}
     text = table(results, args) + "\n\n" + curves(results, args)
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"Date {time.strftime('%Y-%m-%d')}, machine {platform.processor() or platform.machine()} "
+    header = (f"Date {time.strftime('%Y-%m-%d')}, machine {cpu_model()} "
               f"({os.cpu_count()} CPUs), wall time {(time.time() - t0) / 60:.1f} min this invocation.\n"
               f"Command: `{cmd}`\n\n")
     print(header + text)

@@ -198,6 +198,7 @@ def test_every_task_config_parses_for_both_commands(name):
     s = parse_args(DistillArgs, ["--config", path, "--output_dir", "o"], section="student")
     get_task(s.task_name)
     assert s.bi and s.pred_distill and s.intermediate_distill and s.batch_size == 16
+    assert s.optimizer == "bertadam" and t.optimizer == "adamw"  # the authors' optimizer for the student
     assert isinstance(s.learning_rate, float) and t.learning_rate < s.learning_rate or s.task_name == "rte"
 
 
