@@ -43,8 +43,10 @@ setup(
         "scikit-learn",
         "pyyaml",
         "safetensors",
+        "tokenizers",  # the packed runtime's text input
     ],
-    extras_require={"test": ["pytest"]},
+    # deploy: only for benchmarks/deploy.py (ONNX Runtime baselines); the runtime never needs it
+    extras_require={"test": ["pytest"], "deploy": ["onnxruntime", "paddle2onnx"]},
     ext_modules=[KERNELS],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -77,7 +77,7 @@ def main(argv=None):
         *flags])
     t2 = time.time()
     packed = os.path.join(args.output_dir, "student.bibert")
-    info = export(student_dir, packed)
+    info = export(student_dir, packed, args.max_seq_length)
     result = {"teacher_acc": student["teacher_metric"], "student_acc": student["student_metric"],
               "retention": student["retention"], "teacher_steps": teacher["global_step"],
               "student_steps": student["global_step"], "teacher_minutes": (t1 - t0) / 60,
@@ -95,18 +95,24 @@ def main(argv=None):
           f"{info['fp_bytes'] / 2**20:.1f} MiB)")
     print(f"wall time: {result['total_minutes']:.1f} min (teacher {result['teacher_minutes']:.1f}, "
           f"student {result['student_minutes']:.1f})")
+    print(f"try it (no Paddle needed): python -m paddle_bibert.runtime predict {packed} "
+          "\"a gripping, funny film\"")
     return result
 
 
-def export(student_dir, path):
+def export(student_dir, path, max_seq_length):
     """The best student as a packed file; returns its size and its float32 weights' size."""
     from paddle_bibert import load_binarized
+    from paddle_bibert.convert import load_tokenizer
     from paddle_bibert.export import export_packed
     from paddle_bibert.export.cost import BertShape, count
 
     model = load_binarized(os.path.join(student_dir, "best_model"))
     model.eval()
-    info = export_packed(model, path)
+    # with its tokenizer and label names, so the file takes text and gives labels
+    tokenizer = load_tokenizer(os.path.join(student_dir, "best_model"))
+    info = export_packed(model, path, tokenizer=tokenizer, task="movie-reviews",
+                         max_seq_length=max_seq_length, labels=["negative", "positive"])
     return dict(info, fp_bytes=count(BertShape.from_config(info["config"]))["fp_bytes"])
 
 

@@ -258,7 +258,7 @@ def run_glue(argv=None, log=None):
     from paddlenlp.transformers import BertForSequenceClassification
 
     from .convert import load_model, load_tokenizer
-    from .data.glue import get_task
+    from .data.glue import get_task, write_task_file
     from .training.trainer import Trainer
 
     info = get_task(args.task_name)
@@ -284,6 +284,7 @@ def run_glue(argv=None, log=None):
     def save(m, d):
         m.save_pretrained(d)
         tokenizer.save_pretrained(d)
+        write_task_file(d, info.name, args.max_seq_length)
 
     result = Trainer(model, loss_fn, train_loader, dev_loader, _train_args(args), save, log).train()
     summary = {"command": "run_glue", "task": info.name, "model": path, **result}
@@ -325,7 +326,7 @@ def _task_distill(args: DistillArgs, log):
     _setup(args)
     if args.teacher_model_type != "bert":
         raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
-    from .data.glue import get_task
+    from .data.glue import get_task, write_task_file
     from .data.metrics import main_metric
     from .distill.distiller import DistillConfig, Distiller
     from .training.trainer import Trainer, evaluate
@@ -364,6 +365,7 @@ def _task_distill(args: DistillArgs, log):
     def save(m, d):
         (save_binarized(m, d) if args.bi else m.save_pretrained(d))
         s_tok.save_pretrained(d)
+        write_task_file(d, info.name, args.max_seq_length)
 
     result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log).train()
     t_val = teacher_metrics[metric]

@@ -42,3 +42,15 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     want = student(paddle.to_tensor(ids)).numpy()
     got = load_packed(str(packed))(ids, np.zeros_like(ids))
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    # and it takes text: the label of the student's arg-max on the same tokens
+    runtime = load_packed(str(packed))
+    ids, _ = runtime.text_encoder.encode(["a gripping, funny film"])
+    with paddle.no_grad():
+        logits = student(paddle.to_tensor(ids)).numpy()
+    assert runtime.predict(["a gripping, funny film"]) == [["negative", "positive"][logits.argmax()]]
+    assert "python -m paddle_bibert.runtime predict" in text
+    # the training commands leave the task beside each model, for python -m paddle_bibert.export
+    from paddle_bibert.data.glue import read_task_file
+    for d in (out / "teacher" / "best_model", out / "student" / "best_model"):
+        assert read_task_file(str(d)) == {"task": "movie-reviews", "max_seq_length":
+                                          runtime.config["tokenizer"]["max_seq_length"]}

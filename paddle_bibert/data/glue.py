@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.util
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -168,6 +169,34 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None, split: str =
     if data_dir is None:
         return _load_with_paddlenlp(info, split)
     return _read_tsv(info, _find_file(info, data_dir, split), split)
+
+
+#: Written beside a trained model: its task and the maximum length it was trained with, which
+#: the exporter stores in the packed file (``python -m paddle_bibert.export``).
+TASK_FILE = "task.json"
+
+
+def write_task_file(model_dir: str, task: str, max_seq_length: int) -> None:
+    with open(os.path.join(model_dir, TASK_FILE), "w") as f:
+        json.dump({"task": get_task(task).name, "max_seq_length": int(max_seq_length)}, f)
+
+
+def read_task_file(model_dir: str) -> dict:
+    """``{"task", "max_seq_length"}`` of a model folder, or {} if it has no task file."""
+    path = os.path.join(model_dir, TASK_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_labelled_tsv(task: str, path: str | os.PathLike) -> list[dict]:
+    """A labelled file of one's own in the task's GLUE dev layout (header row, same columns as
+    ``<TaskDir>/dev.tsv``; movie-reviews takes SST-2's ``sentence<TAB>label``), for scoring a
+    model on held-out data. Raises ValueError naming the row of a bad line or label."""
+    info = get_task(task)
+    layout = get_task("sst-2") if info.name == "movie-reviews" else info
+    return _read_tsv(layout, os.fspath(path), layout.dev_splits[0])
 
 
 def _find_file(info: TaskInfo, data_dir, split: str) -> str:

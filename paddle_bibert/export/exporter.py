@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, QKV_QUANTIZERS, SUPPORTED_ATTENTION,
-                     required_version, write_packed)
+                     VOCAB_TENSOR, encode_vocab, required_version, write_packed)
 from .pack import nwords, pack_bits
 
 __all__ = ["export_packed"]
@@ -239,7 +239,46 @@ class _Packer:
         self.tensors["classifier.bias"] = classifier.bias.numpy().astype(np.float32)
 
 
-def export_packed(model, path: str) -> dict:
+def text_metadata(tokenizer, num_labels: int, max_positions: int, task=None,
+                  max_seq_length=None, labels=None):
+    """``(config["tokenizer"], config["task"], vocab tensor)`` of a version-3 file, from a BERT
+    WordPiece tokenizer (PaddleNLP's or Hugging Face's: ``get_vocab``, ``do_lower_case`` and
+    the special tokens), a GLUE task name (or None: single sentences, labels "0".."n-1"),
+    label names overriding the task's, and the maximum length (default: the tokenizer's,
+    within the position table)."""
+    from ..data.glue import get_task
+
+    index = tokenizer.get_vocab()
+    vocab = sorted(index, key=index.get)
+    if [index[t] for t in vocab] != list(range(len(vocab))):
+        raise ValueError("export_packed: the tokenizer's ids are not 0..n-1")
+    tok = {"do_lower_case": bool(getattr(tokenizer, "do_lower_case", True))}
+    for key in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token"):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            tok[key] = str(value)
+    length = max_seq_length or min(int(getattr(tokenizer, "model_max_length", max_positions)
+                                       or max_positions), max_positions)
+    if not 3 <= int(length) <= max_positions:
+        raise ValueError(f"export_packed: max_seq_length {length} is outside [3, {max_positions}] "
+                         "(the model's position table)")
+    tok["max_seq_length"] = int(length)
+    info = get_task(task) if task else None
+    names = list(info.labels) if info and info.labels else None
+    if labels is not None:
+        names = [str(x) for x in labels]
+    elif info is None and num_labels > 1:
+        names = [str(i) for i in range(num_labels)]
+    if (1 if names is None else len(names)) != num_labels:
+        raise ValueError(f"export_packed: {len(names or [])} label names for a model with "
+                         f"{num_labels} outputs" + ("" if names else " (a regression model has 1)"))
+    task_cfg = {"name": info.name if info else None, "pair": bool(info and info.is_pair),
+                "labels": names}
+    return tok, task_cfg, encode_vocab(vocab)
+
+
+def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=None,
+                  labels=None) -> dict:
     """Write a model binarized by ``binarize_model`` with a 1-bit recipe as a packed file.
 
     Every binarized weight is stored as its sign bits plus its full-precision scale per output
@@ -250,6 +289,10 @@ def export_packed(model, path: str) -> dict:
     Raises ``ValueError`` naming the first module that is not 1-bit (a k-bit recipe such as
     ``bit`` or ``binarybert`` with act_bits 2 or 4 is refused as a whole) or not supported;
     nothing is written then. Returns a summary (``path``, ``bytes``, ``config``, ``version``).
+
+    With ``tokenizer`` the file is self-contained for text (format version 3, see
+    :func:`text_metadata` for ``task``, ``max_seq_length`` and ``labels``): the runtime's
+    ``predict`` then takes sentences and returns label names.
     """
     import paddle
 
@@ -285,6 +328,13 @@ def export_packed(model, path: str) -> dict:
     }
     if required_version({**cfg, "quantizers": packer.quant}) > 1:
         cfg["quantizers"] = packer.quant  # a version-1 file keeps the version-1 config exactly
+    if tokenizer is not None:
+        cfg["tokenizer"], cfg["task"], t[VOCAB_TENSOR] = text_metadata(
+            tokenizer, cfg["num_labels"], cfg["max_position_embeddings"], task, max_seq_length,
+            labels)
+    elif task is not None or labels is not None or max_seq_length is not None:
+        raise ValueError("export_packed: task, labels and max_seq_length describe the text "
+                         "input; pass the tokenizer too")
     if t["embeddings.word.bits"].shape[1] != nwords(h):
         raise AssertionError("word embedding bits do not match the hidden size")
     version = required_version(cfg)

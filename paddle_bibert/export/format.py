@@ -4,14 +4,15 @@ Layout: a standard safetensors file (8-byte little-endian header length, JSON he
 bytes), readable by any safetensors reader. Its ``__metadata__`` holds:
 
     format          "bibert-packed"                 (the magic)
-    format_version  "1" or "2": the lowest version that describes the file (see below); a
-                    reader runs every version up to its own ``FORMAT_VERSION`` (2)
+    format_version  "1", "2" or "3": the lowest version that describes the file (see below); a
+                    reader runs every version up to its own ``FORMAT_VERSION`` (3)
     config          JSON: architecture, hidden_size, num_attention_heads, num_hidden_layers,
                     intermediate_size, vocab_size, max_position_embeddings, type_vocab_size,
                     hidden_act ("gelu", or "relu" from version 2), pool_act, pad_token_id,
                     num_labels, attention ("bool", "softmax_sign", or "softmax" from version 2),
                     layer_norm_eps {LayerNorm name: epsilon}, binarize (the BinarizeConfig
-                    used; its ``method`` names the recipe), and from version 2 ``quantizers``
+                    used; its ``method`` names the recipe), from version 2 ``quantizers``,
+                    from version 3 ``tokenizer`` and ``task`` (see "Version 3")
     payload_sha256  SHA-256 over the tensors, see :func:`payload_sha256`
 
 Tensors (``N`` outputs, ``K`` inputs of a binarized linear; Paddle weight ``W`` is ``[K, N]``):
@@ -67,6 +68,15 @@ The FFN is ``ffn_out(q(act(ffn_in(x))))`` with act = ``hidden_act``; with "softm
 ``q(softmax(Qq Kq^T / sqrt(d) + mask))`` and the context ``map @ Vq``. A version-1 file is read
 as every site ``ste_sign`` and the map by its attention mode.
 
+Version 3 makes the file self-contained for text in, label out (any model of versions 1-2 plus):
+
+    config["tokenizer"]  {"do_lower_case": bool, "max_seq_length": int, "unk_token", "cls_token",
+                          "sep_token", "pad_token" (and "mask_token" if the tokenizer has one)}
+    config["task"]       {"name": GLUE task or null, "pair": bool (sentence pairs),
+                          "labels": label name per class, or null for a regression model}
+    tokenizer.vocab      uint8 [n]  the WordPiece vocabulary, UTF-8, one token per line in id
+                                    order, joined by "\n" (covered by the checksum)
+
 This module reads and writes the file with numpy and safetensors only (the runtime imports it
 and never Paddle); ``exporter.py`` turns a binarized Paddle model into its tensors.
 """
@@ -85,11 +95,17 @@ import numpy as np
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "PackedFile", "PackedFormatError",
            "read_packed", "write_packed", "payload_sha256", "LINEARS", "SUPPORTED_ATTENTION",
            "ACT_QUANTIZERS", "QKV_QUANTIZERS", "MAP_QUANTIZERS", "site_quantizers",
-           "required_version"]
+           "required_version", "VOCAB_TENSOR", "TOKENIZER_KEYS", "encode_vocab", "decode_vocab",
+           "check_text_config"]
 
 FORMAT_NAME = "bibert-packed"
 #: The newest version this module reads and writes (it writes the lowest one a file needs).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The tensor holding a version-3 file's vocabulary.
+VOCAB_TENSOR = "tokenizer.vocab"
+#: Keys of a version-3 ``config["tokenizer"]`` (``mask_token`` is optional).
+TOKENIZER_KEYS = ("do_lower_case", "max_seq_length", "unk_token", "cls_token", "sep_token",
+                  "pad_token")
 #: Attention modes whose map is binary, so the whole encoder runs on bits.
 SUPPORTED_ATTENTION = ("bool", "softmax_sign", "softmax")
 #: Binarized linears of one encoder layer: file name -> Paddle sublayer path.
@@ -121,10 +137,54 @@ def site_quantizers(config: dict) -> Dict[str, str]:
 
 def required_version(config: dict) -> int:
     """The lowest format version that describes a file with this config."""
+    if "tokenizer" in config or "task" in config:
+        return 3
     v2 = (config.get("attention") not in ("bool", "softmax_sign")
           or config.get("hidden_act", "gelu") != "gelu"
           or any(q in ELASTIC for q in (config.get("quantizers") or {}).values()))
     return 2 if v2 else 1
+
+
+def encode_vocab(tokens) -> np.ndarray:
+    """The ``tokenizer.vocab`` tensor of a token list (in id order)."""
+    tokens = [str(t) for t in tokens]
+    bad = [t for t in tokens if "\n" in t or not t]
+    if bad:
+        raise ValueError(f"vocabulary tokens cannot be empty or hold a newline: {bad[:3]!r}")
+    return np.frombuffer("\n".join(tokens).encode("utf-8"), np.uint8).copy()
+
+
+def decode_vocab(tensor: np.ndarray) -> list:
+    """The token list of a ``tokenizer.vocab`` tensor."""
+    try:
+        return np.asarray(tensor, np.uint8).tobytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise PackedFormatError(f"{VOCAB_TENSOR} is not UTF-8 text ({err})") from None
+
+
+def check_text_config(config: dict, tensors: Dict[str, np.ndarray]) -> None:
+    """Raise ``PackedFormatError`` unless a version-3 file's tokenizer, task and vocabulary are
+    complete and agree with the model (vocabulary size, label count, positions)."""
+    tok, task = config.get("tokenizer"), config.get("task")
+    if not isinstance(tok, dict) or not isinstance(task, dict) or VOCAB_TENSOR not in tensors:
+        raise PackedFormatError("a version-3 file needs config['tokenizer'], config['task'] and "
+                                f"the {VOCAB_TENSOR} tensor together")
+    missing = [k for k in TOKENIZER_KEYS if k not in tok] + [
+        k for k in ("name", "pair", "labels") if k not in task]
+    if missing:
+        raise PackedFormatError(f"tokenizer/task metadata lacks {missing}")
+    n = len(decode_vocab(tensors[VOCAB_TENSOR]))
+    if n != int(config["vocab_size"]):
+        raise PackedFormatError(f"the stored vocabulary has {n} tokens, the model "
+                                f"{config['vocab_size']}")
+    labels = task["labels"]
+    want = 1 if labels is None else len(labels)
+    if want != int(config["num_labels"]):
+        raise PackedFormatError(f"task labels {labels} do not match the model's "
+                                f"{config['num_labels']} outputs")
+    if not 3 <= int(tok["max_seq_length"]) <= int(config["max_position_embeddings"]):
+        raise PackedFormatError(f"max_seq_length {tok['max_seq_length']} is outside [3, "
+                                f"{config['max_position_embeddings']}] (the position table)")
 
 
 class PackedFormatError(ValueError):
@@ -164,6 +224,8 @@ def write_packed(path: str, tensors: Dict[str, np.ndarray], config: dict,
         raise ValueError(f"format version {version} cannot describe this config (needs "
                          f"{required_version(config)}..{FORMAT_VERSION})")
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    if version >= 3:
+        check_text_config(config, tensors)
     meta = {"format": FORMAT_NAME, "format_version": str(version),
             "config": json.dumps(config, sort_keys=True), "payload_sha256": payload_sha256(tensors)}
     d = os.path.dirname(os.path.abspath(path))
@@ -233,10 +295,10 @@ def read_packed(path: str) -> PackedFile:
         raise PackedFormatError(f"{path}: format version {version} file uses version "
                                 f"{required_version(config)} features (attention "
                                 f"{config.get('attention')!r}, hidden_act "
-                                f"{config.get('hidden_act')!r}, elastic quantizers)")
+                                f"{config.get('hidden_act')!r}, elastic quantizers, tokenizer)")
+    if version >= 3:
+        try:
+            check_text_config(config, tensors)
+        except PackedFormatError as err:
+            raise PackedFormatError(f"{path}: {err}") from None
     return PackedFile(config=config, tensors=tensors, metadata=meta)
-
-
-# -------------------------------------------------------------------------- Paddle side
-
-#: Attribute of a binary layer holding a quantizer -> what it quantizes (for error messages).

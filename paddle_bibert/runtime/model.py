@@ -45,10 +45,12 @@ from typing import Optional
 import numpy as np
 
 from ..export.format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, QKV_QUANTIZERS,
-                             PackedFile, PackedFormatError, read_packed, site_quantizers)
+                             VOCAB_TENSOR, PackedFile, PackedFormatError, decode_vocab, read_packed,
+                             site_quantizers)
 from ..export.pack import nwords
 from .kernels import (ACT_GELU, ACT_NONE, ACT_RELU, MODE_BOOL, MODE_KEEP, MODE_SOFTMAX, Q_SIGN,
                       Q_UNSIGNED, Kernels)
+from .text import TextModel
 
 __all__ = ["PackedBert", "load_packed"]
 
@@ -115,8 +117,10 @@ class _Linear:
                                unsigned=self.q.kind == Q_UNSIGNED)
 
 
-class PackedBert:
-    """A packed BiBERT ``BertForSequenceClassification``; call it on token ids for logits.
+class PackedBert(TextModel):
+    """A packed BiBERT ``BertForSequenceClassification``; call it on token ids for logits, or
+    (format version 3) on text: ``predict(["a gripping film"])`` -> label names, also
+    ``predict_proba`` and ``scores`` (see ``text.TextModel``).
 
     ``backend``: ``"auto"`` (compiled kernels if built, else numpy), ``"c"`` or ``"numpy"``;
     ``isa`` picks the compiled kernel set (``avx512``, ``avx2``, ``popcnt``, ``generic``);
@@ -137,6 +141,7 @@ class PackedBert:
                                     f"runtime runs {sorted(_ACTS)}")
         self.kernels = Kernels(backend, isa, num_threads)
         t = packed.tensors
+        self._packed_vocab = decode_vocab(t[VOCAB_TENSOR]) if VOCAB_TENSOR in t else None
         try:
             self._build(c, t)
         except KeyError as err:
