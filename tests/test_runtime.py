@@ -317,10 +317,16 @@ def test_unsigned_binary_linear_matches_numpy(kern, rng, m, n, k):
 def test_pack_act_matches_numpy_and_the_formulas(kern, rng, act, kind, with_shift):
     rows, n, a = 7, 130, np.float32(0.75)
     x = (rng.standard_normal((rows, n)) * 3).astype(np.float32)
-    x[0, :6] = [0.0, -0.0, -8.0, -30.0, 0.375, 1e-30]  # zeros, GELU underflow, v / a == 0.5
+    # zeros, GELU underflow, v / a == 0.5, NaN (-NaN too), v + shift == 0 exactly; in the first
+    # 8 values (one vector of the AVX2 path) and again in the scalar tail (n = 130)
+    # (no NaN through GELU: the sign of erf(NaN) is the C library's choice)
+    nan = np.float32(np.nan) if act != ref.ACT_GELU else np.float32(2.0)
+    special = np.array([0.0, -0.0, -8.0, -30.0, 0.375, 1e-30, -nan, 0.5], np.float32)
+    x[0, :8], x[1, -8:] = special, special
+    x[2, 8:16] = nan
     shift = (rng.standard_normal(n) * 0.3).astype(np.float32) if with_shift else None
     if shift is not None:
-        shift[:6] = [0.0, 0.0, 0.0, -0.0, 0.0, -0.0]
+        shift[:8] = shift[-8:] = [0.0, 0.0, 0.0, -0.0, 0.0, -0.0, 0.1, -0.5]
     got = kern.pack_act(x, shift, a, kind, act)
     np.testing.assert_array_equal(got, NUMPY.pack_act(x, shift, a, kind, act))
     v = {ref.ACT_NONE: x, ref.ACT_RELU: np.where(x > 0, x, np.float32(0)),

@@ -402,6 +402,75 @@ static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const f
 }
 #endif
 
+/* GELU as Paddle's float32 kernel evaluates it, x * 0.5 * (1 + erf(x * (1/sqrt 2))), each step
+ * rounded to float32 and erf taken in double: it keeps the float32 cancellation of 1 + erf, so
+ * it returns -0.0 where Paddle does for very negative x (from about -5.6; Paddle's own erf
+ * reaches -1 from about -5.2). */
+static float gelu32(float v) {
+    const float t = v * (float)M_SQRT1_2;
+    const float e = (float)erf((double)t);
+    return (v * 0.5f) * (1.0f + e);
+}
+
+/* The bit of one value of a binarized activation: v = act(x) (+ shift), then signbit(v)
+ * (Q_SIGN: {-a, +a} with a folded into the next layer's scales) or 1[v / scale > 0.5] in float32
+ * (Q_UNSIGNED: BiT's {0, a}, a * clip(round_half_down(v / a), 0, 1)). */
+static inline uint64_t act_bit(float v, const float *shift, size_t k, float scale, int kind,
+                               int act) {
+    if (act == ACT_RELU) v = v > 0.0f ? v : 0.0f;
+    else if (act == ACT_GELU) v = gelu32(v);
+    if (shift) { /* a sum of exactly 0 keeps v's sign bit (GELU's -0.0 + 0 stays -) */
+        const float s = v + shift[k];
+        if (s != 0.0f) v = s;
+    }
+    if (kind == Q_SIGN) {
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        return u >> 31;
+    }
+    return v / scale > 0.5f;
+}
+
+/* One row of n values -> nwords(n) words; pad bits 0. */
+static void pack_act_row_generic(const float *x, size_t n, const float *shift, float scale,
+                                 int kind, int act, uint64_t *out) {
+    for (size_t w = 0; w < nwords(n); w++) {
+        uint64_t word = 0;
+        size_t end = n - 64 * w < 64 ? n - 64 * w : 64;
+        for (size_t j = 0; j < end; j++)
+            word |= act_bit(x[64 * w + j], shift, 64 * w + j, scale, kind, act) << j;
+        out[w] = word;
+    }
+}
+
+#ifdef BB_X86
+/* The same bits, 8 values at a time (GELU's erf stays scalar): max(v, 0) is ReLU's v > 0 ? v : 0
+ * (-0.0 and NaN give +0.0), the shift is kept where v + shift != 0 (unordered: NaN sums too),
+ * and the division is IEEE's, so every bit equals act_bit's. */
+static T256 void pack_act_row_avx2(const float *x, size_t n, const float *shift, float scale,
+                                   int kind, int act, uint64_t *out) {
+    if (act == ACT_GELU) {
+        pack_act_row_generic(x, n, shift, scale, kind, act, out);
+        return;
+    }
+    const __m256 zero = _mm256_setzero_ps(), half = _mm256_set1_ps(0.5f);
+    const __m256 sc = _mm256_set1_ps(scale);
+    memset(out, 0, nwords(n) * sizeof(uint64_t));
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        if (act == ACT_RELU) v = _mm256_max_ps(v, zero);
+        if (shift) {
+            const __m256 s = _mm256_add_ps(v, _mm256_loadu_ps(shift + k));
+            v = _mm256_blendv_ps(v, s, _mm256_cmp_ps(s, zero, _CMP_NEQ_UQ));
+        }
+        if (kind != Q_SIGN) v = _mm256_cmp_ps(_mm256_div_ps(v, sc), half, _CMP_GT_OQ);
+        out[k / 64] |= (uint64_t)(uint32_t)_mm256_movemask_ps(v) << (k % 64);
+    }
+    for (; k < n; k++) out[k / 64] |= act_bit(x[k], shift, k, scale, kind, act) << (k % 64);
+}
+#endif
+
 /* ------------------------------------------------------------------------- dispatch */
 
 /* Optional fused binary-linear tile (TM rows x TN * 8 channels, all valid): float outputs, or
@@ -419,15 +488,21 @@ typedef struct {
     context_fn context;
     void (*ln_row)(const float *x, const float *res, size_t H, const float *g, const float *b,
                    double eps, float *o);
+    void (*pack_act_row)(const float *x, size_t n, const float *shift, float scale, int kind,
+                         int act, uint64_t *out);
 } isa_t;
 
 static const isa_t ISAS[] = {
 #ifdef BB_X86
-    {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512, ln_row_avx2},
-    {"avx2", tile_avx2, NULL, pack_avx2, scores_popcnt, context_popcnt, ln_row_avx2},
-    {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic},
+    {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512, ln_row_avx2,
+     pack_act_row_avx2},
+    {"avx2", tile_avx2, NULL, pack_avx2, scores_popcnt, context_popcnt, ln_row_avx2,
+     pack_act_row_avx2},
+    {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
+     pack_act_row_generic},
 #endif
-    {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic},
+    {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
+     pack_act_row_generic},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -704,47 +779,6 @@ static void pack_rows(const float *x, size_t rows, size_t n, uint64_t *out) {
     pool_run(pack_chunk, &j, (long)((rows + j.chunk - 1) / j.chunk));
 }
 
-/* GELU as Paddle's float32 kernel evaluates it, x * 0.5 * (1 + erf(x * (1/sqrt 2))), each step
- * rounded to float32 and erf taken in double: it keeps the float32 cancellation of 1 + erf, so
- * it returns -0.0 where Paddle does for very negative x (from about -5.6; Paddle's own erf
- * reaches -1 from about -5.2). */
-static float gelu32(float v) {
-    const float t = v * (float)M_SQRT1_2;
-    const float e = (float)erf((double)t);
-    return (v * 0.5f) * (1.0f + e);
-}
-
-/* One row of a binarized activation: v = act(x_k) (+ shift_k), then the bit is signbit(v)
- * (Q_SIGN: {-a, +a} with a folded into the next layer's scales) or 1[v / scale > 0.5] in float32
- * (Q_UNSIGNED: BiT's {0, a}, a * clip(round_half_down(v / a), 0, 1)); pad bits 0. */
-static void pack_act_row(const float *x, size_t n, const float *shift, float scale, int kind,
-                         int act, uint64_t *out) {
-    for (size_t w = 0; w < nwords(n); w++) {
-        uint64_t word = 0;
-        size_t end = n - 64 * w < 64 ? n - 64 * w : 64;
-        for (size_t j = 0; j < end; j++) {
-            const size_t k = 64 * w + j;
-            float v = x[k];
-            if (act == ACT_RELU) v = v > 0.0f ? v : 0.0f;
-            else if (act == ACT_GELU) v = gelu32(v);
-            if (shift) {  /* a sum of exactly 0 keeps v's sign bit (GELU's -0.0 + 0 stays -) */
-                const float s = v + shift[k];
-                if (s != 0.0f) v = s;
-            }
-            uint64_t bit;
-            if (kind == Q_SIGN) {
-                uint32_t u;
-                memcpy(&u, &v, 4);
-                bit = u >> 31;
-            } else {
-                bit = v / scale > 0.5f;
-            }
-            word |= bit << j;
-        }
-        out[w] = word;
-    }
-}
-
 typedef struct {
     const float *x, *shift;
     size_t rows, n, chunk;
@@ -758,7 +792,8 @@ static void pack_act_chunk(void *vctx, long c, int tid) {
     const size_t nw = nwords(j->n), r1 = (c + 1) * j->chunk < j->rows ? (c + 1) * j->chunk : j->rows;
     (void)tid;
     for (size_t r = c * j->chunk; r < r1; r++)
-        pack_act_row(j->x + r * j->n, j->n, j->shift, j->scale, j->kind, j->act, j->out + r * nw);
+        g_isa->pack_act_row(j->x + r * j->n, j->n, j->shift, j->scale, j->kind, j->act,
+                            j->out + r * nw);
 }
 
 static void pack_act(const float *x, size_t rows, size_t n, const float *shift, float scale,
@@ -800,25 +835,37 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
  *     s_j = S_j * sscale            (sscale = a_q a_k / sqrt(dh), in double)
  *     p_j = (float)(exp(s_j - max s) / sum_k exp(s_k - max s))   (double, summed in key order)
  *     bit j = 1[p_j / mscale > 0.5]  in float32 (mscale = a_p: {0, a_p} = a_p clip(round(p / a_p)))
- * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0. Ai must be zeroed. */
+ * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0. Ai must be zeroed.
+ * A count takes dh + 1 values, so every exp(s_j - max s) is an entry of the table
+ * E[m][c] = exp(s(c) - s(m)) (m: the count of the top score), evaluated by the same expression
+ * as a direct computation, so every bit is the same; and p_j depends on cnt[j] only, so the
+ * division and threshold run once per count value, not once per key. */
 static void softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, int any,
-                            double sscale, float mscale, double *sc, uint64_t *Ai) {
-    double mx = -INFINITY, sum = 0.0;
+                            double sscale, const double *E, float mscale, uint8_t *on,
+                            uint64_t *Ai) {
+    /* the count of the largest score: the smallest count (sscale > 0), the largest (< 0) */
+    long lo = dh, hi = 0;
     for (size_t j = 0; j < L; j++)
         if (!any || kp[j]) {
-            sc[j] = (double)(dh - 2 * (long)cnt[j]) * sscale;
-            if (sc[j] > mx) mx = sc[j];
+            const long c = cnt[j];
+            lo = c < lo ? c : lo;
+            hi = c > hi ? c : hi;
         }
+    const long top = sscale >= 0.0 ? lo : hi;
+    const double *e = E + (size_t)top * (dh + 1);
+    double sum = 0.0;
     for (size_t j = 0; j < L; j++)
-        if (!any || kp[j]) {
-            sc[j] = exp(sc[j] - mx);
-            sum += sc[j];
-        }
+        if (!any || kp[j]) sum += e[cnt[j]];
+    for (long c = 0; c <= dh; c++) on[c] = (float)(e[c] / sum) / mscale > 0.5f;
     for (size_t j = 0; j < L; j++)
-        if (!any || kp[j]) {
-            const float p = (float)(sc[j] / sum);
-            if (p / mscale > 0.5f) Ai[j / 64] |= 1ULL << (j % 64);
-        }
+        if ((!any || kp[j]) && on[cnt[j]]) Ai[j / 64] |= 1ULL << (j % 64);
+}
+
+/* E[m][c] = exp(s(c) - s(m)), s(c) = (dh - 2c) * sscale, for counts m, c in 0..dh. */
+static void softmax_table(long dh, double sscale, double *E) {
+    for (long m = 0; m <= dh; m++)
+        for (long c = 0; c <= dh; c++)
+            E[m * (dh + 1) + c] = exp((double)(dh - 2 * c) * sscale - (double)(dh - 2 * m) * sscale);
 }
 
 /* Binary attention for one (batch b, head h), from the packed sign bits of the Q/K/V
@@ -829,16 +876,16 @@ static void softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t
  *                                                            MODE_SOFTMAX: softmax_map_row)
  *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
  * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw],
- * then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and scores double [L].
+ * then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag per count value [dh + 1].
  */
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
-                         size_t dh, size_t b, size_t h, int mode, double sscale, float mscale,
-                         float *ctx, uint64_t *scratch) {
+                         size_t dh, size_t b, size_t h, int mode, double sscale, const double *E,
+                         float mscale, float *ctx, uint64_t *scratch) {
     const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8, DB = (dh + 7) / 8;
     uint64_t *Qb = scratch, *Kil = Qb + L * dw, *A = Kil + LB * dw * 8, *Vil = A + L * Lw;
     uint64_t *Vb = Vil + DB * Lw * 8;
     int32_t *cnt = (int32_t *)(Vb + 64 * Lw * dw);
-    double *sc = (double *)(cnt + 8 * LB);
+    uint8_t *on = (uint8_t *)(cnt + 8 * LB);
     uint64_t kbits[Lw > dw ? Lw : dw], blk[64];
     const uint8_t *kp = keep + b * L;
 
@@ -877,7 +924,7 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
                 g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
                             LB - jb < TN ? (int)(LB - jb) : TN);
             memset(Ai, 0, Lw * sizeof(uint64_t));
-            softmax_map_row(cnt, L, (long)dh, kp, any, sscale, mscale, sc, Ai);
+            softmax_map_row(cnt, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
         } else {
             memset(Ai, 0, Lw * sizeof(uint64_t));
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
@@ -896,6 +943,7 @@ typedef struct {
     size_t L, H, heads, dh;
     int mode;
     double sscale;
+    const double *E; /* MODE_SOFTMAX: softmax_table */
     float mscale;
     float *ctx;
     uint64_t **scratch; /* one per thread id */
@@ -904,23 +952,28 @@ typedef struct {
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
     attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, (size_t)t / j->heads,
-                 (size_t)t % j->heads, j->mode, j->sscale, j->mscale, j->ctx, j->scratch[tid]);
+                 (size_t)t % j->heads, j->mode, j->sscale, j->E, j->mscale, j->ctx,
+                 j->scratch[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
                      size_t heads, int mode, double sscale, float mscale, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     const size_t words = L * dw + ((L + 7) / 8) * dw * 8 + L * Lw + ((dh + 7) / 8) * Lw * 8 +
-                         64 * Lw * dw + ((L + 7) / 8) * 4 + L; /* + counts, scores */
+                         64 * Lw * dw + ((L + 7) / 8) * 4 + dh / 8 + 1; /* + counts, flags */
     const int nt = P.want < 1 ? 1 : P.want;
     uint64_t *bufs[MAX_THREADS];
-    int ok = 1;
+    double *E = mode == MODE_SOFTMAX ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
+    int ok = mode != MODE_SOFTMAX || E != NULL;
     for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
     if (ok) {
-        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, mscale, ctx, bufs};
+        if (E) softmax_table((long)dh, sscale, E);
+        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, ctx,
+                     bufs};
         pool_run(att_chunk, &j, (long)(B * heads));
     }
     for (int i = 0; i < nt; i++) free(bufs[i]);
+    free(E);
     return ok ? 0 : -1;
 }
 
