@@ -157,38 +157,119 @@ __attribute__((target("popcnt"))) static void context_popcnt(const uint64_t *A, 
 /* ------------------------------------------------------------------------------ AVX2 */
 #define T256 __attribute__((target("avx2,popcnt")))
 
-/* Per 64-bit lane popcount: nibble lookup (vpshufb), then byte sums (vpsadbw). */
-static AI T256 __m256i popcnt256(__m256i v) {
+/* Per-byte popcount (nibble lookup); a byte holds at most 8, so 31 words add up in bytes before
+ * they must be summed into 64-bit lanes (vpsadbw). */
+static AI T256 __m256i popcnt8_256(__m256i v) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
-    __m256i lo = _mm256_and_si256(v, low);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-    __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
-    return _mm256_sad_epu8(cnt, _mm256_setzero_si256());
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+}
+
+enum { BYTE_WORDS = 31 }; /* 31 * 8 = 248 <= 255 */
+
+/* MR (<= 4) rows x one block of 8 interleaved columns: the 2 column loads of a word serve every
+ * row, counts add up in bytes for up to 31 words at a time. */
+static AI T256 void mk256(const uint64_t *a, size_t kw, const uint64_t *bj, const int op,
+                          int32_t *c, size_t ldc, const int MR) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i acc[4][2], byt[4][2];
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = byt[r][0] = byt[r][1] = zero;
+    for (size_t w0 = 0; w0 < kw; w0 += BYTE_WORDS) {
+        const size_t w1 = w0 + BYTE_WORDS < kw ? w0 + BYTE_WORDS : kw;
+        for (size_t w = w0; w < w1; w++) {
+            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(bj + w * 8));
+            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(bj + w * 8 + 4));
+            for (int r = 0; r < MR; r++) {
+                const __m256i av = _mm256_set1_epi64x((long long)a[(size_t)r * kw + w]);
+                const __m256i x0 = op == OP_AND ? _mm256_and_si256(av, b0) : _mm256_xor_si256(av, b0);
+                const __m256i x1 = op == OP_AND ? _mm256_and_si256(av, b1) : _mm256_xor_si256(av, b1);
+                byt[r][0] = _mm256_add_epi8(byt[r][0], popcnt8_256(x0));
+                byt[r][1] = _mm256_add_epi8(byt[r][1], popcnt8_256(x1));
+            }
+        }
+        for (int r = 0; r < MR; r++)
+            for (int h = 0; h < 2; h++) {
+                acc[r][h] = _mm256_add_epi64(acc[r][h], _mm256_sad_epu8(byt[r][h], zero));
+                byt[r][h] = zero;
+            }
+    }
+    /* the low 32 bits of the 8 64-bit counts, in column order */
+    const __m256i lo32 = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    for (int r = 0; r < MR; r++) {
+        const __m128i c0 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[r][0], lo32));
+        const __m128i c1 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[r][1], lo32));
+        _mm256_storeu_si256((__m256i *)(c + (size_t)r * ldc),
+                            _mm256_inserti128_si256(_mm256_castsi128_si256(c0), c1, 1));
+    }
 }
 
 static T256 void tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
                            size_t ldc, int mr, int nb) {
     for (int j = 0; j < nb; j++) {
         const uint64_t *bj = b + (size_t)j * kw * 8;
-        for (int r = 0; r < mr; r++) {
-            const uint64_t *ar = a + (size_t)r * kw;
-            __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-            for (size_t w = 0; w < kw; w++) {
-                __m256i av = _mm256_set1_epi64x((long long)ar[w]);
-                __m256i b0 = _mm256_loadu_si256((const __m256i *)(bj + w * 8));
-                __m256i b1 = _mm256_loadu_si256((const __m256i *)(bj + w * 8 + 4));
-                __m256i x0 = op == OP_AND ? _mm256_and_si256(av, b0) : _mm256_xor_si256(av, b0);
-                __m256i x1 = op == OP_AND ? _mm256_and_si256(av, b1) : _mm256_xor_si256(av, b1);
-                lo = _mm256_add_epi64(lo, popcnt256(x0));
-                hi = _mm256_add_epi64(hi, popcnt256(x1));
-            }
-            int64_t t[8];
-            _mm256_storeu_si256((__m256i *)t, lo);
-            _mm256_storeu_si256((__m256i *)(t + 4), hi);
-            for (int l = 0; l < 8; l++) c[(size_t)r * ldc + 8 * j + l] = (int32_t)t[l];
+        int r = 0;
+        for (; r + 4 <= mr; r += 4)
+            if (op == OP_XOR) mk256(a + (size_t)r * kw, kw, bj, OP_XOR, c + (size_t)r * ldc + 8 * j, ldc, 4);
+            else mk256(a + (size_t)r * kw, kw, bj, OP_AND, c + (size_t)r * ldc + 8 * j, ldc, 4);
+        for (; r < mr; r++)
+            if (op == OP_XOR) mk256(a + (size_t)r * kw, kw, bj, OP_XOR, c + (size_t)r * ldc + 8 * j, ldc, 1);
+            else mk256(a + (size_t)r * kw, kw, bj, OP_AND, c + (size_t)r * ldc + 8 * j, ldc, 1);
+    }
+}
+
+/* Full 4 x 32 tile with the binary-linear epilogue, 4 channels at a time in double: the same
+ * operations as popc_gemm's scalar epilogue ((K - 2 count) * alpha + bias, no FMA, rounded once
+ * to float), so the same bits. */
+static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, float *o,
+                               size_t ldo, const float *alpha, const float *bias, long K,
+                               uint32_t *bits, size_t ldb) {
+    int32_t loc[TM * TN * 8];
+    tile_avx2(a, kw, b, OP_XOR, loc, TN * 8, TM, TN);
+    const __m128i kk = _mm_set1_epi32((int)K);
+    for (int r = 0; r < TM; r++) {
+        uint32_t sg = 0;
+        for (int q = 0; q < TN * 8; q += 4) {
+            const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * TN * 8 + q));
+            const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
+            const __m128 y = _mm256_cvtpd_ps(_mm256_add_pd(
+                _mm256_mul_pd(d, _mm256_cvtps_pd(_mm_loadu_ps(alpha + q))),
+                _mm256_cvtps_pd(_mm_loadu_ps(bias + q))));
+            if (bits) sg |= (uint32_t)_mm_movemask_ps(y) << q; /* sign bits of y */
+            else _mm_storeu_ps(o + (size_t)r * ldo + q, y);
         }
+        if (bits) bits[(size_t)r * ldb] = sg;
+    }
+}
+
+/* Bi-Attention scores of one query against 8 keys at a time (see scores_fn). */
+static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
+                             long thr, uint64_t *A) {
+    const __m256i t = _mm256_set1_epi64x(thr), zero = _mm256_setzero_si256();
+    for (size_t jb = 0; jb < LB; jb++) {
+        __m256i c0 = zero, c1 = zero;
+        for (size_t w = 0; w < dw; w++) { /* dw <= 31 words of a head: bytes suffice */
+            const __m256i qv = _mm256_set1_epi64x((long long)q[w]);
+            const uint64_t *k = kil + (jb * dw + w) * 8;
+            c0 = _mm256_add_epi8(c0, popcnt8_256(_mm256_xor_si256(qv, _mm256_loadu_si256((const __m256i *)k))));
+            c1 = _mm256_add_epi8(c1, popcnt8_256(_mm256_xor_si256(qv, _mm256_loadu_si256((const __m256i *)(k + 4)))));
+        }
+        /* count < thr  <=>  thr > count */
+        const int m0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, _mm256_sad_epu8(c0, zero))));
+        const int m1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, _mm256_sad_epu8(c1, zero))));
+        A[jb / 8] |= (uint64_t)(m0 | m1 << 4) << (8 * (jb % 8));
+    }
+}
+
+/* Attention context of one query, 8 head channels at a time (see context_fn). */
+static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
+                              long pa, float *out) {
+    int32_t cnt[8];
+    for (size_t db = 0; db < (dh + 7) / 8; db++) {
+        mk256(A, Lw, vil + db * Lw * 8, OP_AND, cnt, 8, 1);
+        for (size_t l = 0; l < 8 && 8 * db + l < dh; l++)
+            out[8 * db + l] = (float)(pa - 2 * (long)cnt[l]);
     }
 }
 
@@ -496,7 +577,7 @@ static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512, ln_row_avx2,
      pack_act_row_avx2},
-    {"avx2", tile_avx2, NULL, pack_avx2, scores_popcnt, context_popcnt, ln_row_avx2,
+    {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
      pack_act_row_generic},

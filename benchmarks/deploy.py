@@ -1,0 +1,375 @@
+"""What a user deploys on a CPU, compared: Paddle FP32, ONNX Runtime FP32 and dynamic INT8, and
+the packed 1-bit runtime (AVX-512, AVX2 and plain POPCNT kernels), on the same inputs.
+
+For each shape (MiniLM-L6-H384, the main job's model, and BERT-base) at seq_len 128 and
+batch 1 and 32:
+
+* the full-precision model is saved by Paddle (``save_pretrained``), exported to ONNX
+  (``paddle.onnx.export``), also with ONNX Runtime's BERT fusions
+  (``onnxruntime.transformers.optimizer``, ``opt_level=0``), and each graph quantized with
+  ``onnxruntime.quantization.quantize_dynamic`` (INT8 weights, QInt8);
+* its binarized twin is written as a packed ``.bibert`` file with its vocabulary;
+* every backend runs in processes of its own, once per setting (threads 1 and 2; Paddle also
+  with MKL's other code path; ONNX Runtime with the plain and the fused graph), and is scored
+  at its best setting per batch size: median latency, throughput, peak RSS of the process;
+* with ``--trained DIR`` (a quickstart output folder: ``teacher/best_model``,
+  ``student/best_model``) the MiniLM row uses those trained models and adds each one's dev
+  accuracy on Rotten Tomatoes: the teacher through Paddle, ONNX Runtime FP32 and INT8, the
+  binarized student through the packed runtime (text in, the file's own tokenizer).
+
+Random weights for BERT-base (speed does not depend on them). Needs the ``deploy`` extra
+(``pip install onnxruntime paddle2onnx``), never needed by the runtime itself.
+
+    python benchmarks/deploy.py --trained ~/bibert-runs/quickstart \\
+        --out benchmarks/deploy.md --plot benchmarks/deploy.png
+    python benchmarks/deploy.py --shapes minilm --quick           # a smoke run (seconds)
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+from packed import PADDLE_SETTINGS, SHAPES, _median_ms, _rss_mib, random_model  # noqa: E402
+
+SEQ_LEN, BATCHES, VOCAB = 128, (1, 32), 30522
+ISAS = ("avx512", "avx2", "popcnt")
+THREADS = ("1", "2")
+
+
+def settings(kind, isa=None):
+    """{setting name: (environment, worker arguments)} of one backend."""
+    if kind == "paddle":
+        return {name: (env, []) for name, env in PADDLE_SETTINGS.items()}
+    if kind == "ort":
+        return {f"{t} thr": ({"OMP_NUM_THREADS": t}, ["--threads", t]) for t in THREADS}
+    return {f"{t} thr": ({"OMP_NUM_THREADS": t, "BIBERT_ISA": isa}, ["--threads", t])
+            for t in THREADS}
+
+
+# ------------------------------------------------------------------------------ workers
+
+def _inputs(b):
+    import numpy as np
+
+    ids = np.random.default_rng(b).integers(1, VOCAB, (b, SEQ_LEN))
+    return ids, np.zeros_like(ids)
+
+
+def worker(args):
+    """Time one backend on one file; print a JSON line (latency per batch, peak RSS)."""
+    if args.worker == "paddle":
+        import paddle
+        from paddlenlp.transformers import BertForSequenceClassification
+
+        model = BertForSequenceClassification.from_pretrained(args.path)
+        model.eval()
+
+        def run(ids, tt):
+            with paddle.no_grad():
+                return model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(tt)).numpy()
+    elif args.worker == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = int(args.threads), 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(args.path, so, providers=["CPUExecutionProvider"])
+
+        def run(ids, tt):
+            return sess.run(None, {"input_ids": ids, "token_type_ids": tt})[0]
+    else:
+        from paddle_bibert.runtime import load_packed
+
+        model = load_packed(args.path, num_threads=int(args.threads))
+
+        def run(ids, tt):
+            return model(ids, tt)
+    out = {"latency_ms": {}}
+    for b in BATCHES:
+        ids, tt = _inputs(b)
+        out["latency_ms"][b] = _median_ms(lambda: run(ids, tt), *(
+            (3, 1) if args.quick else (20, 10) if b == 1 else (3, 20)))[0]
+    out["rss_mib"] = _rss_mib()
+    if args.worker == "packed":
+        out["backend"] = model.backend
+        assert "paddle" not in sys.modules  # the runtime alone, as a deployment has it
+    print(json.dumps(out))
+
+
+def run_worker(kind, path, env, extra, quick):
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("MKL_DEBUG_CPU_TYPE", "BIBERT_NUM_THREADS", "BIBERT_ISA")}
+    full.update(env)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--path", path, *extra]
+    res = subprocess.run(cmd + (["--quick"] if quick else []), env=full, capture_output=True,
+                         text=True)
+    if res.returncode:
+        raise RuntimeError(f"{kind} worker failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ files
+
+def export_onnx(model, prefix, shape):
+    """``prefix.onnx`` (plain), ``prefix_fused.onnx`` (ONNX Runtime's BERT fusions) and the
+    dynamic-INT8 version of each; returns {name: path}."""
+    import paddle
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+            paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
+    paddle.onnx.export(model, prefix, input_spec=spec, opset_version=14)
+    # opt_level 0: the Python fusions only (level 1+ asks for torch); the session optimizes more
+    fused = optimize_model(prefix + ".onnx", model_type="bert",
+                           num_heads=SHAPES[shape]["num_attention_heads"],
+                           hidden_size=SHAPES[shape]["hidden_size"], opt_level=0)
+    fused.save_model_to_file(prefix + "_fused.onnx")
+    paths = {"fp32 plain": prefix + ".onnx", "fp32 fused": prefix + "_fused.onnx"}
+    for graph in ("plain", "fused"):
+        paths[f"int8 {graph}"] = f"{prefix}_{graph}_int8.onnx"
+        quantize_dynamic(paths[f"fp32 {graph}"], paths[f"int8 {graph}"],
+                         weight_type=QuantType.QInt8)
+    return paths
+
+
+def prepare(shape, workdir, trained):
+    """Every backend's file for one shape: {backend: (kind, {graph: path})}, file sizes, and the
+    models (for the accuracy pass)."""
+    from paddle_bibert import BinarizeConfig, binarize_model, export_packed, load_binarized
+    from paddle_bibert.convert import load_model, load_tokenizer
+
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    tok = load_tokenizer("minilm")  # BERT's uncased vocabulary, as BERT-base has
+    if trained:
+        fp = load_model(os.path.join(trained, "teacher", "best_model"),
+                        BertForSequenceClassification)
+        bi = load_binarized(os.path.join(trained, "student", "best_model"))
+        from paddle_bibert.data.glue import read_task_file
+
+        # the length the models were trained with (the quickstart's default before task files)
+        length = read_task_file(os.path.join(trained, "student", "best_model")).get(
+            "max_seq_length", 64)
+        text = dict(task="movie-reviews", labels=["negative", "positive"], max_seq_length=length)
+    else:
+        fp, bi = random_model(shape), random_model(shape)
+        binarize_model(bi, BinarizeConfig.preset("bibert"))
+        text = dict(task="sst-2", max_seq_length=SEQ_LEN)
+    fp.eval(), bi.eval()
+    d = os.path.join(workdir, shape)
+    fp.save_pretrained(os.path.join(d, "paddle"))
+    onnx = export_onnx(fp, os.path.join(d, "model"), shape)
+    packed = os.path.join(d, "model.bibert")
+    export_packed(bi, packed, tokenizer=tok, **text)
+    files = {"paddle fp32": ("paddle", {"": os.path.join(d, "paddle")}),
+             "onnxruntime fp32": ("ort", {g: p for g, p in onnx.items() if g.startswith("fp32")}),
+             "onnxruntime int8": ("ort", {g: p for g, p in onnx.items() if g.startswith("int8")})}
+    files.update({f"packed 1-bit {isa}": ("packed", {"": packed}) for isa in ISAS})
+    if trained:  # the trained student is BiT's recipe; BiBERT's Bi-Attention runs faster
+        import copy
+
+        twin = copy.deepcopy(fp)
+        binarize_model(twin, BinarizeConfig.preset("bibert"))
+        twin.eval()
+        export_packed(twin, os.path.join(d, "bibert.bibert"), tokenizer=tok, **text)
+        files["packed 1-bit avx512, BiBERT recipe"] = ("packed", {"": os.path.join(d, "bibert.bibert")})
+    return files, {"fp": fp, "onnx": onnx, "packed": packed}
+
+
+def file_mib(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+                   if f.endswith((".pdparams", ".safetensors"))) / 2**20
+    return os.path.getsize(path) / 2**20
+
+
+# ------------------------------------------------------------------------------ accuracy
+
+def accuracy(models, chosen):
+    """Rotten Tomatoes dev accuracy of the teacher (Paddle, ONNX Runtime FP32 and INT8, each on
+    its best graph) and of the packed student (its own tokenizer)."""
+    import numpy as np
+    import onnxruntime as ort
+    import paddle
+
+    from paddle_bibert.data.glue import load_glue
+    from paddle_bibert.runtime import load_packed
+
+    dev = load_glue("movie-reviews", split="dev")
+    labels = np.array([e["labels"] for e in dev])
+    student = load_packed(models["packed"])
+    texts = [e["sentence"] for e in dev]
+    ids, types = student.text_encoder.encode(texts)  # the same ids as PaddleNLP's tokenizer
+    out = {}
+    preds = {k: [] for k in ("paddle fp32", "onnxruntime fp32", "onnxruntime int8")}
+    sess = {k: ort.InferenceSession(models["onnx"][chosen[k]], providers=["CPUExecutionProvider"])
+            for k in ("onnxruntime fp32", "onnxruntime int8")}
+    for i in range(len(texts)):  # one at a time: no padding question
+        a, t = np.array([ids[i]]), np.array([types[i]])
+        with paddle.no_grad():
+            preds["paddle fp32"].append(models["fp"](paddle.to_tensor(a),
+                                                     token_type_ids=paddle.to_tensor(t)).numpy())
+        for k, s in sess.items():
+            preds[k].append(s.run(None, {"input_ids": a, "token_type_ids": t})[0])
+    for k, p in preds.items():
+        out[k] = float((np.concatenate(p).argmax(1) == labels).mean())
+    acc = float((student.scores(texts).argmax(1) == labels).mean())
+    out.update({k: acc for k in chosen if k.startswith("packed") and "BiBERT" not in k})
+    return out, len(dev)
+
+
+# ------------------------------------------------------------------------------ report
+
+def run_shape(shape, workdir, trained, quick, log):
+    t0 = time.time()
+    trained = trained if shape == "minilm" else None  # the main job trains MiniLM
+    files, models = prepare(shape, workdir, trained)
+    rows = {}
+    for backend, (kind, graphs) in files.items():
+        isa = backend.split(",")[0].split()[-1] if kind == "packed" else None
+        runs = {}
+        for graph, path in graphs.items():
+            for name, (env, extra) in settings(kind, isa).items():
+                runs[f"{graph} {name}".strip()] = run_worker(kind, path, env, extra, quick)
+                log(f"  {shape} {backend} {graph} {name}: {runs[f'{graph} {name}'.strip()]}")
+        best = {b: min(runs, key=lambda s: runs[s]["latency_ms"][str(b)]) for b in BATCHES}
+        graph = " ".join(best[1].split()[:2]) if kind == "ort" else ""  # e.g. "int8 fused"
+        rows[backend] = {"runs": runs, "best": best, "graph": graph,
+                         "mib": file_mib(graphs[graph] if kind == "ort" else graphs[""])}
+        if kind == "packed":
+            rows[backend]["kernels"] = runs[best[1]]["backend"]
+    chosen = {k: r["graph"] for k, r in rows.items()}
+    acc, n = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0))
+    return {"shape": shape, "rows": rows, "accuracy": acc, "n_dev": n,
+            "seconds": time.time() - t0}
+
+
+def table(res):
+    rows = res["rows"]
+    lat = {k: {b: r["runs"][r["best"][b]]["latency_ms"][str(b)] for b in BATCHES}
+           for k, r in rows.items()}
+    head = ("| backend (best setting at batch 1) | file MiB | batch 1 ms | batch 32 ms | "
+            "batch 32 seq/s | peak RSS MiB |" + (" dev acc |" if res["accuracy"] else ""))
+    out = [f"**{res['shape']}**, seq_len {SEQ_LEN}" + (
+        f"; dev accuracy on Rotten Tomatoes ({res['n_dev']} sentences): the trained teacher for "
+        "Paddle and ONNX Runtime, the trained binarized student (BiT's recipe, the main job's) "
+        "for the packed runtime; the BiBERT-recipe row is the teacher binarized with BiBERT's "
+        "Bi-Attention, untrained, timed only" if res["accuracy"] else
+        "; random weights (timing only)"),
+        "", head, "|" + "---|" * (head.count("|") - 1)]
+    for k, r in rows.items():
+        best = r["best"][1]
+        acc = (f" {res['accuracy'][k]:.4f} |" if k in res["accuracy"] else " (untrained) |") \
+            if res["accuracy"] else ""
+        what = r.get("kernels") or best
+        out.append(f"| {k} ({what}) | {r['mib']:.1f} | {lat[k][1]:.2f} | {lat[k][32]:.1f} | "
+                   f"{32e3 / lat[k][32]:.1f} | {r['runs'][best]['rss_mib']:.0f} |{acc}")
+    fp32 = min(("paddle fp32", "onnxruntime fp32"), key=lambda k: lat[k][1])
+    p = "packed 1-bit avx512"
+    out += ["", f"Packed 1-bit (AVX-512) at batch 1: {lat['onnxruntime int8'][1] / lat[p][1]:.1f}x "
+            f"lower latency than ONNX Runtime INT8, {lat[fp32][1] / lat[p][1]:.1f}x than the best "
+            f"FP32 ({fp32}); at batch 32: {lat['onnxruntime int8'][32] / lat[p][32]:.1f}x and "
+            f"{min(lat['paddle fp32'][32], lat['onnxruntime fp32'][32]) / lat[p][32]:.1f}x. "
+            f"AVX2 kernels: {lat['packed 1-bit avx2'][1] / lat[p][1]:.2f}x the AVX-512 latency at "
+            f"batch 1, POPCNT: {lat['packed 1-bit popcnt'][1] / lat[p][1]:.2f}x. File: "
+            f"{rows['paddle fp32']['mib'] / rows[p]['mib']:.1f}x smaller than the Paddle FP32 "
+            f"checkpoint, {rows['onnxruntime int8']['mib'] / rows[p]['mib']:.1f}x smaller than "
+            "the INT8 ONNX file."]
+    bb = "packed 1-bit avx512, BiBERT recipe"
+    if bb in lat:
+        out[-1] += (f" With BiBERT's Bi-Attention instead of BiT's softmax map: {lat[bb][1]:.2f} ms "
+                    f"at batch 1, {lat['onnxruntime int8'][1] / lat[bb][1]:.1f}x lower than ONNX "
+                    f"Runtime INT8, {lat[fp32][1] / lat[bb][1]:.1f}x than the best FP32.")
+    return "\n".join(out)
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for res in results:
+        if not res["accuracy"]:
+            continue
+        for k, r in res["rows"].items():
+            ms = r["runs"][r["best"][1]]["latency_ms"]["1"]
+            ax.scatter(ms, res["accuracy"][k], s=8 * r["mib"], alpha=0.6)
+            ax.annotate(f"{k}\n{r['mib']:.1f} MiB", (ms, res["accuracy"][k]), fontsize=7,
+                        xytext=(6, -4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency at batch 1, seq_len 128 (ms, log scale)")
+    ax.set_ylabel("dev accuracy (Rotten Tomatoes)")
+    ax.set_title("MiniLM on CPU: accuracy vs latency (marker area ~ file size)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def cpu_name():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="+", default=["minilm", "bert-base"], choices=list(SHAPES))
+    ap.add_argument("--trained", help="a quickstart output folder (teacher/, student/)")
+    ap.add_argument("--out", help="write the markdown report here")
+    ap.add_argument("--plot", help="write the accuracy-vs-latency PNG here (needs --trained)")
+    ap.add_argument("--quick", action="store_true", help="3 repeats: a smoke run, not a figure")
+    ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", default="2", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    for mod in ("onnxruntime", "paddle2onnx"):
+        try:
+            __import__(mod)
+        except ImportError:
+            sys.exit(f"error: {mod} is not installed; pip install -e '.[deploy]' (or "
+                     "pip install onnxruntime paddle2onnx)")
+    if args.trained and not os.path.isdir(os.path.join(args.trained, "student", "best_model")):
+        sys.exit(f"error: {args.trained} has no student/best_model; pass the folder "
+                 "examples/quickstart.py wrote (--output_dir)")
+    t0, load0 = time.time(), open("/proc/loadavg").read().split()[:3]
+    workdir = tempfile.mkdtemp(prefix="bibert-deploy-")
+    try:
+        results = [run_shape(s, workdir, args.trained, args.quick, lambda m: print(m, flush=True))
+                   for s in args.shapes]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    report = [f"Date {datetime.date.today()}, machine {cpu_name()} ({os.cpu_count()} CPUs), "
+              f"commit {commit}, {time.time() - t0:.0f} s; load average at start "
+              f"{' '.join(load0)}, at end {' '.join(open('/proc/loadavg').read().split()[:3])}.",
+              "Command: `python benchmarks/deploy.py " + " ".join(sys.argv[1:]) + "`", ""]
+    report += [table(r) + "\n" for r in results]
+    text = "\n".join(report)
+    print("\n" + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.plot and args.trained:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
