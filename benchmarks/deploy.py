@@ -274,7 +274,7 @@ def table(res):
         best = r["best"][1]
         acc = (f" {res['accuracy'][k]:.4f} |" if k in res["accuracy"] else " (untrained) |") \
             if res["accuracy"] else ""
-        what = r.get("kernels") or best
+        what = f"{r['kernels']}, {best}" if r.get("kernels") else best
         out.append(f"| {k} ({what}) | {r['mib']:.1f} | {lat[k][1]:.2f} | {lat[k][32]:.1f} | "
                    f"{32e3 / lat[k][32]:.1f} | {r['runs'][best]['rss_mib']:.0f} |{acc}")
     fp32 = min(("paddle fp32", "onnxruntime fp32"), key=lambda k: lat[k][1])
@@ -303,9 +303,9 @@ def plot(results, path):
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for res in results:
-        if not res["accuracy"]:
-            continue
         for k, r in res["rows"].items():
+            if k not in res["accuracy"]:  # untrained rows and shapes: timing only
+                continue
             ms = r["runs"][r["best"][1]]["latency_ms"]["1"]
             ax.scatter(ms, res["accuracy"][k], s=8 * r["mib"], alpha=0.6)
             ax.annotate(f"{k}\n{r['mib']:.1f} MiB", (ms, res["accuracy"][k]), fontsize=7,
@@ -333,6 +333,7 @@ def main():
     ap.add_argument("--out", help="write the markdown report here")
     ap.add_argument("--plot", help="write the accuracy-vs-latency PNG here (needs --trained)")
     ap.add_argument("--quick", action="store_true", help="3 repeats: a smoke run, not a figure")
+    ap.add_argument("--json", help="also write the raw results (every setting of every backend)")
     ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="2", help=argparse.SUPPRESS)
@@ -367,6 +368,9 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     if args.plot and args.trained:
         plot(results, args.plot)
 

@@ -136,6 +136,11 @@ def test_version_3_round_trip_and_predict_on_text(tmp_path, paddle_tokenizer, ta
     assert f.config["task"] == {"name": task, "pair": info.is_pair,
                                 "labels": list(info.labels) if info.labels else None}
     assert f.config["tokenizer"]["max_seq_length"] == 40
+    # the file keeps the 40 position rows inputs can reach; longer token ids are refused
+    assert f.tensors["embeddings.position"].shape == (40, 32)
+    assert f.config["max_position_embeddings"] == 40
+    with pytest.raises(ValueError, match="seq_len 41 exceeds max_position_embeddings 40"):
+        load_packed(path)(np.ones((1, 41), np.int64))
     assert f.config["tokenizer"]["do_lower_case"] is True
     vocab = f.tensors["tokenizer.vocab"].tobytes().decode().split("\n")
     assert vocab == sorted(paddle_tokenizer.get_vocab(), key=paddle_tokenizer.get_vocab().get)

@@ -292,7 +292,8 @@ def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=No
 
     With ``tokenizer`` the file is self-contained for text (format version 3, see
     :func:`text_metadata` for ``task``, ``max_seq_length`` and ``labels``): the runtime's
-    ``predict`` then takes sentences and returns label names.
+    ``predict`` then takes sentences and returns label names. Such a file keeps the first
+    ``max_seq_length`` rows of the position table only (the longest input it takes).
     """
     import paddle
 
@@ -332,6 +333,10 @@ def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=No
         cfg["tokenizer"], cfg["task"], t[VOCAB_TENSOR] = text_metadata(
             tokenizer, cfg["num_labels"], cfg["max_position_embeddings"], task, max_seq_length,
             labels)
+        # inputs are cut to max_seq_length tokens: the later position rows are never read
+        length = cfg["tokenizer"]["max_seq_length"]
+        t["embeddings.position"] = np.ascontiguousarray(t["embeddings.position"][:length])
+        cfg["max_position_embeddings"] = length
     elif task is not None or labels is not None or max_seq_length is not None:
         raise ValueError("export_packed: task, labels and max_seq_length describe the text "
                          "input; pass the tokenizer too")

@@ -77,6 +77,9 @@ Version 3 makes the file self-contained for text in, label out (any model of ver
     tokenizer.vocab      uint8 [n]  the WordPiece vocabulary, UTF-8, one token per line in id
                                     order, joined by "\n" (covered by the checksum)
 
+and the exporter keeps only the position rows inputs of max_seq_length tokens read
+(``max_position_embeddings`` = ``max_seq_length``).
+
 This module reads and writes the file with numpy and safetensors only (the runtime imports it
 and never Paddle); ``exporter.py`` turns a binarized Paddle model into its tensors.
 """
