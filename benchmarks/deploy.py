@@ -250,12 +250,12 @@ def run_shape(shape, workdir, trained, quick, log):
             for name, (env, extra) in settings(kind, isa).items():
                 runs[f"{graph} {name}".strip()] = run_worker(kind, path, env, extra, quick)
                 log(f"  {shape} {backend} {graph} {name}: {runs[f'{graph} {name}'.strip()]}")
-        best = {b: min(runs, key=lambda s: runs[s]["latency_ms"][str(b)]) for b in BATCHES}
-        graph = " ".join(best[1].split()[:2]) if kind == "ort" else ""  # e.g. "int8 fused"
+        best = {str(b): min(runs, key=lambda s: runs[s]["latency_ms"][str(b)]) for b in BATCHES}
+        graph = " ".join(best["1"].split()[:2]) if kind == "ort" else ""  # e.g. "int8 fused"
         rows[backend] = {"runs": runs, "best": best, "graph": graph,
                          "mib": file_mib(graphs[graph] if kind == "ort" else graphs[""])}
         if kind == "packed":
-            rows[backend]["kernels"] = runs[best[1]]["backend"]
+            rows[backend]["kernels"] = runs[best["1"]]["backend"]
     chosen = {k: r["graph"] for k, r in rows.items()}
     acc, n = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0))
     return {"shape": shape, "rows": rows, "accuracy": acc, "n_dev": n,
@@ -264,7 +264,7 @@ def run_shape(shape, workdir, trained, quick, log):
 
 def table(res):
     rows = res["rows"]
-    lat = {k: {b: r["runs"][r["best"][b]]["latency_ms"][str(b)] for b in BATCHES}
+    lat = {k: {b: r["runs"][r["best"][str(b)]]["latency_ms"][str(b)] for b in BATCHES}
            for k, r in rows.items()}
     head = ("| backend (best setting at batch 1) | file MiB | batch 1 ms | batch 32 ms | "
             "batch 32 seq/s | peak RSS MiB |" + (" dev acc |" if res["accuracy"] else ""))
@@ -276,7 +276,7 @@ def table(res):
         "; random weights (timing only)"),
         "", head, "|" + "---|" * (head.count("|") - 1)]
     for k, r in rows.items():
-        best = r["best"][1]
+        best = r["best"]["1"]
         acc = (f" {res['accuracy'][k]:.4f} |" if k in res["accuracy"] else " (untrained) |") \
             if res["accuracy"] else ""
         what = f"{r['kernels']}, {best}" if r.get("kernels") else best
@@ -308,13 +308,13 @@ def plot(results, path):
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for res in results:
-        for k, r in res["rows"].items():
-            if k not in res["accuracy"]:  # untrained rows and shapes: timing only
-                continue
-            ms = r["runs"][r["best"][1]]["latency_ms"]["1"]
+        shown = [k for k in res["rows"] if k in res["accuracy"]]  # trained rows only
+        for i, k in enumerate(shown):
+            r = res["rows"][k]
+            ms = r["runs"][r["best"]["1"]]["latency_ms"]["1"]
             ax.scatter(ms, res["accuracy"][k], s=8 * r["mib"], alpha=0.6)
             ax.annotate(f"{k}\n{r['mib']:.1f} MiB", (ms, res["accuracy"][k]), fontsize=7,
-                        xytext=(6, -4), textcoords="offset points")
+                        xytext=(6, -4 - 14 * (i % 2)), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("latency at batch 1, seq_len 128 (ms, log scale)")
     ax.set_ylabel("dev accuracy (Rotten Tomatoes)")
@@ -339,12 +339,20 @@ def main():
     ap.add_argument("--plot", help="write the accuracy-vs-latency PNG here (needs --trained)")
     ap.add_argument("--quick", action="store_true", help="3 repeats: a smoke run, not a figure")
     ap.add_argument("--json", help="also write the raw results (every setting of every backend)")
+    ap.add_argument("--from_json", help="print the report (and --plot) of a run saved by --json")
     ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="2", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(saved["header"] + "\n\n" + "\n".join(table(r) + "\n" for r in saved["results"]))
+        if args.plot:
+            plot(saved["results"], args.plot)
+        return
     for mod in ("onnxruntime", "paddle2onnx"):
         try:
             __import__(mod)
@@ -367,6 +375,7 @@ def main():
               f"commit {commit}, {time.time() - t0:.0f} s; load average at start "
               f"{' '.join(load0)}, at end {' '.join(open('/proc/loadavg').read().split()[:3])}.",
               "Command: `python benchmarks/deploy.py " + " ".join(sys.argv[1:]) + "`", ""]
+    header = "\n".join(report)
     report += [table(r) + "\n" for r in results]
     text = "\n".join(report)
     print("\n" + text)
@@ -375,7 +384,7 @@ def main():
             f.write(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"header": header.strip(), "results": results}, f, indent=1)
     if args.plot and args.trained:
         plot(results, args.plot)
 
