@@ -83,7 +83,7 @@ def main(argv=None):
               "student_steps": student["global_step"], "teacher_minutes": (t1 - t0) / 60,
               "student_minutes": (t2 - t1) / 60, "total_minutes": (t2 - t0) / 60,
               "budget": "full" if args.full else "short", "recipe": args.recipe,
-              "packed_file": packed, "packed_bytes": info["bytes"]}
+              "packed_file": packed, "packed_bytes": info["bytes"], "fp_bytes": info["fp_bytes"]}
     with open(os.path.join(args.output_dir, "quickstart.json"), "w") as f:
         json.dump(result, f, indent=1)
     model = "MiniLM-L6-H384" if args.model == "minilm" else args.model
@@ -113,7 +113,10 @@ def export(student_dir, path, max_seq_length):
     tokenizer = load_tokenizer(os.path.join(student_dir, "best_model"))
     info = export_packed(model, path, tokenizer=tokenizer, task="movie-reviews",
                          max_seq_length=max_seq_length, labels=["negative", "positive"])
-    return dict(info, fp_bytes=count(BertShape.from_config(info["config"]))["fp_bytes"])
+    # the float32 model's size with all its position rows (the file keeps max_seq_length of them)
+    positions = model.bert.embeddings.position_embeddings.weight.shape[0]
+    shape = BertShape.from_config({**info["config"], "max_position_embeddings": positions})
+    return dict(info, fp_bytes=count(shape)["fp_bytes"])
 
 
 if __name__ == "__main__":

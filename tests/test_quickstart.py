@@ -33,6 +33,11 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     assert f"student / teacher: {result['retention']:.3f}" in text
     packed = out / "student.bibert"
     assert f"packed 1-bit student: {packed} (" in text
+    # the float32 size is the whole model's (all 128 position rows; the file keeps 64): every
+    # parameter of the binarized student but its quantizers', 4 bytes each
+    student_params = load_binarized(str(out / "student" / "best_model")).named_parameters()
+    want = 4 * sum(int(np.prod(p.shape)) for n, p in student_params if "quantizer" not in n)
+    assert result["fp_bytes"] == want
     assert result["recipe"] == recipe and result["packed_bytes"] == packed.stat().st_size
     assert result["teacher_steps"] == 2 and result["student_steps"] == 2
     # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences

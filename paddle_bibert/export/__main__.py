@@ -46,7 +46,10 @@ def main(argv=None):
         info = export_packed(model, args.out, tokenizer=tokenizer, **text)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
-    fp = count(BertShape.from_config(info["config"]))["fp_bytes"]
+    # the float32 model's size with all its position rows (the file keeps max_seq_length of them)
+    positions = model.bert.embeddings.position_embeddings.weight.shape[0]
+    fp = count(BertShape.from_config({**info["config"],
+                                      "max_position_embeddings": positions}))["fp_bytes"]
     print(f"wrote {args.out}: {info['bytes'] / 2**20:.2f} MiB "
           f"({fp / info['bytes']:.1f}x smaller than float32 weights, {fp / 2**20:.1f} MiB); "
           f"recipe={info['config']['binarize'].get('method')}, "
