@@ -7,7 +7,7 @@ For each task it runs (through the same code as the two commands):
     baseline       the paper's baseline: sign-binarized softmax attention, all five flags
     bibert_pred    Bi-Attention, --pred_distill only (ablation: no DMD)
     baseline_pred  sign-binarized softmax attention, --pred_distill only
-    bit            BiT's 1-1-1 quantizers (``--method bit``: elastic activations, one weight scale
+    bit            BiT's 1-1-1 quantizers (``--recipe bit``: elastic activations, one weight scale
                    per matrix, {0,a} softmax map and ReLU-FFN input), all five flags: the lever
                    from docs/algorithms.md, section 5, that this package adds
     bit_mse        BiT's quantizers with BiT's own loss: soft CE (no gold term) + hidden-state MSE
@@ -66,17 +66,17 @@ VARIANTS = {
     "baseline": ({"attention": "softmax_sign"}, ALL_FLAGS),
     "bibert_pred": ({"attention": "bool"}, ["--pred_distill"]),
     "baseline_pred": ({"attention": "softmax_sign"}, ["--pred_distill"]),
-    "bit": ({"preset": "bit"}, ALL_FLAGS),
-    "bit_mse": ({"preset": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
+    "bit": ({"recipe": "bit"}, ALL_FLAGS),
+    "bit_mse": ({"recipe": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
                                     "--gold_weight", "0"]),
-    "bit_mse_ema": ({"preset": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
+    "bit_mse_ema": ({"recipe": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
                                         "--gold_weight", "0", "--ema_decay", "0.99"]),
-    "bit_a2": ({"preset": "bit", "act_bits": 2}, ALL_FLAGS),
-    "bit_a4": ({"preset": "bit", "act_bits": 4}, ALL_FLAGS),
-    "bit_2step": ({"preset": "bit"}, ALL_FLAGS, "bit_a2"),
-    "binarybert": ({"preset": "binarybert"}, ALL_FLAGS),
-    "binarybert_a2": ({"preset": "binarybert", "act_bits": 2}, ALL_FLAGS),
-    "binarybert_a4": ({"preset": "binarybert", "act_bits": 4}, ALL_FLAGS),
+    "bit_a2": ({"recipe": "bit", "act_bits": 2}, ALL_FLAGS),
+    "bit_a4": ({"recipe": "bit", "act_bits": 4}, ALL_FLAGS),
+    "bit_2step": ({"recipe": "bit"}, ALL_FLAGS, "bit_a2"),
+    "binarybert": ({"recipe": "binarybert"}, ALL_FLAGS),
+    "binarybert_a2": ({"recipe": "binarybert", "act_bits": 2}, ALL_FLAGS),
+    "binarybert_a4": ({"recipe": "binarybert", "act_bits": 4}, ALL_FLAGS),
 }
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"]}
@@ -161,7 +161,7 @@ def run_task(task, args, log):
     seq = args.pair_seq_len if task in PAIR_TASKS else args.max_seq_length
     common = ["--task_name", task, "--data_dir", args.data_dir, "--max_seq_length", str(seq),
               "--batch_size", str(args.batch_size), "--seed", str(args.seed), "--logging_steps", "1000000",
-              "--save_steps", str(args.save_steps[task]), "--no-progress"]
+              "--save_steps", str(args.save_steps[task]), "--no_progress"]
     tdir = os.path.join(args.out_dir, task, "teacher")
     log(f"[{task}] teacher")
     teacher = _run(run_glue, common + ["--model_name_or_path", args.model, "--learning_rate",

@@ -168,7 +168,7 @@ def prepare(shape, workdir, trained):
     else:
         length = SEQ_LEN
         fp, bi = random_model(shape), random_model(shape)
-        binarize_model(bi, BinarizeConfig.preset("bibert"))
+        binarize_model(bi, BinarizeConfig.from_recipe("bibert"))
         text = dict(task="sst-2", max_seq_length=SEQ_LEN)
     fp.eval(), bi.eval()
     d = os.path.join(workdir, shape)
@@ -184,7 +184,7 @@ def prepare(shape, workdir, trained):
         import copy
 
         twin = copy.deepcopy(fp)
-        binarize_model(twin, BinarizeConfig.preset("bibert"))
+        binarize_model(twin, BinarizeConfig.from_recipe("bibert"))
         twin.eval()
         export_packed(twin, os.path.join(d, "bibert.bibert"), tokenizer=tok, **text)
         files["packed 1-bit avx512, BiBERT recipe"] = ("packed", {"": os.path.join(d, "bibert.bibert")})

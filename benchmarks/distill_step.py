@@ -64,7 +64,7 @@ def worker(args):
         if args.model != "fp-distill":
             from paddle_bibert.surgery import BinarizeConfig
 
-            binarize_model(model, BinarizeConfig.preset(args.method, args.act_bits))
+            binarize_model(model, BinarizeConfig.from_recipe(args.recipe, args.act_bits))
         model.train()
         losses = args.losses.split(",")
         unknown = set(losses) - set(DistillConfig.FLAGS)
@@ -118,7 +118,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data_dir", default=GLUE)
-    ap.add_argument("--method", default="bibert", help="the student's recipe (paddle_bibert.surgery.RECIPES)")
+    ap.add_argument("--recipe", default="bibert", help="the student's recipe (paddle_bibert.surgery.RECIPES)")
     ap.add_argument("--act_bits", type=int, default=1)
     ap.add_argument("--losses", default="pred_distill,query_distill,key_distill,value_distill,intermediate_distill",
                     help="the distillation losses enabled (default: all five)")

@@ -71,7 +71,7 @@ def main(argv=None):
     lines = [f"| recipe | {head} | same label as teacher |", "|---" * (len(t_hidden) + 2) + "|"]
     for spec in args.recipes.split(","):
         name, _, bits = spec.partition(":")
-        config = BinarizeConfig.preset(name, int(bits or 1))
+        config = BinarizeConfig.from_recipe(name, int(bits or 1))
         student = load_model(path, BertForSequenceClassification)
         binarize_model(student, config)
         student.train()
@@ -80,7 +80,7 @@ def main(argv=None):
         s_logits, s_hidden = forward(student)
         cos = [centred_cos(s, t) for s, t in zip(s_hidden, t_hidden)]
         agree = float((s_logits.argmax(-1) == t_logits.argmax(-1)).mean())
-        lines.append(f"| {config.method} | " + " | ".join(f"{c:.2f}" for c in cos) + f" | {agree:.2f} |")
+        lines.append(f"| {config.recipe} W1A{config.act_bits} | " + " | ".join(f"{c:.2f}" for c in cos) + f" | {agree:.2f} |")
     print("\n".join(lines))
     return lines
 

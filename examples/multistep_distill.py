@@ -1,7 +1,7 @@
 """BiT's multi-step distillation in one command: full precision -> W1A2 (or W1A4) -> W1A1.
 
     python examples/multistep_distill.py --task_name sst-2 --data_dir ../shared/data/glue \
-        --teacher_path runs/sst-2/teacher --method bit --stages 2,1 --max_seq_length 64 \
+        --teacher_path runs/sst-2/teacher --recipe bit --stages 2,1 --max_seq_length 64 \
         --batch_size 16 --learning_rate 5e-4 --num_train_epochs 3 --output_dir runs/sst-2/bit \
         --pred_distill --intermediate_distill --hidden_loss mse --gold_weight 0
 

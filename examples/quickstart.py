@@ -28,9 +28,9 @@ import paddle_bibert  # noqa: F401  (CPU defaults before Paddle loads)
 from paddle_bibert.commands import run_glue, task_distill
 
 RECIPES = {  # name -> (task_distill flags, student learning rate)
-    "bit": (["--method", "bit", "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
+    "bit": (["--recipe", "bit", "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
              "--gold_weight", "0", "--ema_decay", "0.99"], 5e-4),
-    "bibert": (["--method", "bibert", "--pred_distill", "--query_distill", "--key_distill", "--value_distill",
+    "bibert": (["--recipe", "bibert", "--pred_distill", "--query_distill", "--key_distill", "--value_distill",
                 "--intermediate_distill"], 1e-4),  # BiBERT's SST-2 learning rate
 }
 
@@ -55,14 +55,14 @@ def main(argv=None):
     ap.add_argument("--max_seq_length", type=int, default=64)
     ap.add_argument("--teacher_lr", type=float, default=5e-5)
     ap.add_argument("--student_lr", type=float, help="default: the recipe's (bit 5e-4, bibert 1e-4)")
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--no_progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     b = BUDGETS["full" if args.full else "short"]
     flags, student_lr = RECIPES[args.recipe]
     common = ["--task_name", "movie-reviews", "--max_seq_length", str(args.max_seq_length),
               "--seed", str(args.seed), "--logging_steps", "20",
               "--save_steps", str(b["save_steps"]), "--max_steps", str(args.max_steps)] \
-        + (["--resume"] if args.resume else []) + ([] if args.progress else ["--no-progress"])
+        + (["--resume"] if args.resume else []) + ([] if args.progress else ["--no_progress"])
     teacher_dir = os.path.join(args.output_dir, "teacher")
     student_dir = os.path.join(args.output_dir, "student")
     t0 = time.time()

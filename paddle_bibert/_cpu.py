@@ -15,7 +15,7 @@ imported first (the example commands do); set them yourself otherwise.
 
 ``flush_denormals()`` is different: it does change results (numbers below 1.2e-38 become 0), so
 it is not applied on import. The training loop (``Trainer.train``, i.e. both commands) runs inside
-it unless ``--no-flush_denormals``: tiny attention probabilities and their gradients otherwise
+it unless ``--no_flush_denormals``: tiny attention probabilities and their gradients otherwise
 fall into x86's microcoded subnormal path, which made the sign-softmax baseline's steps 3-5x
 slower than BiBERT's (benchmarks/distill_step.py shows the effect per recipe).
 """

@@ -3,149 +3,22 @@
 ``run_glue(argv)``     fine-tunes the full-precision teacher.
 ``task_distill(argv)`` distills a (binarized, with ``--bi``) student from that teacher.
 
-Arguments come from flags, from ``--config FILE.yaml`` (flat keys, plus a ``teacher:`` or
-``student:`` section for the command's own settings), and from the defaults, in that order of
-precedence: a flag given on the command line always wins.
+``multistep_distill(argv)`` chains task_distill runs (FP -> W1A2 -> W1A1, BiT's multi-step).
+
+Their arguments and how flags, ``--config`` files and defaults combine: ``arguments.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Optional
 
-import yaml
-
+from .arguments import DistillArgs, GlueArgs, MultistepArgs, parse_args
 from .distributed import is_main, rank, world_size, wrap
 
 __all__ = ["GlueArgs", "DistillArgs", "MultistepArgs", "run_glue", "task_distill", "multistep_distill",
            "parse_args"]
-
-TASK_HELP = "GLUE task (cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, wnli) or movie-reviews"
-
-
-def _f(default, help, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class CommonArgs:
-    task_name: Optional[str] = _f(None, TASK_HELP)
-    data_dir: Optional[str] = _f(None, "local GLUE-layout folder (<dir>/<Task>/{train,dev}.tsv); "
-                                 "without it PaddleNLP's load_dataset('glue', task) is used")
-    max_seq_length: int = _f(128, "tokens per example, [CLS]/[SEP] included")
-    batch_size: int = _f(32, "training batch size")
-    learning_rate: float = _f(5e-5, "peak learning rate (linear warm-up then decay)")
-    num_train_epochs: float = _f(3.0, "epochs")
-    max_steps: int = _f(-1, "if > 0, train this many steps instead of num_train_epochs")
-    weight_decay: float = _f(0.01, "weight decay (not on biases and LayerNorm)")
-    group_by_length: bool = _f(False, "batch examples of similar length together (shuffled runs of 50 "
-                               "batches, each sorted by length): less padding, every example still once "
-                               "per epoch")
-    pad_to_max_length: bool = _f(False, "pad every batch to --max_seq_length (BiBERT's authors do: their "
-                                 "Q/K/V and hidden-state direction matching then covers every padded "
-                                 "position) instead of to its longest example")
-    optimizer: str = _f("adamw", "adamw, or bertadam (BiBERT's authors': no bias correction, eps 1e-6, "
-                        "each parameter's gradient clipped to norm 1 on its own)")
-    warmup_proportion: float = _f(0.1, "fraction of steps of linear warm-up")
-    logging_steps: int = _f(50, "log the loss terms every N steps")
-    save_steps: int = _f(500, "evaluate on dev, keep the best, and checkpoint every N steps")
-    output_dir: Optional[str] = _f(None, "where checkpoints, best_model/ and summary.json go")
-    device: str = _f("cpu", "cpu or gpu (gpu:0, ...)")
-    seed: int = _f(42, "random seed (data order, dropout, initialisation)")
-    resume: bool = _f(False, "continue the run in --output_dir from its last checkpoint")
-    eval_batch_size: int = _f(64, "dev batch size")
-    progress: bool = _f(True, "show a progress bar")
-    stop_at_step: int = _f(-1, "end the run at this step as if interrupted (for resume tests)")
-    flush_denormals: bool = _f(True, "treat subnormal floats as 0 while training (x86 FTZ/DAZ); "
-                               "they otherwise slow some recipes' steps several-fold")
-    ema_decay: float = _f(0.0, "if > 0, dev evaluation scores and best_model/ keeps an exponential "
-                          "moving average of the weights (e.g. 0.99: about the last 100 steps); "
-                          "training itself is unchanged")
-
-
-@dataclass
-class GlueArgs(CommonArgs):
-    model_type: str = _f("bert", "model family (bert)")
-    model_name_or_path: str = _f("minilm", "PaddleNLP name, PaddleNLP folder, or Hugging Face folder "
-                                 "(model.safetensors + config.json + vocab.txt); 'minilm' = the "
-                                 "packaged MiniLM-L6-H384")
-
-
-@dataclass
-class DistillArgs(CommonArgs):
-    model_type: str = _f("bert", "student model family (bert)")
-    teacher_model_type: str = _f("bert", "teacher model family (bert)")
-    teacher_path: Optional[str] = _f(None, "fine-tuned teacher: run_glue.py's output folder or its .pdparams")
-    student_model_name_or_path: Optional[str] = _f(None, "student initialisation (default: the teacher)")
-    pred_distill: bool = _f(False, "soft cross-entropy on logits (+0.5 gold CE); MSE for regression")
-    query_distill: bool = _f(False, "direction matching on Q Q^T per layer")
-    key_distill: bool = _f(False, "direction matching on K K^T per layer")
-    value_distill: bool = _f(False, "direction matching on V V^T per layer")
-    intermediate_distill: bool = _f(False, "direction matching on hidden states")
-    temperature: float = _f(1.0, "softmax temperature of the soft cross-entropy")
-    gold_weight: float = _f(0.5, "weight of the gold-label cross-entropy in --pred_distill (BiT: 0)")
-    hidden_loss: str = _f("dmd", "loss of --intermediate_distill: dmd (BiBERT's direction matching) or "
-                          "mse (BiT: sum over layers of the mean squared error)")
-    bi: bool = _f(False, "binarize the student before training (recipe: --method, --act_bits)")
-    method: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
-                     "binarybert (paddle_bibert.surgery.RECIPES)")
-    act_bits: int = _f(1, "activation bits of the recipe: 1, or 2 / 4 for bit and binarybert")
-    binarize: Optional[dict] = _f(None, "BinarizeConfig fields (YAML only), e.g. {attention: softmax_sign}",
-                                  yaml_only=True)
-
-
-def parse_args(cls, argv=None, section=None):
-    """Flags > ``--config`` YAML (flat keys + ``section``) > dataclass defaults."""
-    parser = argparse.ArgumentParser(
-        description=(cls.__doc__ or "").strip() or None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--config", help="YAML file of settings; flags override it")
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("yaml_only"):
-            continue
-        kw = dict(help=f.metadata.get("help", ""), default=argparse.SUPPRESS)
-        if f.type in ("bool", bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
-        else:
-            typ = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(f"--{f.name}", type=typ, **kw)
-    ns = vars(parser.parse_args(argv))
-    values = {}
-    config = ns.pop("config", None)
-    names = {f.name for f in dataclasses.fields(cls)}
-    if config:
-        if not os.path.isfile(config):
-            parser.error(f"--config {config}: no such file")
-        with open(config) as fh:
-            data = yaml.safe_load(fh) or {}
-        if not isinstance(data, dict):
-            parser.error(f"--config {config}: expected a mapping of settings")
-        sections = {"teacher", "student"}
-        own = data.get(section) or {}
-        flat = {k: v for k, v in data.items() if k not in sections}
-        for k, v in list(flat.items()) + list(own.items()):
-            if k not in names:
-                parser.error(f"--config {config}: unknown setting {k!r} for this command; "
-                             f"valid: {sorted(names)}")
-            values[k] = v
-    values.update(ns)
-    args = cls(**values)
-    for f in dataclasses.fields(cls):  # YAML gives e.g. 1e-4 as a string; coerce numbers
-        v = getattr(args, f.name)
-        if f.type in ("float", float) and isinstance(v, (str, int)) and not isinstance(v, bool):
-            setattr(args, f.name, float(v))
-        elif f.type in ("int", int) and isinstance(v, str):
-            setattr(args, f.name, int(v))
-    if not args.task_name:
-        parser.error("--task_name is required (" + TASK_HELP + ")")
-    if not args.output_dir:
-        parser.error("--output_dir is required")
-    return args
-
 
 # ---- shared pieces ----------------------------------------------------------------------
 
@@ -155,7 +28,7 @@ def _setup(args):
     if getattr(args, "bi", False):
         from .surgery import BinarizeConfig
 
-        BinarizeConfig.preset(args.method, args.act_bits)  # unknown recipe / bits: named here
+        BinarizeConfig.from_recipe(args.recipe, args.act_bits)  # unknown recipe / bits: named here
     if getattr(args, "hidden_loss", "dmd") not in ("dmd", "mse"):
         raise ValueError(f"--hidden_loss must be dmd or mse, got {args.hidden_loss!r}")
     if args.max_seq_length < 3:
@@ -344,11 +217,11 @@ def _task_distill(args: DistillArgs, log):
     info, train_loader, dev_loader, n_train, n_dev = _data(args, s_tok)
     if args.bi:
         spec = dict(args.binarize or {})
-        if "preset" not in spec:
-            spec.update(preset=args.method, act_bits=args.act_bits)
+        if not {"recipe", "preset", "method"} & set(spec):  # (the latter two: its former names)
+            spec.update(recipe=args.recipe, act_bits=args.act_bits)
         bconf = BinarizeConfig.from_dict(spec)
         _, report = binarize_model(student, bconf)
-        log(f"binarized the student ({bconf.method}, attention={bconf.attention}): "
+        log(f"binarized the student ({bconf.recipe} W1A{bconf.act_bits}, attention={bconf.attention}): "
             f"{len(report.replaced)} modules replaced")
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
                           temperature=args.temperature, gold_weight=args.gold_weight,
@@ -380,17 +253,11 @@ def _task_distill(args: DistillArgs, log):
 
 # ---- multi-step distillation ------------------------------------------------------------
 
-@dataclass
-class MultistepArgs(DistillArgs):
-    stages: str = _f("2,1", "activation bits of each stage, e.g. 2,1 (FP -> W1A2 -> W1A1) or 4,1; each "
-                     "stage's best student teaches the next and is its starting point")
-
-
 def multistep_distill(argv=None, log=None):
     """BiT's multi-step distillation as one command: the full-precision teacher teaches a W1A2
     (or W1A4) student, whose best checkpoint then teaches, and initialises, the W1A1 student.
 
-    Every stage is a ``task_distill`` run with ``--bi --method <method> --act_bits <bits>`` in
+    Every stage is a ``task_distill`` run with ``--bi --recipe <recipe> --act_bits <bits>`` in
     ``<output_dir>/stage<i>-w1a<bits>``; a finished stage is kept and an interrupted one resumed
     when the command is run again with ``--resume``. ``<output_dir>/summary.json`` lists each
     stage's dev metric.
@@ -411,9 +278,9 @@ def multistep_distill(argv=None, log=None):
     from .surgery import BinarizeConfig
 
     for b in bits:
-        BinarizeConfig.preset(args.method, b)  # every stage's recipe exists, before any training
+        BinarizeConfig.from_recipe(args.recipe, b)  # every stage's recipe exists, before any training
     if args.binarize:
-        raise ValueError("multistep_distill sets each stage's recipe from --method and --stages; remove the "
+        raise ValueError("multistep_distill sets each stage's recipe from --recipe and --stages; remove the "
                          "binarize: section from the config")
     # every other setting, as resolved from flags and --config, is each stage's
     base = DistillArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillArgs)})
@@ -437,7 +304,7 @@ def multistep_distill(argv=None, log=None):
             break
         teacher = student_init = out  # its best_model/ teaches and starts the next stage
     first, last = stages[0], stages[-1]
-    summary = {"command": "multistep_distill", "method": args.method, "stages": stages,
+    summary = {"command": "multistep_distill", "recipe": args.recipe, "stages": stages,
                "teacher_metric": first["teacher_metric"], "student_metric": last["student_metric"],
                "retention": (last["student_metric"] / first["teacher_metric"]) if first["teacher_metric"] else None,
                "finished": len(stages) == len(bits) and last["finished"]}

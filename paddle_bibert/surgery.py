@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -61,6 +62,30 @@ RECIPES = {
     },
 }
 
+def _upgrade_config_keys(d: dict) -> dict:
+    """Keys of configs written before the recipe had one name: ``preset`` (the recipe to start
+    from) and ``method`` (its tag, ``<recipe>`` or ``<recipe>_a<bits>``)."""
+    if "preset" in d:
+        d.setdefault("recipe", d.pop("preset"))
+    if "method" in d:
+        tag = re.fullmatch(r"(.+?)(?:_a(\d))?", str(d.pop("method")))
+        if "recipe" not in d:
+            d["recipe"] = tag.group(1)
+            if tag.group(2):
+                d.setdefault("act_bits", int(tag.group(2)))
+    return d
+
+
+#: parameter-name parts of models saved before the quantizers had their present names
+_RENAMED_KEYS = ((".input_quantizer.", ".act_quantizer."), (".qkv_quantizer.", ".q_quantizer."))
+
+
+def _upgrade_state_keys(state: dict) -> dict:
+    for old, new in _RENAMED_KEYS:
+        state = {k.replace(old, new): v for k, v in state.items()}
+    return state
+
+
 PARTS = ("word_embeddings", "attention", "qkv", "attention_output", "ffn_in", "ffn_out", "pooler")
 _LINEAR_PARTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "out_proj": "attention_output",
                  "linear1": "ffn_in", "linear2": "ffn_out"}
@@ -70,16 +95,22 @@ _LINEAR_PARTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "out_proj": 
 class BinarizeConfig:
     """What to binarize and how. Defaults are BiBERT 1-1-1.
 
+    ``recipe`` and ``act_bits`` name the recipe (``RECIPES``) the settings come from;
+    ``from_recipe`` fills the other fields from them, and a dict or YAML mapping with a
+    ``recipe`` key starts from that recipe and overrides the fields it names.
     Quantizer fields take a registered quantizer name (see ``paddle_bibert.quant.QUANTIZERS``)
     or ``"none"`` for full precision. ``attention`` is one of ``ATTENTION_MODES``:
     ``bool`` (Bi-Attention), ``softmax_sign`` (the plain 1-1-1 baseline that collapses) or
     ``softmax``. The part switches choose which modules are replaced at all.
     """
 
-    method: str = "bibert"
+    recipe: str = "bibert"
+    act_bits: int = 1
     weight_quantizer: str = "channel_mean_sign"
+    #: quantizer of every binarized linear's input activation (BiLinear.act_quantizer)
     act_quantizer: str = "ste_sign"
     embedding_quantizer: str = "row_mean_sign"
+    #: quantizer of Q, K and V before the scores (one instance each; BiMultiHeadAttention.q/k/v_quantizer)
     qkv_quantizer: str = "ste_sign"
     attention: str = "bool"
     #: quantizer of the attention map ("" = by mode: bool -> bool, softmax_sign -> ste_sign,
@@ -106,6 +137,8 @@ class BinarizeConfig:
                   "attention_quantizer", "ffn_out_act_quantizer"):
             if getattr(self, f) != "":
                 get_quantizer(getattr(self, f))  # raises naming the known quantizers
+        if not isinstance(self.act_bits, int) or self.act_bits < 1:
+            raise ValueError(f"act_bits: expected a positive integer, got {self.act_bits!r}")
         if self.ffn_activation not in ("", "relu", "gelu"):
             raise ValueError(f"ffn_activation: {self.ffn_activation!r}; choose '' (keep), 'relu' or 'gelu'")
         if self.attention == "bool" and self.attention_quantizer not in ("", "bool"):
@@ -116,7 +149,7 @@ class BinarizeConfig:
                 raise TypeError(f"{f}: expected true/false, got {getattr(self, f)!r}")
 
     @classmethod
-    def preset(cls, name: str, act_bits: int = 1) -> "BinarizeConfig":
+    def from_recipe(cls, name: str, act_bits: int = 1) -> "BinarizeConfig":
         """A named recipe (``RECIPES``), with 1-, 2- or 4-bit activations where it has them."""
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
@@ -125,19 +158,19 @@ class BinarizeConfig:
             raise ValueError(f"recipe {name!r} has activation bits {sorted(bits)}, not {act_bits}"
                              + ("; 2- and 4-bit activations come with the bit and binarybert recipes"
                                 if sorted(bits) == [1] else ""))
-        tag = name if act_bits == 1 else f"{name}_a{act_bits}"
-        return cls(method=tag, **bits[act_bits])
+        return cls(recipe=name, act_bits=act_bits, **bits[act_bits])
 
     @classmethod
     def from_dict(cls, d: dict) -> "BinarizeConfig":
-        d = dict(d or {})
+        """Settings from a mapping: its ``recipe`` (and ``act_bits``), then the fields it names."""
+        d = _upgrade_config_keys(dict(d or {}))
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known - {"preset", "act_bits"})
+        unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown binarization config key(s) {unknown}; valid keys: {sorted(known | {'preset', 'act_bits'})}")
-        if "act_bits" in d and "preset" not in d:
-            raise ValueError("act_bits needs a preset (recipe) to apply to, e.g. preset: bit")
-        base = cls.preset(d.pop("preset"), int(d.pop("act_bits", 1))) if "preset" in d else cls()
+            raise ValueError(f"unknown binarization config key(s) {unknown}; valid keys: {sorted(known)}")
+        if "act_bits" in d and "recipe" not in d:
+            raise ValueError("act_bits needs a recipe to apply to, e.g. recipe: bit")
+        base = cls.from_recipe(d.pop("recipe"), int(d.pop("act_bits", 1))) if "recipe" in d else cls()
         return dataclasses.replace(base, **d)
 
     @classmethod
@@ -253,7 +286,7 @@ def _linear(child, config, part=None):
     act = config.act_quantizer
     if part == "ffn_out" and config.ffn_out_act_quantizer:
         act = config.ffn_out_act_quantizer
-    return BiLinear.from_linear(child, weight_quantizer=config.weight_quantizer, input_quantizer=act)
+    return BiLinear.from_linear(child, weight_quantizer=config.weight_quantizer, act_quantizer=act)
 
 
 def _replace_children(parent, prefix, config, filter_fn, report):
@@ -320,7 +353,7 @@ def load_binarized(path: str, model_cls=None, **kwargs):
     finally:
         logger.logger.setLevel(level)
     model, _ = binarize_model(model, BinarizeConfig.from_yaml(cfg_path))
-    state = paddle.load(weights)
+    state = _upgrade_state_keys(paddle.load(weights))
     missing = sorted(set(model.state_dict()) - set(state))
     if missing:
         raise ValueError(f"{weights} lacks {len(missing)} of the model's weights (first: {missing[0]}); "

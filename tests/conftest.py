@@ -36,3 +36,19 @@ def tiny_config():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def assert_same_packed_file(f_old, f_new, bibert_config):
+    """Two packed files hold the same content. Safetensors orders the metadata keys at random,
+    so the bytes may differ. Files written before the recipe had one name store it as
+    ``binarize.method``; both must read back as ``bibert_config``."""
+    from paddle_bibert import BinarizeConfig
+
+    old_b, new_b = f_old.config.pop("binarize"), f_new.config.pop("binarize")
+    assert BinarizeConfig.from_dict(old_b) == BinarizeConfig.from_dict(new_b) == bibert_config
+    assert f_new.config == f_old.config
+    assert {k: v for k, v in f_new.metadata.items() if k != "config"} == \
+        {k: v for k, v in f_old.metadata.items() if k != "config"}
+    assert set(f_new.tensors) == set(f_old.tensors)
+    for k, v in f_old.tensors.items():
+        np.testing.assert_array_equal(f_new.tensors[k], v, err_msg=k)

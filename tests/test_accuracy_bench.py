@@ -47,7 +47,7 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
                                     .read_text())["args"]
     assert run_args("bibert+bertadam+padmax")["optimizer"] == "bertadam" and run_args("bibert")["optimizer"] == "adamw"
     cfg = (tmp_path / "runs" / "sst-2" / "bit" / "best_model" / "bibert_config.yaml").read_text()
-    assert "method: bit" in cfg and "ffn_activation: relu" in cfg
+    assert "recipe: bit\n" in cfg and "ffn_activation: relu" in cfg
     table = (tmp_path / "t.md").read_text()
     assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
     assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
@@ -80,8 +80,8 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert rows["bit_2step"]["teacher_metric"] == pytest.approx(rows["bit_a2"]["student_metric"])
     assert rows["bit_mse"]["teacher_metric"] == pytest.approx(rows["teacher"]["best_metric"])
     cfg = lambda n: (runs / "sst-2" / n / "best_model" / "bibert_config.yaml").read_text()
-    assert "method: bit_a2" in cfg("bit_a2") and "method: bit\n" in cfg("bit_2step")
-    assert "method: binarybert_a4" in cfg("binarybert_a4")
+    assert "recipe: bit\nact_bits: 2\n" in cfg("bit_a2") and "recipe: bit\nact_bits: 1\n" in cfg("bit_2step")
+    assert "recipe: binarybert\nact_bits: 4\n" in cfg("binarybert_a4")
     with pytest.raises(SystemExit):  # the two-step variant needs its teacher's variant listed first
         bench.main(argv[:-1] + ["bit_2step,bit_a2"])
 
@@ -124,7 +124,7 @@ def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F81
     lines = mod.main(["--teacher", tiny_model_dir, "--task", "sst-2", "--data_dir", glue_slice,
                       "--recipes", "bibert,bit:2", "--n", "12", "--max_seq_length", "32"])
     rows = [line for line in lines[2:]]
-    assert [r.split("|")[1].strip() for r in rows] == ["bibert", "bit_a2"]
+    assert [r.split("|")[1].strip() for r in rows] == ["bibert W1A1", "bit W1A2"]
     for r in rows:
         cells = [float(c) for c in r.strip("|").split("|")[1:]]
         assert len(cells) == 1 + 2 + 1  # embedding + 2 layers, then the label agreement

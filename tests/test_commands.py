@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory):
 
 def common(data_dir, task, out, *extra):
     return ["--task_name", task, "--data_dir", data_dir, "--max_seq_length", "32", "--batch_size", "8",
-            "--logging_steps", "2", "--save_steps", "3", "--output_dir", str(out), "--no-progress",
+            "--logging_steps", "2", "--save_steps", "3", "--output_dir", str(out), "--no_progress",
             "--seed", "3", *extra]
 
 
@@ -172,8 +172,15 @@ def test_config_file_and_flag_precedence(tmp_path):
     cfg.write_text("task_name: sst-2\nmax_seq_length: 64\nstudent:\n  learning_rate: 1e-4\n  "
                    "pred_distill: true\n  bi: true\nteacher:\n  learning_rate: 2e-5\n")
     a = parse_args(DistillArgs, ["--config", str(cfg), "--output_dir", "o", "--max_seq_length", "32",
-                                 "--no-bi"], section="student")
+                                 "--bi=false"], section="student")
     assert (a.learning_rate, a.max_seq_length, a.pred_distill, a.bi) == (1e-4, 32, True, False)
+    # a binarize mapping in the file, or JSON on the command line, over the recipe's fields
+    (tmp_path / "b.yaml").write_text("task_name: sst-2\nstudent:\n  binarize: {attention: softmax_sign}\n")
+    a = parse_args(DistillArgs, ["--config", str(tmp_path / "b.yaml"), "--output_dir", "o"], section="student")
+    assert a.binarize == {"attention": "softmax_sign"}
+    a = parse_args(DistillArgs, ["--config", str(tmp_path / "b.yaml"), "--output_dir", "o",
+                                 "--binarize", '{"attention": "softmax"}'], section="student")
+    assert a.binarize == {"attention": "softmax"}
     (tmp_path / "bad.yaml").write_text("task_name: sst-2\nlerning_rate: 1\n")
     with pytest.raises(SystemExit):
         parse_args(DistillArgs, ["--config", str(tmp_path / "bad.yaml"), "--output_dir", "o"], "student")
@@ -279,12 +286,12 @@ def test_pad_to_max_length_pads_every_batch_and_relations_cover_the_padding(glue
 
     tok = load_tokenizer(tiny_model_dir)
     loaders = {}
-    for flag in ("--pad_to_max_length", "--no-pad_to_max_length"):
+    for flag in ("--pad_to_max_length", "--pad_to_max_length=false"):
         a = parse_args(DistillArgs, common(glue_slice, "sst-2", tmp_path / "x", "--teacher_path", "t", flag))
         loaders[flag] = _data(a, tok)[1:3]
     lengths = lambda flag: {b["input_ids"].shape[1] for loader in loaders[flag] for b in loader}
     assert lengths("--pad_to_max_length") == {32}
-    assert len(lengths("--no-pad_to_max_length")) > 1  # per batch: its longest example
+    assert len(lengths("--pad_to_max_length=false")) > 1  # per batch: its longest example
     # direction matching on a statically padded batch: Q relations over all 32 positions, the
     # padded ones included (no mask), summed over layers, as numpy computes them from the taps
     batch = next(iter(loaders["--pad_to_max_length"][0]))
@@ -349,9 +356,24 @@ def test_group_by_length_reaches_the_training_batches(glue_slice, tiny_model_dir
 
     tok = load_tokenizer(tiny_model_dir)
     spread = {}
-    for flag in ("--group_by_length", "--no-group_by_length"):
+    for flag in ("--group_by_length", "--group_by_length=false"):
         a = parse_args(DistillArgs, common(glue_slice, "sst-2", tmp_path / "x", "--teacher_path", "t", flag))
         train = _data(a, tok)[1]
         # within a batch, how far apart the example lengths are (padding is what that costs)
         spread[flag] = np.mean([np.ptp((b["input_ids"].numpy() != tok.pad_token_id).sum(1)) for b in train])
-    assert spread["--group_by_length"] < 0.5 * spread["--no-group_by_length"]
+    assert spread["--group_by_length"] < 0.5 * spread["--group_by_length=false"]
+
+
+@pytest.mark.parametrize("cls", ["GlueArgs", "DistillArgs", "MultistepArgs"])
+def test_help_lists_every_flag(cls, capsys):
+    import dataclasses
+
+    from paddle_bibert import arguments
+
+    with pytest.raises(SystemExit) as e:
+        arguments.parse_args(getattr(arguments, cls), ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(getattr(arguments, cls)):
+        assert f"--{f.name}" in out
+    assert "--no_progress" in out and "--config" in out

@@ -36,7 +36,7 @@ def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
 
 
 @x86_linux
-@pytest.mark.parametrize("flag, flushed", [([], True), (["--no-flush_denormals"], False)])
+@pytest.mark.parametrize("flag, flushed", [([], True), (["--no_flush_denormals"], False)])
 def test_training_steps_run_with_denormals_flushed_unless_turned_off(glue_slice, tiny_model_dir, tmp_path,
                                                                      monkeypatch, flag, flushed):
     import paddle.nn.functional as F

@@ -54,7 +54,7 @@ def _args(command, glue, teacher, out, batch_size):
                                                              ["--student_model_name_or_path", teacher + "/../student"]))
     return ["--task_name", "mrpc", "--data_dir", glue, *model, "--max_seq_length", "64", "--batch_size", str(batch_size), "--max_steps", "4",
             "--save_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-3", "--seed", "5",
-            "--output_dir", str(out), "--no-progress", "--ema_decay", "0.5"]
+            "--output_dir", str(out), "--no_progress", "--ema_decay", "0.5"]
 
 
 def _weights(out):

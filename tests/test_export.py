@@ -15,7 +15,7 @@ from paddle_bibert.export.cost import SHAPES, BertShape, count
 from paddle_bibert.quant.quantizers import ElasticSign
 from paddle_bibert.runtime import load_packed
 
-from conftest import REPO
+from conftest import REPO, assert_same_packed_file
 from test_surgery import IDS, make_model, np_binw, np_sign
 
 
@@ -91,10 +91,10 @@ def test_file_holds_the_models_binary_weights_and_config(tmp_path):
     ({"attention": "softmax"}, "attention='softmax'.*not 1-bit"),
     ({"word_embeddings": False}, "word_embeddings is not a BiEmbedding"),
     ({"qkv_quantizer": "none"}, "Q/K/V quantizer"),
-    ({"preset": "bit", "attention_quantizer": "ste_sign"}, "takes elastic_unsigned with this mode"),
-    ({"preset": "bit", "qkv_quantizer": "elastic_unsigned"}, "Q quantizer is elastic_unsigned"),
+    ({"recipe": "bit", "attention_quantizer": "ste_sign"}, "takes elastic_unsigned with this mode"),
+    ({"recipe": "bit", "qkv_quantizer": "elastic_unsigned"}, "Q quantizer is elastic_unsigned"),
     ({"qkv_quantizer": "elastic_sign"}, "elastic_sign with attention='bool'.*only with"),
-    ({"preset": "bit", "act_quantizer": "none"}, "input quantizer is none"),
+    ({"recipe": "bit", "act_quantizer": "none"}, "input quantizer is none"),
 ])
 def test_unsupported_configs_are_named(tmp_path, cfg, match):
     model = make_model()
@@ -193,7 +193,7 @@ def test_metadata_is_plain_json(tmp_path):
     _, path, _ = _export(tmp_path)
     n = int.from_bytes(open(path, "rb").read(8), "little")
     meta = json.loads(open(path, "rb").read()[8:8 + n])["__metadata__"]
-    assert json.loads(meta["config"])["binarize"]["method"] == "bibert"
+    assert json.loads(meta["config"])["binarize"]["recipe"] == "bibert"
     assert len(meta["payload_sha256"]) == 64
 
 
@@ -214,7 +214,7 @@ def trained_1bit_model(config, seed=4, max_position_embeddings=128, shift_std=0.
     training-mode forward (elastic scales initialise on the first training batch), with every
     elastic shift set to small random values so that it moves some bits; in eval mode."""
     model = make_model(seed=seed, max_position_embeddings=max_position_embeddings)
-    binarize_model(model, BinarizeConfig.preset(config) if isinstance(config, str) else config)
+    binarize_model(model, BinarizeConfig.from_recipe(config) if isinstance(config, str) else config)
     rng = np.random.default_rng(seed)
     model.train()
     with paddle.no_grad():
@@ -235,7 +235,7 @@ def trained_1bit_model(config, seed=4, max_position_embeddings=128, shift_std=0.
 ONE_BIT = [  # config, format version of its file
     ("bibert", 1), ("baseline", 1), ("binarybert", 1), ("bibert_elastic", 2), ("bit", 2),
     ({"ffn_activation": "relu"}, 2),  # BiBERT with a ReLU FFN
-    ({"preset": "bit", "qkv_quantizer": "ste_sign"}, 2),  # BiT's map over sign(Q), sign(K)
+    ({"recipe": "bit", "qkv_quantizer": "ste_sign"}, 2),  # BiT's map over sign(Q), sign(K)
 ]
 
 
@@ -261,7 +261,7 @@ def test_elastic_recipe_file_holds_scales_shifts_and_modes(tmp_path, recipe):
     f = read_packed(path)
     t, c, quant = f.tensors, f.config, f.config["quantizers"]
     assert f.metadata["format_version"] == "2" and FORMAT_VERSION >= 2
-    assert c["binarize"]["method"] == recipe
+    assert c["binarize"]["recipe"] == recipe
     bit = recipe == "bit"
     assert c["hidden_act"] == ("relu" if bit else "gelu")
     assert c["attention"] == ("softmax" if bit else "bool")
@@ -271,14 +271,14 @@ def test_elastic_recipe_file_holds_scales_shifts_and_modes(tmp_path, recipe):
     for site, lin in [("layers.1.q", att.q_proj), ("layers.1.out", att.out_proj),
                       ("layers.1.ffn_in", layer.linear1), ("layers.1.ffn_out", layer.linear2),
                       ("pooler", model.bert.pooler.dense)]:
-        q = lin.input_quantizer
+        q = lin.act_quantizer
         assert quant[f"{site}.input"] == q.name
         np.testing.assert_array_equal(t[f"{site}.input.scale"], [float(q.alpha)])
         np.testing.assert_array_equal(t[f"{site}.input.shift"], q.shift.numpy())
         assert t[f"{site}.input.shift"].shape == (lin.weight.shape[0],)
     assert quant["layers.1.ffn_out.input"] == ("elastic_unsigned" if bit else "elastic_sign")
     if bit:  # Q, K, V each their own elastic_sign (shift per head channel); the {0, a} map
-        for m, q in zip("qkv", (att.qkv_quantizer, att.k_quantizer, att.v_quantizer)):
+        for m, q in zip("qkv", (att.q_quantizer, att.k_quantizer, att.v_quantizer)):
             assert quant[f"layers.1.attn.{m}"] == "elastic_sign"
             np.testing.assert_array_equal(t[f"layers.1.attn.{m}.scale"], [float(q.alpha)])
             np.testing.assert_array_equal(t[f"layers.1.attn.{m}.shift"], q.shift.numpy())
@@ -302,11 +302,11 @@ def test_elastic_recipe_file_holds_scales_shifts_and_modes(tmp_path, recipe):
 @pytest.mark.parametrize("recipe, bits", [("bit", 2), ("binarybert", 4)])
 def test_multibit_recipes_are_refused_as_not_1bit(tmp_path, recipe, bits):
     model = make_model()
-    binarize_model(model, BinarizeConfig.preset(recipe, act_bits=bits))
+    binarize_model(model, BinarizeConfig.from_recipe(recipe, act_bits=bits))
     with pytest.raises(ValueError) as err:
         export_packed(model, str(tmp_path / "x.bibert"))
     msg = str(err.value)
-    assert f"lsq{bits} ({bits}-bit): recipe {recipe}_a{bits} is not 1-bit; only 1-bit recipes " \
+    assert f"lsq{bits} ({bits}-bit): recipe {recipe} with act_bits {bits} is not 1-bit; only 1-bit recipes " \
            "export packed" in msg, msg
     assert msg.startswith("export_packed: bert.encoder.layers.0."), msg  # names the module
     assert not (tmp_path / "x.bibert").exists()
@@ -338,12 +338,9 @@ def test_version_1_files_of_the_previous_writer_still_load(tmp_path, attention):
     export_packed(model, new)
     f_old, f_new = read_packed(old), read_packed(new)
     assert f_old.metadata["format_version"] == "1"
-    # the current writer still writes BiBERT as version 1, the same file (safetensors orders
-    # the metadata keys at random, so the bytes may differ; the content may not)
-    assert f_new.metadata == f_old.metadata and f_new.config == f_old.config
-    assert set(f_new.tensors) == set(f_old.tensors)
-    for k, v in f_old.tensors.items():
-        np.testing.assert_array_equal(f_new.tensors[k], v, err_msg=k)
+    # the current writer still writes BiBERT as version 1, with the same content
+    assert "method" in f_old.config["binarize"] and "recipe" in f_new.config["binarize"]
+    assert_same_packed_file(f_old, f_new, model.bibert_config)
     with paddle.no_grad():
         want = model(paddle.to_tensor(IDS)).numpy()
     for backend in ("auto", "numpy"):

@@ -26,7 +26,7 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
 
     out = tmp_path / "qs"
     result = _quickstart().main(["--output_dir", str(out), "--model", tiny_model_dir, "--max_steps", "2",
-                                 "--no-progress", "--recipe", recipe])
+                                 "--no_progress", "--recipe", recipe])
     text = capsys.readouterr().out
     assert f"teacher (full precision)  dev accuracy: {result['teacher_acc']:.4f}" in text
     assert f"student (1-1-1, {recipe:6s}) dev accuracy: {result['student_acc']:.4f}" in text
@@ -42,7 +42,7 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     assert result["teacher_steps"] == 2 and result["student_steps"] == 2
     # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences
     student = load_binarized(str(out / "student" / "best_model"))
-    assert f"method: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
+    assert f"recipe: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
     ids = np.array([[101, 2023, 3185, 2001, 2307, 102, 0, 0], [101, 1037, 9202, 2143, 1012, 2009, 2001, 102]])
     want = student(paddle.to_tensor(ids)).numpy()
     got = load_packed(str(packed))(ids, np.zeros_like(ids))

@@ -108,24 +108,24 @@ def test_tensor_mean_sign_one_scale_per_matrix(rng):
 def test_bit_recipe_structure_and_bad_bits():
     paddle.seed(0)
     m = BertForSequenceClassification(tiny_bert_config())
-    _, report = binarize_model(m, BinarizeConfig.preset("bit"))
+    _, report = binarize_model(m, BinarizeConfig.from_recipe("bit"))
     layer = m.bert.encoder.layers[0]
     assert layer.activation is F.relu
     att = layer.self_attn
     assert att.attention == "softmax" and att.attention_quantizer.name == "elastic_unsigned"
-    assert {q.name for q in (att.qkv_quantizer, att.k_quantizer, att.v_quantizer)} == {"elastic_sign"}
-    assert len({id(q) for q in (att.qkv_quantizer, att.k_quantizer, att.v_quantizer)}) == 3
-    assert isinstance(layer.linear2, BiLinear) and layer.linear2.input_quantizer.name == "elastic_unsigned"
-    assert layer.linear1.input_quantizer.name == "elastic_sign"
-    assert layer.linear1.input_quantizer.shift.shape == [layer.linear1.in_features]
+    assert {q.name for q in (att.q_quantizer, att.k_quantizer, att.v_quantizer)} == {"elastic_sign"}
+    assert len({id(q) for q in (att.q_quantizer, att.k_quantizer, att.v_quantizer)}) == 3
+    assert isinstance(layer.linear2, BiLinear) and layer.linear2.act_quantizer.name == "elastic_unsigned"
+    assert layer.linear1.act_quantizer.name == "elastic_sign"
+    assert layer.linear1.act_quantizer.shift.shape == [layer.linear1.in_features]
     assert layer.linear1.weight_quantizer.name == "tensor_mean_sign"
-    assert m.bibert_config.method == "bit"
-    assert BinarizeConfig.preset("binarybert", 4).act_quantizer == "lsq4"
-    assert BinarizeConfig.preset("bit", 2).method == "bit_a2"
+    assert (m.bibert_config.recipe, m.bibert_config.act_bits) == ("bit", 1)
+    assert BinarizeConfig.from_recipe("binarybert", 4).act_quantizer == "lsq4"
+    assert (BinarizeConfig.from_recipe("bit", 2).recipe, BinarizeConfig.from_recipe("bit", 2).act_bits) == ("bit", 2)
     with pytest.raises(ValueError, match="recipe 'bibert' has activation bits \\[1\\], not 2"):
-        BinarizeConfig.preset("bibert", 2)
+        BinarizeConfig.from_recipe("bibert", 2)
     with pytest.raises(ValueError, match="unknown recipe 'bitt'"):
-        BinarizeConfig.preset("bitt")
+        BinarizeConfig.from_recipe("bitt")
     with pytest.raises(ValueError, match="takes no attention_quantizer"):
         BinarizeConfig(attention="bool", attention_quantizer="elastic_unsigned")
 
@@ -134,7 +134,7 @@ def test_bit_recipe_structure_and_bad_bits():
 def test_learned_quantizer_state_saves_and_reloads(tmp_path, recipe, bits):
     paddle.seed(0)
     m = BertForSequenceClassification(tiny_bert_config())
-    binarize_model(m, BinarizeConfig.preset(recipe, bits))
+    binarize_model(m, BinarizeConfig.from_recipe(recipe, bits))
     ids = paddle.to_tensor(np.random.default_rng(1).integers(1, 60, (3, 9)))
     m.train()
     m(ids)  # initialises every scale / step on this batch
@@ -153,7 +153,7 @@ def test_quantizer_parameters_train_at_their_own_rate_without_decay():
 
     paddle.seed(0)
     m = BertForSequenceClassification(tiny_bert_config())
-    binarize_model(m, BinarizeConfig.preset("bit"))
+    binarize_model(m, BinarizeConfig.from_recipe("bit"))
 
     class Loader(list):
         batch_sampler = None
@@ -198,7 +198,7 @@ def slice_and_teacher(tmp_path_factory):
         out = root / f"teacher-{task}"
         run_glue(["--task_name", task, "--data_dir", str(root / "glue"), "--model_name_or_path", init,
                   "--max_seq_length", "32", "--batch_size", "8", "--max_steps", "4", "--save_steps", "4",
-                  "--learning_rate", "1e-3", "--output_dir", str(out), "--no-progress"], log=lambda m: None)
+                  "--learning_rate", "1e-3", "--output_dir", str(out), "--no_progress"], log=lambda m: None)
         teachers[task] = str(out)
     return str(root / "glue"), teachers
 
@@ -206,10 +206,10 @@ def slice_and_teacher(tmp_path_factory):
 def _distill_args(glue, teacher, out, task="sst-2", *extra):
     return ["--task_name", task, "--data_dir", glue, "--teacher_path", teacher, "--max_seq_length", "32",
             "--batch_size", "8", "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1",
-            "--learning_rate", "1e-3", "--output_dir", str(out), "--no-progress", *extra]
+            "--learning_rate", "1e-3", "--output_dir", str(out), "--no_progress", *extra]
 
 
-@pytest.mark.parametrize("method,bits,flags", [
+@pytest.mark.parametrize("recipe,bits,flags", [
     ("bibert_elastic", 1, ALL_FLAGS),
     ("bit", 1, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0"]),
     ("bit", 2, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse"]),
@@ -217,22 +217,22 @@ def _distill_args(glue, teacher, out, task="sst-2", *extra):
     ("binarybert", 2, ["--pred_distill"]),
     ("binarybert", 4, ["--pred_distill"]),
 ])
-def test_each_recipe_trains_end_to_end(slice_and_teacher, tmp_path, method, bits, flags):
+def test_each_recipe_trains_end_to_end(slice_and_teacher, tmp_path, recipe, bits, flags):
     from paddle_bibert.commands import task_distill
     from paddle_bibert.surgery import CONFIG_NAME
 
     glue, teachers = slice_and_teacher
     log = []
-    s = task_distill(_distill_args(glue, teachers["sst-2"], tmp_path / "s", "sst-2", "--bi", "--method", method,
+    s = task_distill(_distill_args(glue, teachers["sst-2"], tmp_path / "s", "sst-2", "--bi", "--recipe", recipe,
                                    "--act_bits", str(bits), *flags), log=log.append)
     assert s["finished"] and s["global_step"] == 3
-    assert any(f"binarized the student ({BinarizeConfig.preset(method, bits).method}," in m for m in log)
+    assert any(f"binarized the student ({recipe} W1A{bits}," in m for m in log)
     train = [m for m in log if m.startswith("[train]")]
     assert len(train) == 3 and all("hidden" in m for m in train) == ("--intermediate_distill" in flags)
     losses = [float(m.rsplit("loss ", 1)[1]) for m in train]
     assert all(np.isfinite(losses)) and all(x > 0 for x in losses)
     cfg = (tmp_path / "s" / "best_model" / CONFIG_NAME).read_text()
-    assert f"method: {BinarizeConfig.preset(method, bits).method}" in cfg
+    assert f"recipe: {recipe}\nact_bits: {bits}\n" in cfg
     # the saved student is the trained one (its latent weights moved from the teacher's) and
     # scores on the dev slice what the run reported, recomputed here from its logits
     student = load_binarized(str(tmp_path / "s" / "best_model"))
@@ -271,7 +271,7 @@ def test_multistep_chain_w1a2_then_w1a1(slice_and_teacher, tmp_path):
     glue, teachers = slice_and_teacher
     out = tmp_path / "chain"
     log = []
-    argv = _distill_args(glue, teachers["mrpc"], out, "mrpc", "--method", "bit", "--stages", "2,1",
+    argv = _distill_args(glue, teachers["mrpc"], out, "mrpc", "--recipe", "bit", "--stages", "2,1",
                          "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse")
     s = multistep_distill(argv, log=log.append)
     assert s["finished"] and [st["act_bits"] for st in s["stages"]] == [2, 1]
@@ -279,8 +279,8 @@ def test_multistep_chain_w1a2_then_w1a1(slice_and_teacher, tmp_path):
     # the W1A2 stage's best model is the W1A1 stage's teacher: its metric is what stage 2 reports
     assert st2["teacher_metric"] == pytest.approx(st1["student_metric"])
     assert s["teacher_metric"] == st1["teacher_metric"] and s["student_metric"] == st2["student_metric"]
-    assert "method: bit_a2" in (out / "stage1-w1a2" / "best_model" / "bibert_config.yaml").read_text()
-    assert "method: bit\n" in (out / "stage2-w1a1" / "best_model" / "bibert_config.yaml").read_text()
+    assert "recipe: bit\nact_bits: 2\n" in (out / "stage1-w1a2" / "best_model" / "bibert_config.yaml").read_text()
+    assert "recipe: bit\nact_bits: 1\n" in (out / "stage2-w1a1" / "best_model" / "bibert_config.yaml").read_text()
     assert json.loads((out / "summary.json").read_text())["stages"][1]["output_dir"].endswith("stage2-w1a1")
     # rerun with --resume: both stages are kept, nothing retrains
     log.clear()

@@ -418,7 +418,7 @@ def test_bit_hidden_states_and_sign_decisions_match_paddle(tmp_path):
         qkv = np.concatenate([seen[f"layers.{i}.{m}"] for m in "qkv"], -1)
         np.testing.assert_allclose(trace[f"layers.{i}.qkv"], qkv, atol=1e-4)
         # the {0, a} input of the FFN output dense: 1[(relu(h) + b) / a > 0.5]
-        q = layer.linear2.input_quantizer
+        q = layer.linear2.act_quantizer
         h = seen[f"layers.{i}.ffn_in"]
         want = (np.maximum(h, 0) + q.shift.numpy()) / np.float32(float(q.alpha)) > 0.5
         mine = (np.maximum(trace[f"layers.{i}.ffn_in"], 0) + q.shift.numpy()) \

@@ -190,7 +190,7 @@ def test_reload_with_learned_quantizer_state_is_quiet_and_complete(tmp_path, cap
     from paddlenlp.utils.log import logger
 
     model = make_model(seed=4)
-    binarize_model(model, BinarizeConfig.preset("bit"))
+    binarize_model(model, BinarizeConfig.from_recipe("bit"))
     model.train()
     model(paddle.to_tensor(IDS))  # the first batch sets the elastic scales
     save_binarized(model, str(tmp_path))
@@ -220,6 +220,35 @@ def test_reload_with_learned_quantizer_state_is_quiet_and_complete(tmp_path, cap
         load_binarized(str(tmp_path))
 
 
+def test_a_model_saved_under_the_former_names_reloads(tmp_path):
+    """Folders written before the recipe was called ``recipe`` (config key ``method: bit_a2``
+    or ``preset:``) and the quantizers ``act_quantizer`` / ``q_quantizer`` (``input_quantizer``
+    / ``qkv_quantizer``) load to the same model."""
+    import yaml
+
+    model = make_model(seed=6)
+    binarize_model(model, BinarizeConfig.from_recipe("bit", act_bits=2))
+    model.train()
+    model(paddle.to_tensor(IDS))  # the first batch sets the learned scales
+    save_binarized(model, str(tmp_path))
+    cfg = yaml.safe_load((tmp_path / CONFIG_NAME).read_text())
+    assert (cfg.pop("recipe"), cfg.pop("act_bits")) == ("bit", 2)
+    (tmp_path / CONFIG_NAME).write_text(yaml.safe_dump({"method": "bit_a2", **cfg}))
+    weights = str(tmp_path / "model_state.pdparams")
+    state = paddle.load(weights)
+    old = {k.replace(".act_quantizer.", ".input_quantizer.").replace(".q_quantizer.", ".qkv_quantizer."): v
+           for k, v in state.items()}
+    assert any(".input_quantizer." in k for k in old) and any(".qkv_quantizer." in k for k in old)
+    paddle.save(old, weights)
+    again = load_binarized(str(tmp_path))
+    assert again.bibert_config == model.bibert_config
+    for k, v in again.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), state[k].numpy(), err_msg=k)
+    assert BinarizeConfig.from_dict({"preset": "bit", "act_bits": 2}) == model.bibert_config
+    with pytest.raises(ValueError, match="act_bits needs a recipe"):
+        BinarizeConfig.from_dict({"act_bits": 2})
+
+
 def test_config_switches_and_yaml(tmp_path):
     cfg = BinarizeConfig(word_embeddings=False, pooler=False, attention="softmax")
     path = tmp_path / "b.yaml"
@@ -228,7 +257,7 @@ def test_config_switches_and_yaml(tmp_path):
     assert type(model.bert.embeddings.word_embeddings) is nn.Embedding
     assert type(model.bert.pooler.dense) is nn.Linear
     assert model.bert.encoder.layers[0].self_attn.attention == "softmax"
-    assert BinarizeConfig.preset("baseline").attention == "softmax_sign"
+    assert BinarizeConfig.from_recipe("baseline").attention == "softmax_sign"
 
 
 def test_filter_fn_chooses_modules():
@@ -272,7 +301,7 @@ def _train_mode_attention(recipe, act_bits, rng, p=0.1, length=12, scale=1.0):
     returning its map; plus what enters the attention-output quantizer and its input gradient."""
     paddle.seed(3)
     model = BertForSequenceClassification(tiny_bert_config(attention_probs_dropout_prob=p))
-    binarize_model(model, BinarizeConfig.preset(recipe, act_bits=act_bits))
+    binarize_model(model, BinarizeConfig.from_recipe(recipe, act_bits=act_bits))
     att = model.bert.encoder.layers[0].self_attn
     att.need_weights = True
     att.train()
@@ -282,7 +311,7 @@ def _train_mode_attention(recipe, act_bits, rng, p=0.1, length=12, scale=1.0):
         seen["context"] = inputs[0]
         inputs[0].register_hook(lambda g: seen.__setitem__("grad", g.numpy()))
 
-    att.out_proj.input_quantizer.register_forward_pre_hook(keep_input)
+    att.out_proj.act_quantizer.register_forward_pre_hook(keep_input)
     x = paddle.to_tensor(scale * rng.standard_normal((2, length, 32)).astype("float32"))
     out, a = att(x)
     out.sum().backward()

@@ -52,7 +52,7 @@ def main(argv=None):
                                       "max_position_embeddings": positions}))["fp_bytes"]
     print(f"wrote {args.out}: {info['bytes'] / 2**20:.2f} MiB "
           f"({fp / info['bytes']:.1f}x smaller than float32 weights, {fp / 2**20:.1f} MiB); "
-          f"recipe={info['config']['binarize'].get('method')}, "
+          f"recipe={info['config']['binarize'].get('recipe')}, "
           f"attention={info['config']['attention']}, format version {info['version']}")
     task = info["config"].get("task")
     if not has_vocab and not args.ids_only:

@@ -15,8 +15,8 @@ from .pack import nwords, pack_bits
 
 __all__ = ["export_packed"]
 
-_ROLES = {"input_quantizer": "input quantizer", "weight_quantizer": "weight quantizer",
-          "qkv_quantizer": "Q quantizer", "k_quantizer": "K quantizer",
+_ROLES = {"act_quantizer": "input quantizer", "weight_quantizer": "weight quantizer",
+          "q_quantizer": "Q quantizer", "k_quantizer": "K quantizer",
           "v_quantizer": "V quantizer", "attention_quantizer": "attention-map quantizer"}
 
 
@@ -39,8 +39,6 @@ def _multibit_quantizers(model):
             q = getattr(layer, attr, None)
             if q is None or getattr(q, "binary", True) is not False:
                 continue
-            if attr == "qkv_quantizer" and getattr(layer, "k_quantizer", None) is None:
-                role = "Q/K/V quantizer"
             found.append((fqn, role, q))
     return found
 
@@ -50,7 +48,7 @@ def _check_exportable(model):
     bcfg = getattr(model, "bibert_config", None)
     if bcfg is None:
         raise _unsupported(f"{type(model).__name__} is not binarized (no bibert_config)")
-    recipe = getattr(bcfg, "method", None) or "?"
+    recipe = f"{getattr(bcfg, 'recipe', '?')} with act_bits {getattr(bcfg, 'act_bits', '?')}"
     multibit = _multibit_quantizers(model)
     if multibit:
         fqn, role, q = multibit[0]
@@ -115,7 +113,7 @@ class _Packer:
         if type(layer.weight_quantizer) not in (self.qz.ChannelMeanSign, self.qz.TensorMeanSign):
             raise _unsupported(f"{fqn} weight quantizer is {type(layer.weight_quantizer).__name__}"
                                ", not channel_mean_sign or tensor_mean_sign (1 bit + scale)")
-        self.act_quantizer(layer.input_quantizer, f"{fqn} input quantizer", f"{site}.input",
+        self.act_quantizer(layer.act_quantizer, f"{fqn} input quantizer", f"{site}.input",
                            ACT_QUANTIZERS, layer.weight.shape[0])
         wb = layer.weight_quantizer(layer.weight).numpy()  # [K, N] = alpha_n * sign(wc)
         alpha = np.abs(wb[0]).astype(np.float32)
@@ -130,13 +128,11 @@ class _Packer:
         if mode not in SUPPORTED_ATTENTION:
             raise _unsupported(f"{p}.self_attn uses attention={mode!r}, not one of "
                                f"{SUPPORTED_ATTENTION}")
-        if att.qkv_quantizer is None:
+        if att.q_quantizer is None:
             raise _unsupported(f"{p}.self_attn Q/K/V quantizer is none (full precision Q, K, V "
                                "are not 1-bit)")
-        own = att.k_quantizer is not None
-        for m, q in (("q", att.qkv_quantizer), ("k", att.k_quantizer or att.qkv_quantizer),
-                     ("v", att.v_quantizer or att.qkv_quantizer)):
-            role = f"{m.upper()} quantizer" if own else "Q/K/V quantizer"
+        for m, q in (("q", att.q_quantizer), ("k", att.k_quantizer), ("v", att.v_quantizer)):
+            role = f"{m.upper()} quantizer"
             if mode != "softmax" and type(q) is self.qz.ElasticSign:
                 # With scaled Q/K/V, Paddle's float32 products leave a rounding residue of
                 # either sign where the exact score or context is 0, and 1[S > 0] or the next
@@ -277,6 +273,29 @@ def text_metadata(tokenizer, num_labels: int, max_positions: int, task=None,
     return tok, task_cfg, encode_vocab(vocab)
 
 
+def _file_config(bcfg, bert, layers, packer, mode) -> dict:
+    """The file's ``config``: the architecture read off the packed tensors, the attention and
+    FFN activation (``mode``), LayerNorm epsilons, and the binarization config used."""
+    t = packer.tensors
+    return {
+        "architecture": "BertForSequenceClassification",
+        "hidden_size": int(t["embeddings.position"].shape[1]),
+        "num_attention_heads": int(layers[0].self_attn.num_heads),
+        "num_hidden_layers": len(layers),
+        "intermediate_size": int(t["layers.0.ffn_in.alpha"].shape[0]),
+        "vocab_size": int(t["embeddings.word.alpha"].shape[0]),
+        "max_position_embeddings": int(t["embeddings.position"].shape[0]),
+        "type_vocab_size": int(t["embeddings.token_type"].shape[0]),
+        "hidden_act": mode[1],
+        "pool_act": "tanh",
+        "pad_token_id": int(bert.pad_token_id),
+        "num_labels": int(t["classifier.bias"].shape[0]),
+        "attention": mode[0],
+        "layer_norm_eps": packer.eps,
+        "binarize": bcfg.to_dict() if hasattr(bcfg, "to_dict") else dict(bcfg),
+    }
+
+
 def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=None,
                   labels=None) -> dict:
     """Write a model binarized by ``binarize_model`` with a 1-bit recipe as a packed file.
@@ -310,23 +329,7 @@ def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=No
         raise _unsupported("layers use different FFN activations")
     t = packer.tensors
     h = t["embeddings.position"].shape[1]
-    cfg = {
-        "architecture": "BertForSequenceClassification",
-        "hidden_size": int(h),
-        "num_attention_heads": int(layers[0].self_attn.num_heads),
-        "num_hidden_layers": len(layers),
-        "intermediate_size": int(t["layers.0.ffn_in.alpha"].shape[0]),
-        "vocab_size": int(t["embeddings.word.alpha"].shape[0]),
-        "max_position_embeddings": int(t["embeddings.position"].shape[0]),
-        "type_vocab_size": int(t["embeddings.token_type"].shape[0]),
-        "hidden_act": modes[0][1],
-        "pool_act": "tanh",
-        "pad_token_id": int(bert.pad_token_id),
-        "num_labels": int(t["classifier.bias"].shape[0]),
-        "attention": modes[0][0],
-        "layer_norm_eps": packer.eps,
-        "binarize": bcfg.to_dict() if hasattr(bcfg, "to_dict") else dict(bcfg),
-    }
+    cfg = _file_config(bcfg, bert, layers, packer, modes[0])
     if required_version({**cfg, "quantizers": packer.quant}) > 1:
         cfg["quantizers"] = packer.quant  # a version-1 file keeps the version-1 config exactly
     if tokenizer is not None:

@@ -39,13 +39,13 @@ class BiLinear(nn.Layer):
     """
 
     def __init__(self, in_features, out_features, weight_quantizer="channel_mean_sign",
-                 input_quantizer="ste_sign", bias=True):
+                 act_quantizer="ste_sign", bias=True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = self.create_parameter([in_features, out_features])
         self.bias = self.create_parameter([out_features], is_bias=True) if bias else None
         self.weight_quantizer = get_quantizer(weight_quantizer)
-        self.input_quantizer = get_quantizer(input_quantizer, channels=in_features)
+        self.act_quantizer = get_quantizer(act_quantizer, channels=in_features)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **quantizers) -> "BiLinear":
@@ -60,14 +60,14 @@ class BiLinear(nn.Layer):
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
     def forward(self, x, prequantized=False):
-        """``prequantized=True``: ``x`` is already ``input_quantizer(x)`` (shared by Q/K/V)."""
-        if self.input_quantizer is not None and not prequantized:
-            x = self.input_quantizer(x)
+        """``prequantized=True``: ``x`` is already ``act_quantizer(x)`` (shared by Q/K/V)."""
+        if self.act_quantizer is not None and not prequantized:
+            x = self.act_quantizer(x)
         return F.linear(x, self.binary_weight(), self.bias)
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, "
-                f"weight={_qname(self.weight_quantizer)}, input={_qname(self.input_quantizer)}")
+                f"weight={_qname(self.weight_quantizer)}, act={_qname(self.act_quantizer)}")
 
 
 class BiEmbedding(nn.Layer):
@@ -129,12 +129,9 @@ class BiMultiHeadAttention(nn.Layer):
         self.dropout = dropout
         self.need_weights = need_weights
         self.attention = attention
-        self.qkv_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
-        # quantizers with learned state (elastic, LSQ) get one instance each for Q, K and V
-        self.k_quantizer = self.v_quantizer = None
-        if self.qkv_quantizer is not None and self.qkv_quantizer.parameters():
-            self.k_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
-            self.v_quantizer = get_quantizer(qkv_quantizer, channels=self.head_dim)
+        # one instance each: quantizers with learned state (elastic, LSQ) learn Q's, K's and V's apart
+        self.q_quantizer, self.k_quantizer, self.v_quantizer = (
+            get_quantizer(qkv_quantizer, channels=self.head_dim) for _ in "qkv")
         if attention_quantizer is None and attention != "softmax":
             attention_quantizer = "bool" if attention == "bool" else "ste_sign"
         self.attention_quantizer = get_quantizer(attention_quantizer)
@@ -167,19 +164,17 @@ class BiMultiHeadAttention(nn.Layer):
         key = query if key is None else key
         value = query if value is None else value
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if key is query and value is query and _same_input_quantizer(projs):
+        if key is query and value is query and _same_act_quantizer(projs):
             # Self-attention: binarize the shared input once instead of three times (the same
             # values, and the same gradient up to the order of a three-term sum).
-            xb = self.q_proj.input_quantizer(query)
+            xb = self.q_proj.act_quantizer(query)
             q, k, v = (self._heads(p(xb, prequantized=True)) for p in projs)
         else:
             q = self._heads(self.q_proj(query))
             k = self._heads(self.k_proj(key))
             v = self._heads(self.v_proj(value))
-        if self.qkv_quantizer is not None:
-            q = self.qkv_quantizer(q)
-            k = (self.k_quantizer or self.qkv_quantizer)(k)
-            v = (self.v_quantizer or self.qkv_quantizer)(v)
+        if self.q_quantizer is not None:
+            q, k, v = self.q_quantizer(q), self.k_quantizer(k), self.v_quantizer(v)
         s = paddle.matmul(q, k, transpose_y=True) * (1.0 / math.sqrt(self.head_dim))
         mask = _convert_attention_mask(attn_mask, s.dtype) if attn_mask is not None else None
         if mask is not None:
@@ -221,13 +216,13 @@ class BiMultiHeadAttention(nn.Layer):
 
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"attention={self.attention}, qkv={_qname(self.qkv_quantizer)}")
+                f"attention={self.attention}, qkv={_qname(self.q_quantizer)}")
 
 
-def _same_input_quantizer(projs) -> bool:
+def _same_act_quantizer(projs) -> bool:
     """True when every projection is a BiLinear whose input quantizer is a parameter-free
     quantizer of the same type (so one application serves all three)."""
-    qs = [p.input_quantizer if isinstance(p, BiLinear) else None for p in projs]
+    qs = [p.act_quantizer if isinstance(p, BiLinear) else None for p in projs]
     return (qs[0] is not None and not qs[0].parameters()
             and all(type(q) is type(qs[0]) for q in qs))
 
