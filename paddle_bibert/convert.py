@@ -8,6 +8,9 @@ folders such as the packaged MiniLM can be used offline.
 CLI::
 
     python -m paddle_bibert.convert SRC_HF_FOLDER OUT_DIR [--num_labels N]
+
+(About 360 lines: the name map, the layout change, the checks that name a bad folder's problem,
+and the tokenizer and model loaders every command uses.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Sign convention, shared with the bit-packed export and runtime:
 two-valued and packs to one bit: the bit *is* the float's sign bit), and ``sign(-0.0) = -1``,
 which keeps ``sign(gelu(h)) == sign(h)`` where float32 GELU underflows to ``-0.0``
 (h <= -6 or so); see docs/algorithms.md, section 1.
+
+(About 360 lines: every registered quantizer is here, so the registry reads in one place; their
+gradient math is in ``ste.py`` and the fused kernels' dispatch in ``fused.py``.)
 """
 
 from __future__ import annotations
@@ -143,7 +146,9 @@ class _InitOnFirstBatch(Quantizer):
     def _state_dict_impl(self, *args, **kwargs):
         # set_state_dict (on this layer or any parent) and state_dict go through here, and both
         # hand out the buffer itself, which the caller may overwrite (a checkpoint saying "not
-        # initialised"): read the buffer again on the next training forward.
+        # initialised"): read the buffer again on the next training forward. A private method,
+        # because Paddle has no public hook on loading (register_state_dict_hook runs on saving
+        # only), and reading the buffer on every forward would sync a GPU once per quantizer.
         self._init_done = False
         return super()._state_dict_impl(*args, **kwargs)
 
