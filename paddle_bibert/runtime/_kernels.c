@@ -23,6 +23,8 @@
  * so that the epilogues give the same bits as the numpy reference. Threads: a small pthread
  * pool (see "thread pool" below), sized by BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else the
  * number of CPUs.
+ * (One file of ~1,400 lines: each operation has a kernel per instruction set, and keeping them
+ * beside the shared bit layout and dispatch lets one reading check that they agree.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
