@@ -18,6 +18,9 @@ For each task it runs (through the same code as the two commands):
     binarybert, binarybert_a2, binarybert_a4
                    BinaryBERT-style 1-1-1 / 1-1-2 / 1-1-4 (sign or LSQ activations, softmax kept
                    and quantized), all five flags, so every recipe has one footing
+    fp, fp_mse     a full-precision student (no --bi) with all five flags / with bit_mse's loss:
+                   where it does not learn either, the distillation setup is at fault, not the
+                   binarization
 
 ``grid`` stands for the paper's ablation grid, {Bi-Attention, sign-softmax} x {all five terms,
 prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes modifiers after
@@ -77,6 +80,8 @@ VARIANTS = {
     "binarybert": ({"recipe": "binarybert"}, ALL_FLAGS),
     "binarybert_a2": ({"recipe": "binarybert", "act_bits": 2}, ALL_FLAGS),
     "binarybert_a4": ({"recipe": "binarybert", "act_bits": 4}, ALL_FLAGS),
+    "fp": (None, ALL_FLAGS),
+    "fp_mse": (None, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0"]),
 }
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"]}
@@ -176,10 +181,10 @@ def run_task(task, args, log):
         os.makedirs(out, exist_ok=True)
         cfg = os.path.join(out, "variant.yaml")
         with open(cfg, "w") as f:
-            yaml.safe_dump({"student": {"binarize": binarize}}, f)
+            yaml.safe_dump({"student": {"binarize": binarize, "bi": binarize is not None}}, f)
         log(f"[{task}] {name}")
         init = ["--student_model_name_or_path", teacher_dir] if dep else []
-        rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir, "--bi",
+        rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir,
                                                   "--learning_rate", str(args.student_lr[task])]
                           + _student_length(args, task)
                           + init + flags,

@@ -157,3 +157,57 @@ def test_time_to_accuracy_reads_each_evaluations_training_seconds(tmp_path):
     (run / "checkpoint-400" / "trainer_state.json").write_text(json.dumps({"history": hist}))
     timed, estimated = bench.timed_history(str(run), summary)
     assert estimated and timed[1][1] == pytest.approx(200 * 999.0 / 400 / 60)
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_full_precision_student_and_the_diagnosis_of_both(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    import warnings
+
+    import numpy as np
+    from scipy.stats import ConstantInputWarning, pearsonr
+
+    warnings.simplefilter("ignore", ConstantInputWarning)
+
+    runs = tmp_path / "runs"
+    results = _bench().main(["--tasks", "sts-b,sst-2", *_tiny(glue_slice, tiny_model_dir, runs),
+                             "--student_steps", "2", "--save_steps", "2", "--variants", "bit_mse,fp_mse"])
+    for task in ("sts-b", "sst-2"):
+        assert results[task]["fp_mse"]["finished"] and results[task]["bit_mse"]["finished"]
+        # the fp student is not binarized; the bit_mse one is
+        assert not (runs / task / "fp_mse" / "best_model" / "bibert_config.yaml").exists()
+        assert (runs / task / "bit_mse" / "best_model" / "bibert_config.yaml").exists()
+    diagnose = _module("diagnose")
+    flags = ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0",
+             "--data_dir", glue_slice, "--max_seq_length", "32", "--batch_size", "8", "--batches", "2"]
+    for student in ("bit_mse", "fp_mse"):
+        lines, (t, s, labels) = diagnose.main(
+            ["--task_name", "sts-b", "--teacher_path", str(runs / "sts-b" / "teacher"),
+             "--student", str(runs / "sts-b" / student), "--plot", str(tmp_path / f"{student}.png"), *flags])
+        row = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if line.startswith("| ")}
+        mean, std, r_label, r_teacher = (float(x) for x in row["student"])
+        assert (mean, std) == pytest.approx((s[:, 0].mean(), s[:, 0].std()), rel=1e-3, abs=1e-7)
+        # (a 2-step student may answer every pair alike: then no correlation is defined)
+        assert (s[:, 0].std() == 0) == np.isnan(r_label)
+        assert r_label == pytest.approx(pearsonr(s[:, 0], labels)[0], abs=6e-5, nan_ok=True)
+        assert r_teacher == pytest.approx(pearsonr(s[:, 0], t[:, 0])[0], abs=6e-5, nan_ok=True)
+        # each term's gradient alone: the hidden-state MSE never reaches the head
+        pred = [float(x) for x in row["pred"]]
+        hidden = [float(x) for x in row["hidden"]]
+        assert pred[0] > 0 and pred[1] > 0 and pred[3] > 0
+        assert hidden[0] > 0 and hidden[1] == 0 and hidden[2] == 0 and hidden[3] > 0
+        assert (tmp_path / f"{student}.png").stat().st_size > 1000
+    lines, (t, s, labels) = diagnose.main(
+        ["--task_name", "sst-2", "--teacher_path", str(runs / "sst-2" / "teacher"),
+         "--student", str(runs / "sst-2" / "bit_mse"), *flags])
+    row = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines if line.startswith("| ")}
+    shares = [float(x) for x in row["labels"][:2]]
+    assert shares == pytest.approx(list(np.bincount(labels.astype(int), minlength=2) / len(labels)), abs=6e-4)
+    student = [float(x) for x in row["student"]]
+    assert student[0] + student[1] == pytest.approx(1, abs=1e-3)
+    assert student[2] == pytest.approx(float(np.mean(s.argmax(-1) == t.argmax(-1))), abs=6e-4)
