@@ -35,6 +35,8 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["paddle_bibert", "paddle_bibert.*"]),
+    # the fused STE kernels are compiled from source on first use, also in a non-editable install
+    package_data={"paddle_bibert.quant": ["_ops.cc"]},
     python_requires=">=3.8",
     install_requires=[
         "paddlenlp>=3.0.0b4",

@@ -274,3 +274,18 @@ def test_first_batch_initialisation_takes_its_reduction_from_the_caller():
     finally:
         qz.set_first_batch_mean_abs(None)
     assert qz.first_batch_mean_abs is not None and float(qz.first_batch_mean_abs(x)) == pytest.approx(2.0)
+
+
+def test_a_non_editable_install_carries_the_fused_kernels_source(tmp_path):
+    """What a wheel or a plain ``pip install .`` copies (setuptools' build_py) includes the
+    ``_ops.cc`` that the fused kernels are compiled from on first use."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "paddle_bibert" / "quant" / "fused.py").is_file()
+    assert (tmp_path / "paddle_bibert" / "quant" / "_ops.cc").is_file()
