@@ -354,6 +354,33 @@ def test_gelu32_follows_float32_gelu():
     np.testing.assert_allclose(ref.gelu32(x), g, rtol=1e-3, atol=2e-6)
 
 
+def test_lane_sum_adds_in_the_kernels_order(rng):
+    """The softmax denominator: key j into partial sum j % 8 in key order, then pairwise."""
+    for n in (1, 7, 8, 9, 64, 130):
+        e = np.exp(rng.standard_normal((3, n)) * 30)  # spread exponents: the order shows
+        for row, got in zip(e, ref.lane_sum(e)):
+            lane = [0.0] * 8
+            for j, x in enumerate(row):
+                lane[j % 8] += float(x)
+            want = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+            assert got == want
+
+
+@pytest.mark.parametrize("score_scale", [0.31, 0.02, 0.0, -0.05, -0.4])
+@pytest.mark.parametrize("map_factor", [0.05, 1.0, 3.0, 40.0])
+def test_softmax_map_for_every_sign_of_scale_and_every_cut(kern, rng, score_scale, map_factor):
+    """The kernels keep the keys on one side of a count cut; the reference tests every key.
+    Negative score scales put the top score at the largest count; tiny and large map scales
+    keep every key or none."""
+    b, l, h, heads = 3, 70, 128, 2
+    qkv = rng.standard_normal((b, l, 3 * h)).astype(np.float32)
+    keep = rng.random((b, l)) > 0.3
+    keep[-1] = False
+    map_scale = np.float32(map_factor / l)
+    args = (pack_signs(qkv), keep, h, heads, ref.MODE_SOFTMAX, score_scale, map_scale)
+    np.testing.assert_array_equal(kern.attention(*args), NUMPY.attention(*args))
+
+
 @pytest.mark.parametrize("b, l, h, heads", [(1, 1, 8, 2), (2, 7, 32, 4), (3, 70, 24, 2),
                                             (1, 65, 65, 1), (2, 130, 256, 2)])
 def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):

@@ -28,6 +28,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -916,32 +917,59 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
  * S_j = dh - 2 cnt[j] of the kept keys (all keys if none is kept: an additive mask that covers
  * every key cancels in the softmax):
  *     s_j = S_j * sscale            (sscale = a_q a_k / sqrt(dh), in double)
- *     p_j = (float)(exp(s_j - max s) / sum_k exp(s_k - max s))   (double, summed in key order)
+ *     p_j = (float)(exp(s_j - max s) / sum_k exp(s_k - max s))   (double; the sum in SUM_LANES
+ *           interleaved partial sums, key j into lane j % SUM_LANES in key order, then added
+ *           pairwise: independent chains instead of one L-long chain of dependent additions)
  *     bit j = 1[p_j / mscale > 0.5]  in float32 (mscale = a_p: {0, a_p} = a_p clip(round(p / a_p)))
- * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0. Ai must be zeroed.
+ * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0.
  * A count takes dh + 1 values, so every exp(s_j - max s) is an entry of the table
  * E[m][c] = exp(s(c) - s(m)) (m: the count of the top score), evaluated by the same expression
- * as a direct computation, so every bit is the same; and p_j depends on cnt[j] only, so the
- * division and threshold run once per count value, not once per key. */
-static void softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, int any,
+ * as a direct computation, so every bit is the same. The test on p_j is monotone in the table
+ * entry (IEEE division and rounding are), and the entry falls as the count moves away from the
+ * top one: where the table row is monotone over the counts present (checked), the map is the
+ * kept keys whose count is at most (sscale >= 0; at least, sscale < 0) one cut, found by
+ * bisection. Returns that cut, or NO_CUT after writing the map into Ai (zeroed) key by key. */
+enum { SUM_LANES = 8 };
+#define NO_CUT LONG_MIN
+
+static long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, int any,
                             double sscale, const double *E, float mscale, uint8_t *on,
                             uint64_t *Ai) {
     /* the count of the largest score: the smallest count (sscale > 0), the largest (< 0) */
-    long lo = dh, hi = 0;
-    for (size_t j = 0; j < L; j++)
-        if (!any || kp[j]) {
-            const long c = cnt[j];
-            lo = c < lo ? c : lo;
-            hi = c > hi ? c : hi;
-        }
+    int32_t lo32 = (int32_t)dh, hi32 = 0; /* int32 and no branch: the loop vectorizes */
+    for (size_t j = 0; j < L; j++) {
+        const int32_t c = cnt[j], kept_j = !any | (kp[j] != 0);
+        const int32_t cl = kept_j ? c : (int32_t)dh, ch = kept_j ? c : 0;
+        lo32 = cl < lo32 ? cl : lo32;
+        hi32 = ch > hi32 ? ch : hi32;
+    }
+    const long lo = lo32, hi = hi32;
     const long top = sscale >= 0.0 ? lo : hi;
     const double *e = E + (size_t)top * (dh + 1);
-    double sum = 0.0;
-    for (size_t j = 0; j < L; j++)
-        if (!any || kp[j]) sum += e[cnt[j]];
+    double lane[SUM_LANES] = {0.0}; /* a masked key adds +0.0, which leaves a lane as it is */
+    size_t j0 = 0;
+    for (; j0 + SUM_LANES <= L; j0 += SUM_LANES) /* constant trip count: the lanes stay in registers */
+        for (int r = 0; r < SUM_LANES; r++) lane[r] += !any || kp[j0 + r] ? e[cnt[j0 + r]] : 0.0;
+    for (size_t j = j0; j < L; j++) lane[j % SUM_LANES] += !any || kp[j] ? e[cnt[j]] : 0.0;
+    for (int w = SUM_LANES / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) lane[i] = lane[2 * i] + lane[2 * i + 1];
+    const double sum = lane[0];
+    int mono = 1;
+    for (long c = lo; c < hi; c++) mono &= sscale >= 0.0 ? e[c + 1] <= e[c] : e[c + 1] >= e[c];
+    if (mono) {
+        long in = lo - 1, out = hi + 1; /* counts known in / out of the map (or past the ends) */
+        if (sscale < 0.0) in = hi + 1, out = lo - 1;
+        while (labs(out - in) > 1) {
+            const long m = (in + out) / 2; /* in + out >= -1 + 1: the midpoint, rounded down */
+            if ((float)(e[m] / sum) / mscale > 0.5f) in = m;
+            else out = m;
+        }
+        return in;
+    }
     for (long c = 0; c <= dh; c++) on[c] = (float)(e[c] / sum) / mscale > 0.5f;
     for (size_t j = 0; j < L; j++)
         if ((!any || kp[j]) && on[cnt[j]]) Ai[j / 64] |= 1ULL << (j % 64);
+    return NO_CUT;
 }
 
 /* E[m][c] = exp(s(c) - s(m)), s(c) = (dh - 2c) * sscale, for counts m, c in 0..dh. */
@@ -998,6 +1026,9 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             kbits[j / 64] |= 1ULL << (j % 64);
             any = 1;
         }
+    uint64_t sbits[Lw]; /* the keys BiT's softmax runs over: the kept ones, or all L if none is */
+    for (size_t w = 0; w < Lw; w++)
+        sbits[w] = any ? kbits[w] : (L - 64 * w >= 64 ? ~0ULL : (1ULL << (L - 64 * w)) - 1);
     for (size_t i = 0; i < L; i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
@@ -1007,7 +1038,11 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
                 g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
                             LB - jb < TN ? (int)(LB - jb) : TN);
             memset(Ai, 0, Lw * sizeof(uint64_t));
-            softmax_map_row(cnt, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
+            const long cut = softmax_map_row(cnt, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
+            if (cut != NO_CUT) { /* scores: 1[count < thr]; then the kept (or all) keys < L */
+                g_isa->scores(Qb + i * dw, dw, Kil, LB, sscale >= 0.0 ? cut + 1 : cut, Ai);
+                for (size_t w = 0; w < Lw; w++) Ai[w] = (sscale >= 0.0 ? Ai[w] : ~Ai[w]) & sbits[w];
+            }
         } else {
             memset(Ai, 0, Lw * sizeof(uint64_t));
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);

@@ -77,6 +77,22 @@ def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarra
     return (dot * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
 
 
+#: partial sums of the softmax denominator (``SUM_LANES`` in _kernels.c)
+SUM_LANES = 8
+
+
+def lane_sum(e: np.ndarray) -> np.ndarray:
+    """Sum over the last axis as the C kernels add: element j into partial sum j % SUM_LANES, each
+    in order (cumsum is sequential), then the partial sums pairwise, ((l0 + l1) + (l2 + l3)) + ...
+    The order fixes the rounding, so both give the same float64."""
+    n = e.shape[-1]
+    padded = np.concatenate([e, np.zeros(e.shape[:-1] + (-n % SUM_LANES,), e.dtype)], -1)
+    lanes = np.cumsum(padded.reshape(e.shape[:-1] + (-1, SUM_LANES)), -2)[..., -1, :]
+    while lanes.shape[-1] > 1:
+        lanes = lanes[..., 0::2] + lanes[..., 1::2]
+    return lanes[..., 0]
+
+
 def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
               mode: int, score_scale: float = 1.0, map_scale: float = 1.0) -> np.ndarray:
     """Binary attention from the sign bits of a layer's Q/K/V (``[B, L, nwords(3 * hidden)]``).
@@ -87,7 +103,7 @@ def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
         MODE_SOFTMAX (BiT: softmax map binarized to {0, a_p}), over the kept keys (over all keys
         of a sequence that keeps none), with score_scale = a_q a_k / sqrt(d_head) and
         map_scale = a_p:
-            p = float32(softmax(S * score_scale))      in float64, summed in key order
+            p = float32(softmax(S * score_scale))      in float64, summed as ``lane_sum``
             A = 1[float32(p / map_scale) > 0.5]        masked keys: p = 0, so A = 0
         context = A Vb                                  -> [B, L, hidden], integer valued
 
@@ -106,7 +122,7 @@ def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
         sc = np.where(keep, (s[0] @ s[1].transpose(0, 1, 3, 2)).astype(np.float64) * score_scale,
                       -np.inf)
         e = np.exp(sc - sc.max(-1, keepdims=True))
-        p = (e / np.cumsum(e, -1)[..., -1:]).astype(_F32)  # cumsum: the C loop's summation order
+        p = (e / lane_sum(e)[..., None]).astype(_F32)
         a = (p / _F32(map_scale) > _F32(0.5)) & keep
     else:
         a = (s[0] @ s[1].transpose(0, 1, 3, 2) > 0) & keep
