@@ -65,8 +65,7 @@ typedef void (*scores_fn)(const uint64_t *q, size_t dw, const uint64_t *kil, siz
                           uint64_t *A);
 /* Attention context row: out[d] = pa - 2 sum_w popcount(A[w] AND v[d, w]), v interleaved
  * [DB, Lw, 8], for d < dh; pa = popcount(A). */
-typedef void (*context_fn)(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh, long pa,
-                           float *out);
+typedef void (*context_fn)(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh, float *out);
 
 static size_t nwords(size_t n) { return (n + 63) / 64; }
 
@@ -118,8 +117,17 @@ static AI void scores_scalar_body(const uint64_t *q, size_t dw, const uint64_t *
         }
 }
 
+/* popcount of a row of words; inlined into each instruction set's kernel, where the builtin
+ * becomes its POPCNT instruction (a plain C caller would call libgcc's software count) */
+static AI long popcount_words(const uint64_t *a, size_t n) {
+    long c = 0;
+    for (size_t w = 0; w < n; w++) c += __builtin_popcountll(a[w]);
+    return c;
+}
+
 static AI void context_scalar_body(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
-                                   long pa, float *out) {
+                                   float *out) {
+    const long pa = popcount_words(A, Lw);
     for (size_t d = 0; d < dh; d++) {
         long c = 0;
         for (size_t w = 0; w < Lw; w++) c += __builtin_popcountll(A[w] & vil[((d / 8) * Lw + w) * 8 + d % 8]);
@@ -132,9 +140,9 @@ static void scores_generic(const uint64_t *q, size_t dw, const uint64_t *kil, si
     scores_scalar_body(q, dw, kil, LB, thr, A);
 }
 
-static void context_generic(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh, long pa,
+static void context_generic(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
                             float *out) {
-    context_scalar_body(A, Lw, vil, dh, pa, out);
+    context_scalar_body(A, Lw, vil, dh, out);
 }
 
 #ifdef BB_X86
@@ -153,8 +161,8 @@ __attribute__((target("popcnt"))) static void scores_popcnt(const uint64_t *q, s
 
 __attribute__((target("popcnt"))) static void context_popcnt(const uint64_t *A, size_t Lw,
                                                              const uint64_t *vil, size_t dh,
-                                                             long pa, float *out) {
-    context_scalar_body(A, Lw, vil, dh, pa, out);
+                                                             float *out) {
+    context_scalar_body(A, Lw, vil, dh, out);
 }
 
 /* ------------------------------------------------------------------------------ AVX2 */
@@ -267,7 +275,8 @@ static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, 
 
 /* Attention context of one query, 8 head channels at a time (see context_fn). */
 static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
-                              long pa, float *out) {
+                              float *out) {
+    const long pa = popcount_words(A, Lw);
     int32_t cnt[8];
     for (size_t db = 0; db < (dh + 7) / 8; db++) {
         mk256(A, Lw, vil + db * Lw * 8, OP_AND, cnt, 8, 1);
@@ -387,8 +396,8 @@ static T512 void scores_avx512(const uint64_t *q, size_t dw, const uint64_t *kil
 }
 
 static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
-                                long pa, float *out) {
-    const __m512i p = _mm512_set1_epi64(pa);
+                                float *out) {
+    const __m512i p = _mm512_set1_epi64(popcount_words(A, Lw));
     for (size_t db = 0; db < (dh + 7) / 8; db++) {
         __m512i acc = _mm512_setzero_si512();
         for (size_t w = 0; w < Lw; w++)
@@ -757,6 +766,7 @@ typedef struct {
     const float *alpha, *bias;
     long K;
     int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
+    const long *ones; /* unsig: popcount(a_m) of each row, counted once */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
 } gemm_job;
 
@@ -799,11 +809,7 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
                 if (linear) {
                     uint32_t sg = 0;
                     long K = g->K;
-                    if (g->unsig) { /* K = popcount(A_m): the row's count of ones */
-                        const uint64_t *am = g->a + (m0 + r) * kw;
-                        K = 0;
-                        for (size_t w = 0; w < kw; w++) K += __builtin_popcountll(am[w]);
-                    }
+                    if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
                     for (size_t l = 0; l < nn; l++) {
                         double d = (double)(K - 2 * (long)lr[l]);
                         float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
@@ -836,7 +842,9 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
 static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
                       int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
                       const float *bias, long K, int unsig) {
-    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig};
+    long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
+    for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
+    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones};
     g.NB = (long)((N + 7) / 8);
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
@@ -1048,9 +1056,7 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
             for (size_t w = 0; w < Lw; w++) Ai[w] &= kbits[w]; /* also clears keys j >= L */
         }
-        long pa = 0;
-        for (size_t w = 0; w < Lw; w++) pa += __builtin_popcountll(Ai[w]);
-        g_isa->context(Ai, Lw, Vil, dh, pa, ctx + (b * L + i) * H + h * dh);
+        g_isa->context(Ai, Lw, Vil, dh, ctx + (b * L + i) * H + h * dh);
     }
 }
 
