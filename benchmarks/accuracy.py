@@ -24,8 +24,8 @@ For each task it runs (through the same code as the two commands):
 
 ``grid`` stands for the paper's ablation grid, {Bi-Attention, sign-softmax} x {all five terms,
 prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes modifiers after
-``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), e.g.
-``bibert+bertadam+padmax``; each such run has its own folder.
+``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
+(``--group_by_length``), e.g. ``bibert+bertadam+padmax``; each such run has its own folder.
 
 It writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
@@ -84,7 +84,8 @@ VARIANTS = {
     "fp_mse": (None, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0"]),
 }
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
-MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"]}
+MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"],
+             "glen": ["--group_by_length"]}
 DEFAULT_VARIANTS = "grid"
 
 

@@ -115,9 +115,10 @@ def _train_args(args):
 def _write_summary(args, summary, log):
     if not is_main():
         return
+    summary["arguments"] = dataclasses.asdict(args)  # what the run was, beside what it reached
     with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    log("[summary] " + json.dumps(summary))
+    log("[summary] " + json.dumps({k: v for k, v in summary.items() if k != "arguments"}))
 
 
 # ---- run_glue ---------------------------------------------------------------------------
