@@ -80,7 +80,9 @@ def _data(args, tokenizer):
     train_loader = make_dataloader(enc(train), args.batch_size, shuffle=True, seed=args.seed,
                                    collate_fn=collate, distributed=world_size() > 1,
                                    group_by_length=args.group_by_length)
-    dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate)
+    # dev batches of similar length: every metric here is order-free, and evaluation pads far less
+    dev_loader = make_dataloader(enc(dev), args.eval_batch_size, shuffle=False, collate_fn=collate,
+                                 group_by_length=True)
     return info, train_loader, dev_loader, len(train), len(dev)
 
 

@@ -377,3 +377,39 @@ def test_help_lists_every_flag(cls, capsys):
     for f in dataclasses.fields(getattr(arguments, cls)):
         assert f"--{f.name}" in out
     assert "--no_progress" in out and "--config" in out
+
+
+@pytest.mark.parametrize("task", ["sst-2", "sts-b"])
+@pytest.mark.parametrize("recipe", [None, "bibert", "bit"])
+def test_length_sorted_dev_batches_give_the_same_metrics(glue_slice, tiny_model_dir, task, recipe):  # noqa: F811
+    """Evaluation batches examples by length (less padding); padding must not reach any prediction,
+    full precision or binarized, so every metric equals that of the file-order batches."""
+    from paddlenlp.transformers import BertForSequenceClassification, BertTokenizer
+
+    from paddle_bibert.data.glue import load_glue
+    from paddle_bibert.data.loader import Collator, encode_examples, make_dataloader
+    from paddle_bibert.surgery import BinarizeConfig, binarize_model
+    from paddle_bibert.training.trainer import evaluate
+
+    tok = BertTokenizer.from_pretrained(tiny_model_dir)
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_classes=1 if task == "sts-b" else 2,
+                                                          ignore_mismatched_sizes=True)
+    if recipe:
+        binarize_model(model, BinarizeConfig.from_recipe(recipe))
+    feats = encode_examples(load_glue(task, glue_slice, "dev"), tok, task, 32)
+    loader = lambda grouped: make_dataloader(feats, 8, shuffle=False, collate_fn=Collator(tok, task),  # noqa: E731
+                                             group_by_length=grouped)
+    padded = lambda ld: sum(b["input_ids"].size for b in ld)  # noqa: E731
+    assert padded(loader(True)) < padded(loader(False))
+    model.eval()
+
+    def per_example(ld):  # logits in file order, whatever order the loader batched them in
+        order = np.concatenate([np.asarray(b) for b in ld.batch_sampler])
+        logits = np.concatenate([model(b["input_ids"], token_type_ids=b["token_type_ids"]).numpy() for b in ld])
+        return logits[np.argsort(order)]
+
+    np.testing.assert_allclose(per_example(loader(True)), per_example(loader(False)), atol=1e-5)
+    in_order, by_length = evaluate(model, loader(False), task), evaluate(model, loader(True), task)
+    assert in_order.keys() == by_length.keys()
+    for k in in_order:
+        assert by_length[k] == pytest.approx(in_order[k], abs=1e-5, nan_ok=True), k

@@ -341,5 +341,9 @@ def test_group_by_length_keeps_every_example_once_and_pads_less():
     # data parallel: the ranks' batches together hold every example, of similar lengths
     ranks = [batches(lengths, 0, num_replicas=2, rank=r) for r in (0, 1)]
     assert set(i for r in ranks for b in r for i in b) == set(data)
+    # unshuffled (evaluation): every example once, the whole set shortest first, the same each pass
+    s = SeededBatchSampler(data, 16, shuffle=False, lengths=lengths)
+    flat = [i for b in s for i in b]
+    assert sorted(flat) == data and list(lengths[flat]) == sorted(lengths) and [i for b in s for i in b] == flat
     with pytest.raises(ValueError, match="lengths has 3 entries for 1003 examples"):
         SeededBatchSampler(data, 16, shuffle=True, lengths=[1, 2, 3])

@@ -144,6 +144,8 @@ class SeededBatchSampler(paddle.io.BatchSampler):
     ``group_by_length``: the shuffled order is cut into runs of ``MEGABATCH``
     batches, each run sorted by length (longest first), so a batch holds examples
     of similar length and pads less, while which examples meet stays random.
+    Without shuffling, ``lengths`` sorts the whole set by length: for evaluation, whose
+    metrics do not depend on the order of the examples, at the least padding.
     """
 
     #: batches per run sorted by length (Hugging Face's Trainer uses 50)
@@ -186,6 +188,8 @@ class SeededBatchSampler(paddle.io.BatchSampler):
             run = self.MEGABATCH * self.batch_size * self.num_replicas  # ranks stride through a run
             runs = [order[i:i + run] for i in range(0, len(order), run)]
             order = np.concatenate([r[np.argsort(-self.lengths[r], kind="stable")] for r in runs])
+        elif self.lengths is not None:  # unshuffled (evaluation): the whole set shortest first
+            order = np.argsort(self.lengths, kind="stable")
         if self.num_replicas > 1:
             total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
             order = np.resize(order, total)[self.rank :: self.num_replicas]  # resize repeats from the start
