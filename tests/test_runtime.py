@@ -125,6 +125,23 @@ def test_embedding_and_layer_norm_match_numpy(kern, rng):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("h", [70, 384, 768])
+def test_layer_norm_gives_the_same_bits_on_every_instruction_set(kern, rng, h):
+    """The vector LayerNorms add in the generic code's lane order (the next layer takes signs of
+    values near 0, so the kernel sets must agree to the bit, not to a tolerance)."""
+    x, r = (rng.standard_normal((9, h)).astype(np.float32) * 3 for _ in range(2))
+    # rows of large values that cancel, around small ones: their mean depends on the order of the
+    # additions, and the outputs of the small values on the mean
+    for row in x[:4]:  # pairs +-2^k that cancel exactly, the small values between them
+        k = 2.0 ** rng.integers(36, 44, h // 4)
+        row[rng.permutation(h)[: 2 * len(k)]] = np.concatenate([k, -k])
+    g, bt = rng.standard_normal(h).astype(np.float32), np.zeros(h, np.float32)
+    got = [kern.layer_norm(x, res, g, bt, 1e-12) for res in (r, None)]
+    want = [Kernels("c", isa="generic").layer_norm(x, res, g, bt, 1e-12) for res in (r, None)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_empty_batch_rejected(backend, tmp_path):
     if backend == "c" and not compiled_available():

@@ -417,23 +417,25 @@ static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vi
 
 /* ------------------------------------------------------------------------ LayerNorm */
 /* One row: s = x + res (float; res may be NULL); mean and variance of s in double, two passes,
- * each summed over 8 lanes (lane l takes elements l, l + 8, ...; the tail goes to lane 0;
+ * each summed over 8 lanes (lane l takes elements l, l + 8, ...; the tail's own sum goes to lane 0;
  * lanes combined pairwise); out = (float)((s - mean) * (1 / sqrt(var + eps)) * g + b), all in
  * double and rounded once, so an output near 0 has the sign of the exact value (the next layer
  * binarizes it). The AVX2 version keeps exactly this order, so both give the same bits. */
 static void ln_row_generic(const float *x, const float *res, size_t H, const float *g,
                            const float *b, double eps, float *o) {
-    double acc[8] = {0}, m, v;
+    double acc[8] = {0}, m, v, tail;
     size_t d;
     for (d = 0; d < H; d++) o[d] = res ? x[d] + res[d] : x[d];
     for (d = 0; d + 8 <= H; d += 8)
         for (int l = 0; l < 8; l++) acc[l] += o[d + l];
-    for (; d < H; d++) acc[0] += o[d];
+    for (tail = 0.0; d < H; d++) tail += o[d]; /* the tail summed on its own, then into lane 0 */
+    acc[0] += tail;
     m = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
     memset(acc, 0, sizeof acc);
     for (d = 0; d + 8 <= H; d += 8)
         for (int l = 0; l < 8; l++) acc[l] += ((double)o[d + l] - m) * ((double)o[d + l] - m);
-    for (; d < H; d++) acc[0] += ((double)o[d] - m) * ((double)o[d] - m);
+    for (tail = 0.0; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
+    acc[0] += tail;
     v = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
     const double rstd = 1.0 / sqrt(v + eps);
     for (d = 0; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * (double)g[d] + (double)b[d]);
