@@ -55,14 +55,24 @@ def main(argv=None):
     ap.add_argument("--max_seq_length", type=int, default=64)
     ap.add_argument("--teacher_lr", type=float, default=5e-5)
     ap.add_argument("--student_lr", type=float, help="default: the recipe's (bit 5e-4, bibert 1e-4)")
+    ap.add_argument("--teacher_epochs", type=float, help="default: the budget's (short 1, full 3)")
+    ap.add_argument("--student_epochs", type=float, help="default: the budget's (short 1, full 10)")
+    ap.add_argument("--no_group_by_length", dest="group_by_length", action="store_false",
+                    help="batch sentences in random order instead of by similar length")
     ap.add_argument("--no_progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
-    b = BUDGETS["full" if args.full else "short"]
+    b = dict(BUDGETS["full" if args.full else "short"])
+    for stage in ("teacher_epochs", "student_epochs"):
+        if getattr(args, stage) is not None:
+            if getattr(args, stage) <= 0:
+                ap.error(f"--{stage} must be > 0, got {getattr(args, stage)}")
+            b[stage] = getattr(args, stage)
     flags, student_lr = RECIPES[args.recipe]
     common = ["--task_name", "movie-reviews", "--max_seq_length", str(args.max_seq_length),
               "--seed", str(args.seed), "--logging_steps", "20",
               "--save_steps", str(b["save_steps"]), "--max_steps", str(args.max_steps)] \
-        + (["--resume"] if args.resume else []) + ([] if args.progress else ["--no_progress"])
+        + (["--resume"] if args.resume else []) + ([] if args.progress else ["--no_progress"]) \
+        + (["--group_by_length"] if args.group_by_length else [])
     teacher_dir = os.path.join(args.output_dir, "teacher")
     student_dir = os.path.join(args.output_dir, "student")
     t0 = time.time()
@@ -83,6 +93,8 @@ def main(argv=None):
               "student_steps": student["global_step"], "teacher_minutes": (t1 - t0) / 60,
               "student_minutes": (t2 - t1) / 60, "total_minutes": (t2 - t0) / 60,
               "budget": "full" if args.full else "short", "recipe": args.recipe,
+              "teacher_epochs": b["teacher_epochs"], "student_epochs": b["student_epochs"],
+              "group_by_length": args.group_by_length,
               "packed_file": packed, "packed_bytes": info["bytes"], "fp_bytes": info["fp_bytes"]}
     with open(os.path.join(args.output_dir, "quickstart.json"), "w") as f:
         json.dump(result, f, indent=1)
