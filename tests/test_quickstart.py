@@ -2,6 +2,7 @@
 what it prints, and the packed file it leaves, for each recipe."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -40,6 +41,10 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     assert result["fp_bytes"] == want
     assert result["recipe"] == recipe and result["packed_bytes"] == packed.stat().st_size
     assert result["teacher_steps"] == 2 and result["student_steps"] == 2
+    # both stages batch sentences of similar length unless told otherwise
+    for stage in ("teacher", "student"):
+        with open(out / stage / "summary.json") as f:
+            assert json.load(f)["arguments"]["group_by_length"] is True
     # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences
     student = load_binarized(str(out / "student" / "best_model"))
     assert f"recipe: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
@@ -59,3 +64,17 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     for d in (out / "teacher" / "best_model", out / "student" / "best_model"):
         assert read_task_file(str(d)) == {"task": "movie-reviews", "max_seq_length":
                                           runtime.config["tokenizer"]["max_seq_length"]}
+
+
+def test_quickstart_budget_flags(tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    qs = _quickstart()
+    out = tmp_path / "qs"
+    result = qs.main(["--output_dir", str(out), "--model", tiny_model_dir, "--max_steps", "2", "--no_progress",
+                      "--student_epochs", "0.5", "--no_group_by_length"])
+    assert result["student_epochs"] == 0.5 and result["teacher_epochs"] == 1 and not result["group_by_length"]
+    with open(out / "student" / "summary.json") as f:
+        args = json.load(f)["arguments"]
+    assert args["num_train_epochs"] == 0.5 and args["group_by_length"] is False
+    with pytest.raises(SystemExit):
+        qs.main(["--output_dir", str(out), "--student_epochs", "0"])
+    assert "--student_epochs must be > 0, got 0.0" in capsys.readouterr().err
