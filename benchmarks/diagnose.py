@@ -9,8 +9,9 @@ sends back into it.
 It prints two tables and writes one plot:
 
 1. Dev predictions. Classification: the share of each class among the labels, the teacher's
-   and the student's predictions, and how often the two models agree (a student that never
-   predicts the minority class has Matthews correlation 0 however good its scores are).
+   and the student's predictions, and how often the two models agree; for two classes, the ROC
+   AUC of each model's logit margin (a student that never predicts the minority class has
+   Matthews correlation 0 however well its scores rank the examples; the AUC shows that ranking).
    Regression: mean and spread of labels and of both models' outputs, and their correlations.
 2. The loss terms on ``--batches`` training batches (the student in training mode, the same
    dropout draws for every term): each enabled term's value and the norm of the gradient it
@@ -95,10 +96,31 @@ def prediction_table(info, t_logits, s_logits, labels) -> list:
     tp, sp = t_logits.argmax(-1), s_logits.argmax(-1)
     share = lambda x: " | ".join(f"{np.mean(x == c):.3f}" for c in range(n))  # noqa: E731
     names = [str(x) for x in (info.labels or range(n))]
-    return ["| | " + " | ".join(names) + " | agrees with teacher |", "|---" * (n + 2) + "|",
-            f"| labels | {share(labels)} | |",
-            f"| teacher | {share(tp)} | 1 |",
-            f"| student | {share(sp)} | {np.mean(sp == tp):.3f} |"]
+    if n != 2:
+        return ["| | " + " | ".join(names) + " | agrees with teacher |", "|---" * (n + 2) + "|",
+                f"| labels | {share(labels)} | |",
+                f"| teacher | {share(tp)} | 1 |",
+                f"| student | {share(sp)} | {np.mean(sp == tp):.3f} |"]
+    # two classes: also how well the logit margin ranks the examples, whatever the cut
+    auc = lambda lg: f"{roc_auc(lg[:, 1] - lg[:, 0], labels):.4f}"  # noqa: E731
+    return ["| | " + " | ".join(names) + " | agrees with teacher | ROC AUC of the margin |", "|---" * 5 + "|",
+            f"| labels | {share(labels)} | | |",
+            f"| teacher | {share(tp)} | 1 | {auc(t_logits)} |",
+            f"| student | {share(sp)} | {np.mean(sp == tp):.3f} | {auc(s_logits)} |"]
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative
+    (ties count half), from the scores' ranks. A student that always predicts the majority class
+    has Matthews correlation 0 but can still rank the examples well (AUC > 0.5)."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(labels) == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # ties get their mean rank
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def group_of(name: str, last_layer: str):

@@ -172,6 +172,7 @@ def test_full_precision_student_and_the_diagnosis_of_both(glue_slice, tiny_model
 
     import numpy as np
     from scipy.stats import ConstantInputWarning, pearsonr
+    from sklearn.metrics import roc_auc_score
 
     warnings.simplefilter("ignore", ConstantInputWarning)
 
@@ -212,3 +213,10 @@ def test_full_precision_student_and_the_diagnosis_of_both(glue_slice, tiny_model
     student = [float(x) for x in row["student"]]
     assert student[0] + student[1] == pytest.approx(1, abs=1e-3)
     assert student[2] == pytest.approx(float(np.mean(s.argmax(-1) == t.argmax(-1))), abs=6e-4)
+    for model, logits in (("student", s), ("teacher", t)):  # the margin's ROC AUC, as sklearn has it
+        assert float(row[model][3]) == pytest.approx(roc_auc_score(labels, logits[:, 1] - logits[:, 0]), abs=6e-5)
+    # ties count half, a constant score is 0.5, and the AUC is 1 - AUC of the negated score
+    assert diagnose.roc_auc(np.array([1.0, 1.0, 2.0, 0.0]), np.array([1, 0, 1, 0])) == pytest.approx(0.875)
+    assert diagnose.roc_auc(np.zeros(5), np.array([1, 0, 1, 0, 0])) == 0.5
+    x, y = np.random.default_rng(0).standard_normal(50), np.arange(50) % 2
+    assert diagnose.roc_auc(-x, y) == pytest.approx(1 - diagnose.roc_auc(x, y))
