@@ -175,7 +175,7 @@ def run_task(task, args, log):
                                        str(args.teacher_epochs[task]), "--max_steps",
                                        str(args.teacher_steps[task])], tdir, log)
     rows = {"teacher": teacher}
-    for name in expand(args.variants):
+    for name in [] if args.teachers_only else expand(args.variants):
         binarize, flags, *dep = variant(name)
         teacher_dir = os.path.join(args.out_dir, task, dep[0]) if dep else tdir
         out = os.path.join(args.out_dir, task, name)
@@ -365,6 +365,8 @@ def main(argv=None):
     ap.add_argument("--save_steps", type=per_task(int), default=PerTask(int, "100"),
                     help="dev evaluation (and checkpoint) every this many steps")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--teachers_only", action="store_true",
+                    help="train (or find) each task's teacher, print their metrics, and stop")
     ap.add_argument("--table", help="write the markdown table here")
     ap.add_argument("--plot", help="write the PNG plot here")
     ap.add_argument("--curve_plot", help="write a PNG of dev metric against training minutes here")
@@ -387,6 +389,12 @@ def main(argv=None):
     log = lambda m: print(m, flush=True)
     t0 = time.time()
     results = {t: run_task(t, args, log) for t in args.tasks.split(",")}
+    if args.teachers_only:
+        for t, rows in results.items():
+            s = rows["teacher"]
+            log(f"{t}: teacher {s['metric']} {s['best_metric']:.4f} (best at step {s['best_step']} of "
+                f"{s['global_step']}, {_minutes(s):.1f} min)")
+        return results
     text = table(results, args) + "\n\n" + curves(results, args)
     cmd = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Date {time.strftime('%Y-%m-%d')}, machine {cpu_model()} "

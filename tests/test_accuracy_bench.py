@@ -61,6 +61,9 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert (tmp_path / "p.png").stat().st_size > 1000
     # a second invocation finds every run finished and reproduces the table without training
+    teachers = bench.main(argv[:argv.index("--variants")] + ["--teachers_only"])
+    assert {t: set(rows) for t, rows in teachers.items()} == {"sst-2": {"teacher"}, "sts-b": {"teacher"}}
+    assert teachers["sts-b"]["teacher"]["best_metric"] == results["sts-b"]["teacher"]["best_metric"]
     again = bench.main(argv)
     assert again["sst-2"]["bibert"]["student_metric"] == results["sst-2"]["bibert"]["student_metric"]
 
