@@ -114,6 +114,12 @@ def test_embedding_and_layer_norm_match_numpy(kern, rng):
     ids, tt = rng.integers(0, v, (3, 9)), rng.integers(0, 2, (3, 9))
     np.testing.assert_array_equal(kern.embed(ids, tt, bits, alpha, pos, tok),
                                   NUMPY.embed(ids, tt, bits, alpha, pos, tok))
+    # 4 x 128 tokens of 256 values: split in row chunks across the threads
+    wide = pack_signs(rng.standard_normal((v, 256)).astype(np.float32))
+    pos2, tok2 = (rng.standard_normal((r, 256)).astype(np.float32) for r in (128, 2))
+    ids2, tt2 = rng.integers(0, v, (4, 128)), rng.integers(0, 2, (4, 128))
+    np.testing.assert_array_equal(kern.embed(ids2, tt2, wide, alpha, pos2, tok2),
+                                  NUMPY.embed(ids2, tt2, wide, alpha, pos2, tok2))
     x, r = (rng.standard_normal((5, h)).astype(np.float32) for _ in range(2))
     x[0], r[0] = np.resize([1.0, -1.0, 2.0, -2.0], h), 0.0  # a row with mean exactly 0
     g, bt = rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
@@ -125,11 +131,12 @@ def test_embedding_and_layer_norm_match_numpy(kern, rng):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("h", [70, 384, 768])
-def test_layer_norm_gives_the_same_bits_on_every_instruction_set(kern, rng, h):
+@pytest.mark.parametrize("rows, h", [(9, 70), (9, 384), (300, 768)])
+def test_layer_norm_gives_the_same_bits_on_every_instruction_set(kern, rng, rows, h):
     """The vector LayerNorms add in the generic code's lane order (the next layer takes signs of
-    values near 0, so the kernel sets must agree to the bit, not to a tolerance)."""
-    x, r = (rng.standard_normal((9, h)).astype(np.float32) * 3 for _ in range(2))
+    values near 0, so the kernel sets must agree to the bit, not to a tolerance). 300 rows of 768
+    are split in row chunks across the threads, the last one short."""
+    x, r = (rng.standard_normal((rows, h)).astype(np.float32) * 3 for _ in range(2))
     # rows of large values that cancel, around small ones: their mean depends on the order of the
     # additions, and the outputs of the small values on the mean
     for row in x[:4]:  # pairs +-2^k that cancel exactly, the small values between them

@@ -757,6 +757,10 @@ static void pool_set_threads(int n) {
 /* Row chunks for the memory-bound elementwise kernels (packing, LayerNorm, embedding): a job
  * is split only above PAR_ELEMENTS values, where a chunk is worth more than waking a thread. */
 #define ROW_CHUNK(rows, n) ((rows) * (n) > PAR_ELEMENTS ? 64 : (rows))
+/* LayerNorm (three passes in double per row, each a chain of dependent additions) and the
+ * embedding sum cost ~10x a packing pass per value: at batch 1 (128 rows of 768) they were a
+ * tenth of the forward on one thread while the other waited, so they split from 64k values. */
+#define ROW_CHUNK_HEAVY(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
 
 typedef struct {
     const uint64_t *a, *b;
@@ -1132,7 +1136,7 @@ static void embed_chunk(void *vctx, long c, int tid) {
 
 static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
                   const float *walpha, size_t H, const float *pos, const float *tok, float *out) {
-    embed_job j = {ids, tt, T, L, H, ROW_CHUNK(T, H), wbits, walpha, pos, tok, out};
+    embed_job j = {ids, tt, T, L, H, ROW_CHUNK_HEAVY(T, H), wbits, walpha, pos, tok, out};
     pool_run(embed_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
 }
 
@@ -1154,7 +1158,7 @@ static void ln_chunk(void *vctx, long c, int tid) {
 
 static void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
                        const float *bta, double eps, float *out) {
-    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK(T, H), eps, out};
+    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK_HEAVY(T, H), eps, out};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
 }
 
