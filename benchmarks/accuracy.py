@@ -222,12 +222,21 @@ def table(results, args) -> str:
     budget = []
     for task, rows in results.items():
         t = rows["teacher"]
-        students = ", ".join(f"{n} {rows[n]['global_step']} steps {_minutes(rows[n]):.1f} min" for n in names)
+        students = ", ".join(f"{n} {rows[n]['global_step']} steps {_minutes(rows[n]):.1f} min{_per_step(rows[n])}"
+                             for n in names)
         budget.append(f"{task}: teacher {t['global_step']} steps ({_minutes(t):.1f} min); {students}")
     lines.append("")
-    lines.append("Budget per run (training time, evaluations included, summed over resumes): "
-                 + "; ".join(budget) + ".")
+    lines.append("Budget per run (training time, evaluations included, summed over resumes; in brackets the "
+                 "mean training step without evaluations): " + "; ".join(budget) + ".")
     return "\n".join(lines)
+
+
+def _per_step(summary):
+    """`` (1.23 s/step)``: training seconds per step, evaluations and checkpoints excluded (runs
+    that predate that clock: empty)."""
+    if "training_seconds" not in summary or not summary.get("global_step"):
+        return ""
+    return f" ({summary['training_seconds'] / summary['global_step']:.2f} s/step)"
 
 
 def _minutes(summary):

@@ -51,6 +51,8 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     table = (tmp_path / "t.md").read_text()
     assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
     assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
+    s = results["sst-2"]["bit"]  # the mean training step, evaluations excluded
+    assert f"bit 2 steps {s['train_seconds'] / 60:.1f} min ({s['training_seconds'] / 2:.2f} s/step)" in table
     # the dev curve of every student, read from its run (evaluations at steps 2 and 3 for sts-b)
     assert "Dev corr of each student by step (sts-b" in table
     curve_rows = [ln for ln in table.split("Dev corr of each student by step (sts-b")[1].splitlines()
