@@ -289,3 +289,39 @@ def test_a_non_editable_install_carries_the_fused_kernels_source(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "paddle_bibert" / "quant" / "fused.py").is_file()
     assert (tmp_path / "paddle_bibert" / "quant" / "_ops.cc").is_file()
+
+
+def test_tensor_sign_matches_exact_arithmetic_and_the_plain_path(monkeypatch):
+    """BiT's weight binarizer (one scale per matrix) on a matrix above the threading threshold.
+
+    Dyadic values and a power-of-two size make every mean exact, so the kernel must match the
+    float64 formulas bit for bit, edge values included: w == mean (sign +1) and |w - mean| == 1
+    (inside the clip window) next to just outside it."""
+    rng = np.random.default_rng(7)
+    n_in, n_out = 256, 1024  # 2**18 values
+    half = (rng.integers(-1536, 1536, size=n_in * n_out // 2) / 1024.0).astype(np.float32)
+    step = np.float32(2.0 ** -10)
+    half[:4] = [0.0, 1.0, 1.0 + step, 1.0 - step]  # deviations from the mean: 0 and the clip edges
+    mean = np.float32(0.25)
+    w = np.concatenate([mean + half, mean - half]).astype(np.float32)  # mean exactly 0.25
+    w = w[rng.permutation(w.size)].reshape(n_in, n_out)
+    g = (rng.integers(-512, 512, size=w.shape) / 256.0).astype(np.float32)
+
+    t = paddle.to_tensor(w, stop_gradient=False)
+    y = get_quantizer("tensor_mean_sign")(t)
+    y.backward(paddle.to_tensor(g))
+
+    wc = w.astype(np.float64) - 0.25
+    assert (wc == 0).any() and (np.abs(wc) == 1).any() and (np.abs(wc) == 1 + 2.0 ** -10).any()
+    alpha = np.abs(w.astype(np.float64)).mean()
+    assert_bitwise(y.numpy(), np.where(wc < 0, -alpha, alpha).astype(np.float32), "forward")
+    m = np.where(np.abs(wc) <= 1, g, 0).astype(np.float64)
+    assert_bitwise(t.grad.numpy(), (m - m.mean()).astype(np.float32), "gradient of w")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(fused, "usable", lambda x: False)
+        tp = paddle.to_tensor(w, stop_gradient=False)
+        yp = get_quantizer("tensor_mean_sign")(tp)
+        yp.backward(paddle.to_tensor(g))
+    np.testing.assert_allclose(yp.numpy(), y.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tp.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -9,14 +9,16 @@
 //   channel sign (weights): per channel c over the reduced axis,
 //          wc = w - mean(w),  y = mean|w| * sign(wc)
 //          dw = t - mean(t),  t = dy * (|wc| <= 1)   (STE through the centring)
+//   tensor sign (BiT's weights): the same with one channel, the whole matrix
 //
 // The learned-scale quantizers (BiT elastic binarization, LSQ) follow; their plain paths chain
 // ~10 ops each way. Scalar gradients (alpha, step, the shift b) are sums: accumulated in double
 // here, so they agree with Paddle's float32 sums to rounding, not bit for bit.
-// (One file of ~650 lines: each quantizer's forward and backward kernels sit together, and the
+// (One file of ~710 lines: each quantizer's forward and backward kernels sit together, and the
 // extension is built, and cached, as one unit.)
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -193,6 +195,68 @@ PD_BUILD_GRAD_OP(bibert_channel_sign)
     .Outputs({paddle::Grad("W")})
     .Attrs({"reduce_last: bool"})
     .SetKernelFn(PD_KERNEL(ChannelSignBackward));
+
+// Tensor sign (BiT's weights): the channel sign with one channel, the whole matrix. Its own
+// kernels because the [1, numel, 1] layout would make every element an inner loop of one.
+// Sums run over fixed blocks in a fixed order, so the result does not depend on the threads.
+constexpr int64_t kBlock = 4096;
+
+static double block_sum(const float* p, int64_t n, bool absolute) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight chains: the adds' latency, not one chain's
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += absolute ? std::fabs(p[i + k]) : p[i + k];
+  for (; i < n; ++i) acc[0] += absolute ? std::fabs(p[i]) : p[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// The mean of p (or of |p|) over n values: per-block sums in parallel, added in block order.
+static double tensor_mean(const float* p, int64_t n, bool absolute) {
+  const int64_t nb = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(nb);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t b = 0; b < nb; ++b)
+    part[b] = block_sum(p + b * kBlock, std::min(kBlock, n - b * kBlock), absolute);
+  double s = 0.0;
+  for (double v : part) s += v;
+  return s / static_cast<double>(n);
+}
+
+std::vector<paddle::Tensor> TensorSignForward(const paddle::Tensor& w) {
+  check_cpu_float(w, "weight");
+  const int64_t n = w.numel();
+  const float* pw = w.data<float>();
+  const float mean = static_cast<float>(tensor_mean(pw, n, false));
+  const float a = static_cast<float>(tensor_mean(pw, n, true));
+  auto y = paddle::empty_like(w);
+  float* py = y.data<float>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) py[i] = std::signbit(pw[i] - mean) ? -a : a;
+  return {y};
+}
+
+std::vector<paddle::Tensor> TensorSignBackward(const paddle::Tensor& w, const paddle::Tensor& dy) {
+  check_cpu_float(w, "weight");
+  check_cpu_float(dy, "grad");
+  const int64_t n = w.numel();
+  const float* pw = w.data<float>();
+  const float* pg = dy.data<float>();
+  const float mean = static_cast<float>(tensor_mean(pw, n, false));
+  auto dw = paddle::empty_like(w);
+  float* po = dw.data<float>();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) po[i] = std::fabs(pw[i] - mean) <= 1.0f ? pg[i] : 0.0f;
+  const double t = tensor_mean(po, n, false);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) po[i] = static_cast<float>(po[i] - t);
+  return {dw};
+}
+
+PD_BUILD_OP(bibert_tensor_sign).Inputs({"W"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(TensorSignForward));
+PD_BUILD_GRAD_OP(bibert_tensor_sign)
+    .Inputs({"W", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("W")})
+    .SetKernelFn(PD_KERNEL(TensorSignBackward));
 
 PD_BUILD_OP(bibert_sign_ste).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(SignForward));
 PD_BUILD_GRAD_OP(bibert_sign_ste)
