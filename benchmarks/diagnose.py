@@ -83,11 +83,17 @@ def outputs(model, loader):
     return np.concatenate(logits), np.concatenate(labels)
 
 
+def varies(a) -> bool:
+    """False for answers that are all alike up to float32 rounding: no correlation is defined."""
+    a = np.asarray(a, dtype=np.float64)
+    return bool(a.std() > 1e-6 * np.abs(a).max())
+
+
 def prediction_table(info, t_logits, s_logits, labels) -> list:
     """Table 1: class shares (classification) or moments and correlations (regression)."""
     if info.is_regression:
         t, s = t_logits[:, 0], s_logits[:, 0]
-        r = lambda a, b: float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")  # noqa: E731
+        r = lambda a, b: float(np.corrcoef(a, b)[0, 1]) if varies(a) and varies(b) else float("nan")  # noqa: E731
         return ["| | mean | std | Pearson with labels | Pearson with teacher |", "|---|---|---|---|---|",
                 f"| labels | {labels.mean():.4g} | {labels.std():.4g} | 1 | {r(labels, t):.4f} |",
                 f"| teacher | {t.mean():.4g} | {t.std():.4g} | {r(t, labels):.4f} | 1 |",

@@ -47,8 +47,12 @@ def assert_same_packed_file(f_old, f_new, bibert_config):
     old_b, new_b = f_old.config.pop("binarize"), f_new.config.pop("binarize")
     assert BinarizeConfig.from_dict(old_b) == BinarizeConfig.from_dict(new_b) == bibert_config
     assert f_new.config == f_old.config
-    assert {k: v for k, v in f_new.metadata.items() if k != "config"} == \
-        {k: v for k, v in f_old.metadata.items() if k != "config"}
+    # (the payload's hash follows the tensors, compared below)
+    assert {k: v for k, v in f_new.metadata.items() if k not in ("config", "payload_sha256")} == \
+        {k: v for k, v in f_old.metadata.items() if k not in ("config", "payload_sha256")}
     assert set(f_new.tensors) == set(f_old.tensors)
     for k, v in f_old.tensors.items():
-        np.testing.assert_array_equal(f_new.tensors[k], v, err_msg=k)
+        if k.endswith(".alpha"):  # a mean of |W|: summed in another order by another kernel
+            np.testing.assert_allclose(f_new.tensors[k], v, rtol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(f_new.tensors[k], v, err_msg=k)
