@@ -205,6 +205,7 @@ def _task_distill(args: DistillArgs, log):
     from .data.glue import get_task, write_task_file
     from .data.metrics import main_metric
     from .distill.distiller import DistillConfig, Distiller
+    from .distill.prefetch import TeacherPrefetch
     from .training.trainer import Trainer, evaluate
     from .surgery import BinarizeConfig, binarize_model, save_binarized
 
@@ -243,6 +244,8 @@ def _task_distill(args: DistillArgs, log):
         s_tok.save_pretrained(d)
         write_task_file(d, info.name, args.max_seq_length)
 
+    if args.teacher_prefetch and world_size() == 1:  # (ranks pad their batches after the loader)
+        train_loader = TeacherPrefetch(train_loader, distiller)
     result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log).train()
     t_val = teacher_metrics[metric]
     summary = {"command": "task_distill", "task": info.name, "bi": args.bi,

@@ -63,15 +63,18 @@ def test_cpu_defaults_are_set_before_paddle_loads_and_never_override_the_user():
     import subprocess
 
     probe = ("import os, json, sys; {first}; import paddle_bibert; print(json.dumps({{k: os.environ.get(k) "
-             "for k in ('FLAGS_use_stride_kernel', 'GOMP_SPINCOUNT')}}))")
-    clean = {k: v for k, v in os.environ.items() if k not in ("FLAGS_use_stride_kernel", "GOMP_SPINCOUNT")}
+             "for k in ('FLAGS_use_stride_kernel', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')}}))")
+    names = ("FLAGS_use_stride_kernel", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    clean = {k: v for k, v in os.environ.items() if k not in names}
 
     def run(first="pass", **env):
         out = subprocess.run([sys.executable, "-c", probe.format(first=first)], env={**clean, **env},
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    assert run() == {"FLAGS_use_stride_kernel": "0", "GOMP_SPINCOUNT": "0"}
+    assert run() == {"FLAGS_use_stride_kernel": "0", "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
     assert run(GOMP_SPINCOUNT="5000")["GOMP_SPINCOUNT"] == "5000"  # the user's value stays
+    assert run(KMP_BLOCKTIME="200")["KMP_BLOCKTIME"] == "200"
     # imported after Paddle: too late to matter, so nothing is set
-    assert run(first="import paddle") == {"FLAGS_use_stride_kernel": None, "GOMP_SPINCOUNT": None}
+    assert run(first="import paddle") == {"FLAGS_use_stride_kernel": None, "GOMP_SPINCOUNT": None,
+                                          "KMP_BLOCKTIME": None}

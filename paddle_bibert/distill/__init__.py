@@ -1,6 +1,7 @@
 """Distillation: taps on intermediate tensors, the losses, and the distiller that combines them."""
 
 from .distiller import DistillConfig, Distiller
+from .prefetch import TeacherPrefetch
 from .taps import Taps
 
-__all__ = ["DistillConfig", "Distiller", "Taps"]
+__all__ = ["DistillConfig", "Distiller", "TeacherPrefetch", "Taps"]

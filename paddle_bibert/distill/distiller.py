@@ -16,6 +16,7 @@ import paddle.nn.functional as F
 
 from ..distributed import world_size
 from .losses import dmd, pred_loss, relation_dmd
+from .prefetch import TEACHER_OUTPUTS
 from .taps import Taps
 
 __all__ = ["DistillConfig", "Distiller"]
@@ -82,7 +83,8 @@ class Distiller:
         return self._forward(self.student_call, self.student_taps, batch)
 
     def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
-        t_logits, t_rec = self.teacher_forward(batch)
+        t_out = batch.get(TEACHER_OUTPUTS)  # computed ahead (TeacherPrefetch), else now
+        t_logits, t_rec = t_out if t_out is not None else self.teacher_forward(batch)
         s_logits, s_rec = self.student_forward(batch)
         return self.terms(s_logits, s_rec, t_logits, t_rec, batch.get("labels"))
 
