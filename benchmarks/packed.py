@@ -44,13 +44,10 @@ SHAPES = {
 #: Each side runs in processes of its own per setting and is scored at its best one. The main
 #: setting is 2 threads (a 2-core machine); 1 thread is tried too, for both sides alike,
 #: because on a CPU shared with other jobs a second thread can cost more than it brings.
-#: Paddle's inference keeps Intel OpenMP's default spin (KMP_BLOCKTIME 200 ms): importing
-#: paddle_bibert sets 0, which suits training's gaps between MKL calls, not back-to-back inference.
-_SPIN = {"KMP_BLOCKTIME": "200"}
 PADDLE_SETTINGS = {
-    "2 thr, default MKL": {"OMP_NUM_THREADS": "2", **_SPIN},
-    "2 thr, MKL_DEBUG_CPU_TYPE=5": {"OMP_NUM_THREADS": "2", "MKL_DEBUG_CPU_TYPE": "5", **_SPIN},
-    "1 thr, default MKL": {"OMP_NUM_THREADS": "1", **_SPIN},
+    "2 thr, default MKL": {"OMP_NUM_THREADS": "2"},
+    "2 thr, MKL_DEBUG_CPU_TYPE=5": {"OMP_NUM_THREADS": "2", "MKL_DEBUG_CPU_TYPE": "5"},
+    "1 thr, default MKL": {"OMP_NUM_THREADS": "1"},
 }
 RUNTIME_SETTINGS = {"2 thr": {"OMP_NUM_THREADS": "2"}, "1 thr": {"OMP_NUM_THREADS": "1"}}
 SEQ_LEN, BATCHES, VOCAB = 128, (1, 32), 30522

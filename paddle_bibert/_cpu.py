@@ -11,18 +11,17 @@ They only change speed, never results, and a value the user has set is never ove
   threads need. On two cores a BiT-recipe distillation step (batch 16 x 32 tokens, two threads)
   took 1.30-1.52 s with the default spin and 0.76-0.95 s with none, the full-precision step
   unchanged (benchmarks/distill_step.py); with the default spin two threads were slower than one.
-- ``KMP_BLOCKTIME=0``: the same for Intel OpenMP, which runs Paddle's MKL: its threads spin 200 ms
-  after each matmul by default. A distillation step goes back and forth between MKL calls and
-  single-threaded kernels, and the teacher's next forward runs in a second thread
-  (``--teacher_prefetch``): with the spin, MKL's idle threads held the core it needed. BiT step,
-  batch 16, two threads, with the prefetch, 60 steps: 57.7 / 58.5 s with the default, 50.5 /
-  50.1 s with 0; a full-precision fine-tuning step changed within the run-to-run spread.
 - ``MKL_DEBUG_CPU_TYPE=5`` on AMD processors only: Paddle's MKL takes a slow generic path on
   them otherwise (3.4x on a 2048x384x1536 matmul on an AMD host). On Intel the default path is
   already the fast one (and the override measured slower here).
 
 Environment variables are read when Paddle loads, so they only take effect if paddle_bibert is
 imported first (the example commands do); set them yourself otherwise.
+
+``openmp_blocktime(0)`` (used while the teacher runs ahead in a thread, see
+``distill/prefetch.py``) is scoped to the threads that enter it: Intel OpenMP, which runs
+Paddle's MKL, keeps its threads spinning 200 ms after each matmul by default, on the core the
+other thread needs; it changes speed only.
 
 ``flush_denormals()`` is different: it does change results (numbers below 1.2e-38 become 0), so
 it is not applied on import. The training loop (``Trainer.train``, i.e. both commands) runs inside
@@ -43,7 +42,6 @@ def apply_cpu_defaults():
         return  # too late to matter, and the user chose their own order
     os.environ.setdefault("FLAGS_use_stride_kernel", "0")
     os.environ.setdefault("GOMP_SPINCOUNT", "0")
-    os.environ.setdefault("KMP_BLOCKTIME", "0")
     try:
         with open("/proc/cpuinfo") as f:
             amd = "AuthenticAMD" in f.read(65536)
@@ -93,3 +91,34 @@ def flush_denormals(on: bool = True):
     finally:
         if prev is not None:
             set_flush_denormals(prev)
+
+
+def _intel_openmp():
+    """Intel OpenMP as Paddle's MKL loaded it into this process, or None (not loaded, other OS)."""
+    try:
+        with open("/proc/self/maps") as f:
+            path = next((line.split()[-1] for line in f if "libiomp5" in line), None)
+        if path is None:
+            return None
+        lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        lib.kmp_get_blocktime.restype = ctypes.c_int
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def openmp_blocktime(ms: int):
+    """Within the block, the Intel OpenMP threads this thread's MKL calls use sleep ``ms`` after
+    each parallel region instead of spinning (restored on exit). Nothing changes where Intel
+    OpenMP is not loaded or the user set ``KMP_BLOCKTIME``."""
+    lib = None if "KMP_BLOCKTIME" in os.environ else _intel_openmp()
+    if lib is None:
+        yield
+        return
+    before = lib.kmp_get_blocktime()
+    lib.kmp_set_blocktime(ctypes.c_int(ms))
+    try:
+        yield
+    finally:
+        lib.kmp_set_blocktime(ctypes.c_int(before))

@@ -63,18 +63,37 @@ def test_cpu_defaults_are_set_before_paddle_loads_and_never_override_the_user():
     import subprocess
 
     probe = ("import os, json, sys; {first}; import paddle_bibert; print(json.dumps({{k: os.environ.get(k) "
-             "for k in ('FLAGS_use_stride_kernel', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')}}))")
-    names = ("FLAGS_use_stride_kernel", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-    clean = {k: v for k, v in os.environ.items() if k not in names}
+             "for k in ('FLAGS_use_stride_kernel', 'GOMP_SPINCOUNT')}}))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("FLAGS_use_stride_kernel", "GOMP_SPINCOUNT")}
 
     def run(first="pass", **env):
         out = subprocess.run([sys.executable, "-c", probe.format(first=first)], env={**clean, **env},
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    assert run() == {"FLAGS_use_stride_kernel": "0", "GOMP_SPINCOUNT": "0", "KMP_BLOCKTIME": "0"}
+    assert run() == {"FLAGS_use_stride_kernel": "0", "GOMP_SPINCOUNT": "0"}
     assert run(GOMP_SPINCOUNT="5000")["GOMP_SPINCOUNT"] == "5000"  # the user's value stays
-    assert run(KMP_BLOCKTIME="200")["KMP_BLOCKTIME"] == "200"
     # imported after Paddle: too late to matter, so nothing is set
-    assert run(first="import paddle") == {"FLAGS_use_stride_kernel": None, "GOMP_SPINCOUNT": None,
-                                          "KMP_BLOCKTIME": None}
+    assert run(first="import paddle") == {"FLAGS_use_stride_kernel": None, "GOMP_SPINCOUNT": None}
+
+
+def test_openmp_blocktime_is_scoped_and_leaves_the_users_setting(monkeypatch):
+    from paddle_bibert._cpu import _intel_openmp, openmp_blocktime
+
+    omp = _intel_openmp()
+    assert omp is not None, "Paddle's MKL should have loaded Intel OpenMP"
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    before = omp.kmp_get_blocktime()
+    with openmp_blocktime(0):
+        assert omp.kmp_get_blocktime() == 0
+        with openmp_blocktime(7):
+            assert omp.kmp_get_blocktime() == 7
+        assert omp.kmp_get_blocktime() == 0
+    assert omp.kmp_get_blocktime() == before
+    with pytest.raises(RuntimeError):
+        with openmp_blocktime(0):
+            raise RuntimeError("restored even so")
+    assert omp.kmp_get_blocktime() == before
+    monkeypatch.setenv("KMP_BLOCKTIME", "50")  # the user's choice stands
+    with openmp_blocktime(0):
+        assert omp.kmp_get_blocktime() == before

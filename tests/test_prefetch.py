@@ -132,3 +132,24 @@ def test_distillation_with_and_without_prefetch_trains_the_same_weights(glue_sli
     for k in runs["ahead"]:
         np.testing.assert_allclose(runs["ahead"][k].numpy(), runs["live"][k].numpy(), rtol=1e-5, atol=1e-6,
                                    err_msg=k)
+
+
+def test_mkl_threads_sleep_instead_of_spinning_while_the_teacher_runs_ahead(distiller, monkeypatch):
+    from paddle_bibert._cpu import _intel_openmp
+
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    omp = _intel_openmp()
+    assert omp is not None, "Paddle's MKL should have loaded Intel OpenMP"
+    before = omp.kmp_get_blocktime()
+    assert before > 0  # Intel's default spin (200 ms)
+    in_thread = []
+    forward = distiller.teacher_forward
+
+    def recording(batch):
+        in_thread.append(omp.kmp_get_blocktime())
+        return forward(batch)
+
+    distiller.teacher_forward = recording
+    in_loop = [omp.kmp_get_blocktime() for _ in TeacherPrefetch(Loader(_batches(3)), distiller)]
+    assert in_loop == [0, 0, 0] and in_thread == [0, 0, 0]
+    assert omp.kmp_get_blocktime() == before  # restored when the loop ends

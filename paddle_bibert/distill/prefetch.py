@@ -4,7 +4,9 @@ A distillation step runs the frozen teacher's forward (about a seventh of a Mini
 CPU) before the student's forward and backward, which leave the second core mostly idle: most of
 Paddle's small CPU kernels run on one thread. :class:`TeacherPrefetch` wraps the training loader
 and computes each batch's teacher outputs one batch ahead in a thread (Paddle's kernels release
-the GIL; ``no_grad`` is per thread), so the two forwards overlap. The outputs are the teacher's
+the GIL; ``no_grad`` is per thread), so the two forwards overlap. Meanwhile MKL's OpenMP threads
+sleep after each matmul instead of spinning on the core the other thread needs
+(``openmp_blocktime(0)``). The outputs are the teacher's
 own, computed by the same code on the same batch: the losses do not change.
 
 The batch carries them under :data:`TEACHER_OUTPUTS`, where :meth:`Distiller.loss` looks first.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import queue
 import threading
+
+from .._cpu import openmp_blocktime
 
 __all__ = ["TEACHER_OUTPUTS", "TeacherPrefetch"]
 
@@ -60,26 +64,32 @@ class TeacherPrefetch:
 
         def work():
             try:
-                for batch in self.loader:
-                    if stop.is_set():
-                        return
-                    batch[TEACHER_OUTPUTS] = self.distiller.teacher_forward(batch)
-                    put(batch)
+                with openmp_blocktime(0):
+                    self._compute(stop, put)
             except BaseException as e:  # re-raised in the training loop's thread
                 put(_Failed(e))
             put(_END)
 
-        # started here, inside the loop, so it inherits the loop's floating-point mode (FTZ/DAZ)
+        # started here, inside the loop, so it inherits the loop's floating-point mode (FTZ/DAZ);
+        # neither thread's MKL workers spin after a matmul on the core the other thread needs
         thread = threading.Thread(target=work, name="teacher-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = done.get()
-                if item is _END:
-                    return
-                if isinstance(item, _Failed):
-                    raise item.error
-                yield item
-        finally:
-            stop.set()
-            thread.join()
+        with openmp_blocktime(0):
+            thread.start()
+            try:
+                while True:
+                    item = done.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failed):
+                        raise item.error
+                    yield item
+            finally:
+                stop.set()
+                thread.join()
+
+    def _compute(self, stop, put):
+        for batch in self.loader:
+            if stop.is_set():
+                return
+            batch[TEACHER_OUTPUTS] = self.distiller.teacher_forward(batch)
+            put(batch)
