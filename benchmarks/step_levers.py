@@ -6,7 +6,7 @@ Rotten Tomatoes batches) under each setting, in interleaved rounds.
 
 Settings: threads (1 / 2), Intel OpenMP's spin after each MKL call (``KMP_BLOCKTIME``: 200 ms, its
 default; 0; or unset, when the prefetch turns it off in its own two threads) and the teacher's
-outputs computed one batch ahead in a thread (``--teacher_prefetch``, or ``--no_teacher_prefetch``).
+outputs computed one batch ahead in a thread (``--teacher_prefetch``).
 Each run is its own process (the variables are read when Paddle loads); the time is the run's
 ``training_seconds``
 (evaluation and checkpoints excluded). The table gives every run, the median per step and the
@@ -33,7 +33,7 @@ SETTINGS = {
     "baseline": ("2 thr, MKL spin 200 ms, live teacher", "2", "200", False),
     "no_spin": ("2 thr, MKL spin 0, live teacher", "2", "0", False),
     "prefetch_spin": ("2 thr, MKL spin 200 ms, prefetch", "2", "200", True),
-    "default": ("2 thr, prefetch, spin 0 in its two threads (the commands' default)", "2", None, True),
+    "prefetch": ("2 thr, prefetch, spin 0 in its two threads", "2", None, True),
     "1thr": ("1 thr, live teacher", "1", None, False),
     "1thr_prefetch": ("1 thr, prefetch", "1", None, True),
 }
@@ -54,7 +54,7 @@ def run_one(args, setting, workdir, i):
     out = os.path.join(workdir, f"run{i}")
     env = {k: v for k, v in os.environ.items() if k != "KMP_BLOCKTIME"}
     env.update(OMP_NUM_THREADS=threads, **({} if blocktime is None else {"KMP_BLOCKTIME": blocktime}))
-    argv = student_argv(args, out) + ([] if prefetch else ["--no_teacher_prefetch"])
+    argv = student_argv(args, out) + (["--teacher_prefetch"] if prefetch else [])
     res = subprocess.run([sys.executable, os.path.join(REPO, "examples", "task_distill.py"), *argv],
                          env=env, capture_output=True, text=True)
     if res.returncode:

@@ -83,9 +83,9 @@ class DistillArgs(CommonArgs):
     gold_weight: float = _f(0.5, "weight of the gold-label cross-entropy in --pred_distill (BiT: 0)")
     hidden_loss: str = _f("dmd", "loss of --intermediate_distill: dmd (BiBERT's direction matching) or "
                           "mse (BiT: sum over layers of the mean squared error)")
-    teacher_prefetch: bool = _f(True, "compute the teacher's outputs for the next batch in a background "
+    teacher_prefetch: bool = _f(False, "compute the teacher's outputs for the next batch in a background "
                                 "thread while the student trains on this one (one process; the same "
-                                "losses, faster steps on a multi-core CPU)")
+                                "losses): pays when Paddle runs one thread and a core is free")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
     recipe: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
                      "binarybert (paddle_bibert.surgery.RECIPES)")

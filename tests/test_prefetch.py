@@ -121,7 +121,7 @@ def test_distillation_with_and_without_prefetch_trains_the_same_weights(glue_sli
     run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
                     "--max_steps", "3"), log=Log())
     runs = {}
-    for name, extra in (("ahead", []), ("live", ["--no_teacher_prefetch"])):
+    for name, extra in (("ahead", ["--teacher_prefetch"]), ("live", [])):
         summary = task_distill(common(glue_slice, "sst-2", tmp_path / name, "--teacher_path", str(tmp_path / "t"),
                                       "--max_steps", "4", "--learning_rate", "5e-4", "--bi", "--recipe", "bit",
                                       "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
