@@ -173,7 +173,8 @@ def run_task(task, args, log):
     teacher = _run(run_glue, common + ["--model_name_or_path", args.model, "--learning_rate",
                                        str(args.teacher_lr[task]), "--num_train_epochs",
                                        str(args.teacher_epochs[task]), "--max_steps",
-                                       str(args.teacher_steps[task])], tdir, log)
+                                       str(args.teacher_steps[task])]
+                   + (["--group_by_length"] if args.teacher_group_by_length else []), tdir, log)
     rows = {"teacher": teacher}
     for name in [] if args.teachers_only else expand(args.variants):
         binarize, flags, *dep = variant(name)
@@ -374,6 +375,8 @@ def main(argv=None):
     ap.add_argument("--save_steps", type=per_task(int), default=PerTask(int, "100"),
                     help="dev evaluation (and checkpoint) every this many steps")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--teacher_group_by_length", action="store_true",
+                    help="train the teachers on batches of similar length too (pairs pad less)")
     ap.add_argument("--teachers_only", action="store_true",
                     help="train (or find) each task's teacher, print their metrics, and stop")
     ap.add_argument("--table", help="write the markdown table here")
