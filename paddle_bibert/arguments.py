@@ -86,6 +86,8 @@ class DistillArgs(CommonArgs):
     teacher_prefetch: bool = _f(False, "compute the teacher's outputs for the next batch in a background "
                                 "thread while the student trains on this one (one process; the same "
                                 "losses): pays when Paddle runs one thread and a core is free")
+    student_dropout: Optional[float] = _f(None, "dropout probability of the student's hidden, attention "
+                                          "and classifier dropouts (default: its checkpoint's config)")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
     recipe: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
                      "binarybert (paddle_bibert.surgery.RECIPES)")

@@ -35,6 +35,9 @@ def _setup(args):
         raise ValueError(f"max_seq_length must be >= 3 ([CLS], one token, [SEP]), got {args.max_seq_length}")
     if args.eval_batch_size <= 0:
         raise ValueError(f"eval_batch_size must be > 0, got {args.eval_batch_size}")
+    dropout = getattr(args, "student_dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"--student_dropout must be in [0, 1), got {dropout}")
     import paddle
 
     from . import distributed as dist
@@ -170,7 +173,7 @@ def run_glue(argv=None, log=None):
 
 # ---- task_distill -----------------------------------------------------------------------
 
-def _load_for_distill(path, info, role):
+def _load_for_distill(path, info, role, **config_overrides):
     from paddlenlp.transformers import BertForSequenceClassification
 
     from .convert import load_model, load_tokenizer
@@ -186,11 +189,19 @@ def _load_for_distill(path, info, role):
     if role == "teacher_path" and os.path.isfile(os.path.join(resolved, CONFIG_NAME)):
         model = load_binarized(resolved)  # a binarized or low-bit model teaching the next one
     else:  # a binarized folder as a student's start: its latent full-precision weights
-        model = load_model(resolved, BertForSequenceClassification)
+        model = load_model(resolved, BertForSequenceClassification, **config_overrides)
     if model.config.num_labels != info.num_labels:
         raise SystemExit(f"--{role} {path} has {model.config.num_labels} labels but task {info.name} "
                          f"has {info.num_labels}: fine-tune a teacher on {info.name} with run_glue.py first")
     return model, load_tokenizer(resolved), resolved
+
+
+def _dropout(args):
+    """Config fields that set every dropout of the student (PaddleNLP's names), if asked."""
+    p = args.student_dropout
+    if p is None:
+        return {}
+    return dict(hidden_dropout_prob=p, attention_probs_dropout_prob=p, classifier_dropout=p)
 
 
 def task_distill(argv=None, log=None):
@@ -212,7 +223,7 @@ def _task_distill(args: DistillArgs, log):
     info = get_task(args.task_name)
     teacher, t_tok, t_path = _load_for_distill(args.teacher_path, info, "teacher_path")
     student, s_tok, s_path = _load_for_distill(args.student_model_name_or_path or args.teacher_path,
-                                               info, "student_model_name_or_path")
+                                               info, "student_model_name_or_path", **_dropout(args))
     if (teacher.config.vocab_size != student.config.vocab_size
             or t_tok.vocab.token_to_idx != s_tok.vocab.token_to_idx):
         raise SystemExit("teacher and student vocabularies differ: the student must share the teacher's "

@@ -94,6 +94,38 @@ def test_flag_off_contributes_nothing(glue_slice, tiny_model_dir, tmp_path):
     assert lines and all(" k " in m and "pred" in m and " q " not in m and "hidden" not in m for m in lines)
 
 
+@pytest.mark.parametrize("dropout", [None, 0.0, 0.3])
+def test_student_dropout_sets_every_dropout_of_the_student(glue_slice, tiny_model_dir, tmp_path, dropout):
+    """The tiny checkpoint has 0.1; the student trains (and is saved) with what the flag says, in train
+    mode: with 0 its training-mode logits are its evaluation-mode ones, otherwise they differ."""
+    from paddle_bibert import load_binarized
+
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "1"), log=Log())
+    extra = [] if dropout is None else ["--student_dropout", str(dropout)]
+    task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "t"),
+                        "--max_steps", "1", "--bi", "--recipe", "bit", "--pred_distill", *extra), log=Log())
+    student = load_binarized(str(tmp_path / "s" / "best_model"))
+    expected = 0.1 if dropout is None else dropout
+    cfg = student.config
+    assert (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob) == (expected, expected)
+    layers = dict(student.named_sublayers())  # (each encoder layer's own .dropout is BERT's act_dropout, 0)
+    probs = {round(m.p, 6) for n, m in layers.items() if isinstance(m, paddle.nn.Dropout) and not
+             (".layers." in n and n.endswith(".dropout"))}
+    probs |= {round(m.dropout, 6) for m in layers.values() if type(m).__name__.endswith("MultiHeadAttention")}
+    assert probs == {expected}
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(1000, 2000, (4, 12)))
+    student.eval()
+    plain = student(ids).numpy()
+    student.train()
+    paddle.seed(1)
+    dropped = student(ids).numpy()
+    if expected == 0:
+        np.testing.assert_allclose(dropped, plain, rtol=1e-5, atol=1e-6)
+    else:
+        assert np.abs(dropped - plain).max() > 1e-4
+
+
 def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_steps, *length):
     """Fine-tune a tiny SST-2 teacher in tmp_path/t; return ``out -> argv`` of a binarized student
     distilled from it with all five losses."""
@@ -157,6 +189,9 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="1 labels but task sst-2 has 2"):
         task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "stsb"),
                             "--pred_distill"), log=Log())
+    with pytest.raises(ValueError, match=r"--student_dropout must be in \[0, 1\), got 1.5"):
+        task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "stsb"),
+                            "--pred_distill", "--student_dropout", "1.5"), log=Log())
     with pytest.raises(SystemExit, match="no such file or folder"):
         task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher",
                             "--pred_distill"), log=Log())
