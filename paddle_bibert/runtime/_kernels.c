@@ -258,6 +258,7 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
 static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
                              long thr, uint64_t *A) {
     const __m256i t = _mm256_set1_epi64x(thr), zero = _mm256_setzero_si256();
+    uint64_t word = 0; /* one word of A (64 keys) in a register */
     for (size_t jb = 0; jb < LB; jb++) {
         __m256i c0 = zero, c1 = zero;
         for (size_t w = 0; w < dw; w++) { /* dw <= 31 words of a head: bytes suffice */
@@ -269,7 +270,11 @@ static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, 
         /* count < thr  <=>  thr > count */
         const int m0 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, _mm256_sad_epu8(c0, zero))));
         const int m1 = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(t, _mm256_sad_epu8(c1, zero))));
-        A[jb / 8] |= (uint64_t)(m0 | m1 << 4) << (8 * (jb % 8));
+        word |= (uint64_t)(m0 | m1 << 4) << (8 * (jb % 8));
+        if (jb % 8 == 7 || jb + 1 == LB) {
+            A[jb / 8] |= word;
+            word = 0;
+        }
     }
 }
 
@@ -386,12 +391,17 @@ static T512 void tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, in
 static T512 void scores_avx512(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
                                long thr, uint64_t *A) {
     const __m512i t = _mm512_set1_epi64(thr);
-    for (size_t jb = 0; jb < LB; jb++) {
-        __m512i acc = _mm512_setzero_si512();
-        for (size_t w = 0; w < dw; w++)
-            acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(
-                      _mm512_set1_epi64((long long)q[w]), _mm512_loadu_si512(kil + (jb * dw + w) * 8))));
-        A[jb / 8] |= (uint64_t)_mm512_cmplt_epi64_mask(acc, t) << (8 * (jb % 8));
+    for (size_t j0 = 0; j0 < LB; j0 += 8) { /* one word of A (64 keys) in a register */
+        const size_t j1 = j0 + 8 < LB ? j0 + 8 : LB;
+        uint64_t word = 0;
+        for (size_t jb = j0; jb < j1; jb++) {
+            __m512i acc = _mm512_setzero_si512();
+            for (size_t w = 0; w < dw; w++)
+                acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(
+                          _mm512_set1_epi64((long long)q[w]), _mm512_loadu_si512(kil + (jb * dw + w) * 8))));
+            word |= (uint64_t)_mm512_cmplt_epi64_mask(acc, t) << (8 * (jb - j0));
+        }
+        A[j0 / 8] |= word;
     }
 }
 
@@ -417,83 +427,188 @@ static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vi
 
 /* ------------------------------------------------------------------------ LayerNorm */
 /* One row: s = x + res (float; res may be NULL); mean and variance of s in double, two passes,
- * each summed over 8 lanes (lane l takes elements l, l + 8, ...; the tail's own sum goes to lane 0;
- * lanes combined pairwise); out = (float)((s - mean) * (1 / sqrt(var + eps)) * g + b), all in
- * double and rounded once, so an output near 0 has the sign of the exact value (the next layer
- * binarizes it). The AVX2 version keeps exactly this order, so both give the same bits. */
-static void ln_row_generic(const float *x, const float *res, size_t H, const float *g,
-                           const float *b, double eps, float *o) {
-    double acc[8] = {0}, m, v, tail;
+ * each summed over LN_LANES lanes (lane l takes elements l, l + 32, ...; the tail past the last
+ * whole group of 32 has its own sum, added to lane 0; lanes combined pairwise); out =
+ * (float)((s - mean) * (1 / sqrt(var + eps)) * g + b), all in double and rounded once, so an
+ * output near 0 has the sign of the exact value (the next layer binarizes it); g and b arrive
+ * as doubles, converted once per call. The vector
+ * versions keep exactly this order, so every kernel set gives the same bits; 32 lanes are 32
+ * independent chains of additions (with 8, each pass waited on the adder's latency). */
+enum { LN_LANES = 32 };
+
+static double lanes_pairwise(double *a, double tail) { /* ((a0 + a1) + (a2 + a3)) + ..., in place */
+    a[0] += tail;
+    for (int w = LN_LANES; w > 1; w /= 2)
+        for (int i = 0; i < w / 2; i++) a[i] = a[2 * i] + a[2 * i + 1];
+    return a[0];
+}
+
+static void ln_row_generic(const float *x, const float *res, size_t H, const double *g,
+                           const double *b, double eps, float *o) {
+    double acc[LN_LANES] = {0}, m, v, tail;
     size_t d;
     for (d = 0; d < H; d++) o[d] = res ? x[d] + res[d] : x[d];
-    for (d = 0; d + 8 <= H; d += 8)
-        for (int l = 0; l < 8; l++) acc[l] += o[d + l];
-    for (tail = 0.0; d < H; d++) tail += o[d]; /* the tail summed on its own, then into lane 0 */
-    acc[0] += tail;
-    m = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
+    for (d = 0; d + LN_LANES <= H; d += LN_LANES)
+        for (int l = 0; l < LN_LANES; l++) acc[l] += o[d + l];
+    for (tail = 0.0; d < H; d++) tail += o[d];
+    m = lanes_pairwise(acc, tail) / (double)H;
     memset(acc, 0, sizeof acc);
-    for (d = 0; d + 8 <= H; d += 8)
-        for (int l = 0; l < 8; l++) acc[l] += ((double)o[d + l] - m) * ((double)o[d + l] - m);
+    for (d = 0; d + LN_LANES <= H; d += LN_LANES)
+        for (int l = 0; l < LN_LANES; l++) acc[l] += ((double)o[d + l] - m) * ((double)o[d + l] - m);
     for (tail = 0.0; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
-    acc[0] += tail;
-    v = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / (double)H;
+    v = lanes_pairwise(acc, tail) / (double)H;
     const double rstd = 1.0 / sqrt(v + eps);
-    for (d = 0; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * (double)g[d] + (double)b[d]);
+    for (d = 0; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * g[d] + b[d]);
 }
 
-#ifdef BB_X86
-/* The generic code's lane combination: lanes 0..3 in lo, 4..7 in hi, tail added to lane 0. */
-static T256 double lanes_sum(__m256d lo, __m256d hi, double tail) {
-    double a[8];
-    _mm256_storeu_pd(a, lo);
-    _mm256_storeu_pd(a + 4, hi);
-    a[0] += tail;
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const float *g,
-                             const float *b, double eps, float *o) {
-    const size_t full = H - H % 8;
-    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+/* The tails of the vector versions: the generic code's, element by element. */
+static double ln_tail_sum(const float *x, const float *res, float *o, size_t d, size_t H) {
     double tail = 0.0;
-    for (size_t d = 0; d < full; d += 8) {
-        __m256 s = _mm256_loadu_ps(x + d);
-        if (res) s = _mm256_add_ps(s, _mm256_loadu_ps(res + d));
-        _mm256_storeu_ps(o + d, s);
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
-    }
-    for (size_t d = full; d < H; d++) {
+    for (; d < H; d++) {
         o[d] = res ? x[d] + res[d] : x[d];
         tail += o[d];
     }
-    const double m = lanes_sum(lo, hi, tail) / (double)H;
+    return tail;
+}
+
+static double ln_tail_sq(const float *o, size_t d, size_t H, double m) {
+    double tail = 0.0;
+    for (; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
+    return tail;
+}
+
+static void ln_tail_out(float *o, size_t d, size_t H, double m, double rstd, const double *g,
+                        const double *b) {
+    for (; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * g[d] + b[d]);
+}
+
+#ifdef BB_X86
+/* acc[q] holds lanes 4q .. 4q + 3. */
+static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const double *g,
+                             const double *b, double eps, float *o) {
+    const size_t full = H - H % LN_LANES;
+    double lanes[LN_LANES];
+    __m256d acc[8];
+    for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_pd();
+    for (size_t d = 0; d < full; d += LN_LANES)
+        for (int q = 0; q < 4; q++) {
+            __m256 s = _mm256_loadu_ps(x + d + 8 * q);
+            if (res) s = _mm256_add_ps(s, _mm256_loadu_ps(res + d + 8 * q));
+            _mm256_storeu_ps(o + d + 8 * q, s);
+            acc[2 * q] = _mm256_add_pd(acc[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+            acc[2 * q + 1] = _mm256_add_pd(acc[2 * q + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+        }
+    for (int q = 0; q < 8; q++) _mm256_storeu_pd(lanes + 4 * q, acc[q]);
+    const double m = lanes_pairwise(lanes, ln_tail_sum(x, res, o, full, H)) / (double)H;
     const __m256d mv = _mm256_set1_pd(m);
-    lo = hi = _mm256_setzero_pd();
-    tail = 0.0;
-    for (size_t d = 0; d < full; d += 8) {
-        __m256 s = _mm256_loadu_ps(o + d);
-        __m256d a0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv);
-        __m256d a1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv);
-        lo = _mm256_add_pd(lo, _mm256_mul_pd(a0, a0));
-        hi = _mm256_add_pd(hi, _mm256_mul_pd(a1, a1));
-    }
-    for (size_t d = full; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
-    const double rstd = 1.0 / sqrt(lanes_sum(lo, hi, tail) / (double)H + eps);
+    for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_pd();
+    for (size_t d = 0; d < full; d += LN_LANES)
+        for (int q = 0; q < 4; q++) {
+            __m256 s = _mm256_loadu_ps(o + d + 8 * q);
+            __m256d a0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv);
+            __m256d a1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv);
+            acc[2 * q] = _mm256_add_pd(acc[2 * q], _mm256_mul_pd(a0, a0));
+            acc[2 * q + 1] = _mm256_add_pd(acc[2 * q + 1], _mm256_mul_pd(a1, a1));
+        }
+    for (int q = 0; q < 8; q++) _mm256_storeu_pd(lanes + 4 * q, acc[q]);
+    const double rstd = 1.0 / sqrt(lanes_pairwise(lanes, ln_tail_sq(o, full, H, m)) / (double)H + eps);
     const __m256d rv = _mm256_set1_pd(rstd);
-    for (size_t d = 0; d < full; d += 8) {
-        __m256 s = _mm256_loadu_ps(o + d), gg = _mm256_loadu_ps(g + d), bb = _mm256_loadu_ps(b + d);
+    const size_t full8 = H - H % 8;
+    for (size_t d = 0; d < full8; d += 8) {
+        __m256 s = _mm256_loadu_ps(o + d);
         __m256d y0 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv), rv);
         __m256d y1 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv), rv);
-        y0 = _mm256_add_pd(_mm256_mul_pd(y0, _mm256_cvtps_pd(_mm256_castps256_ps128(gg))),
-                           _mm256_cvtps_pd(_mm256_castps256_ps128(bb)));
-        y1 = _mm256_add_pd(_mm256_mul_pd(y1, _mm256_cvtps_pd(_mm256_extractf128_ps(gg, 1))),
-                           _mm256_cvtps_pd(_mm256_extractf128_ps(bb, 1)));
+        y0 = _mm256_add_pd(_mm256_mul_pd(y0, _mm256_loadu_pd(g + d)), _mm256_loadu_pd(b + d));
+        y1 = _mm256_add_pd(_mm256_mul_pd(y1, _mm256_loadu_pd(g + d + 4)), _mm256_loadu_pd(b + d + 4));
         _mm256_storeu_ps(o + d, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(y0)),
                                                      _mm256_cvtpd_ps(y1), 1));
     }
-    for (size_t d = full; d < H; d++)
-        o[d] = (float)(((double)o[d] - m) * rstd * (double)g[d] + (double)b[d]);
+    ln_tail_out(o, full8, H, m, rstd, g, b);
+}
+
+/* acc[q] holds lanes 8q .. 8q + 7. */
+static T512 void ln_row_avx512(const float *x, const float *res, size_t H, const double *g,
+                               const double *b, double eps, float *o) {
+    const size_t full = H - H % LN_LANES;
+    double lanes[LN_LANES];
+    __m512d acc[4];
+    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_pd();
+    for (size_t d = 0; d < full; d += LN_LANES)
+        for (int q = 0; q < 2; q++) {
+            __m512 s = _mm512_loadu_ps(x + d + 16 * q);
+            if (res) s = _mm512_add_ps(s, _mm512_loadu_ps(res + d + 16 * q));
+            _mm512_storeu_ps(o + d + 16 * q, s);
+            acc[2 * q] = _mm512_add_pd(acc[2 * q], _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+            acc[2 * q + 1] = _mm512_add_pd(acc[2 * q + 1],
+                                           _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
+        }
+    for (int q = 0; q < 4; q++) _mm512_storeu_pd(lanes + 8 * q, acc[q]);
+    const double m = lanes_pairwise(lanes, ln_tail_sum(x, res, o, full, H)) / (double)H;
+    const __m512d mv = _mm512_set1_pd(m);
+    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_pd();
+    for (size_t d = 0; d < full; d += LN_LANES)
+        for (int q = 0; q < 4; q++) {
+            __m512d a = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(o + d + 8 * q)), mv);
+            acc[q] = _mm512_add_pd(acc[q], _mm512_mul_pd(a, a));
+        }
+    for (int q = 0; q < 4; q++) _mm512_storeu_pd(lanes + 8 * q, acc[q]);
+    const double rstd = 1.0 / sqrt(lanes_pairwise(lanes, ln_tail_sq(o, full, H, m)) / (double)H + eps);
+    const __m512d rv = _mm512_set1_pd(rstd);
+    const size_t full8 = H - H % 8;
+    for (size_t d = 0; d < full8; d += 8) {
+        __m512d y = _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(o + d)), mv), rv);
+        y = _mm512_add_pd(_mm512_mul_pd(y, _mm512_loadu_pd(g + d)), _mm512_loadu_pd(b + d));
+        _mm256_storeu_ps(o + d, _mm512_cvtpd_ps(y));
+    }
+    ln_tail_out(o, full8, H, m, rstd, g, b);
+}
+#endif
+
+/* ------------------------------------------------------------------------ embedding */
+/* One token: out = (alpha * sign_bits(row) + pos) + tok   (Paddle's order; bit 1 = -alpha),
+ * from element d on. */
+static void embed_tail(const uint64_t *row, float al, const float *p, const float *k, size_t d,
+                       size_t H, float *o) {
+    for (; d < H; d++) {
+        float e = (row[d / 64] >> (d % 64)) & 1 ? -al : al;
+        float s = e + p[d];
+        o[d] = s + k[d];
+    }
+}
+
+static void embed_row_generic(const uint64_t *row, float al, const float *p, const float *k,
+                              size_t H, float *o) {
+    embed_tail(row, al, p, k, 0, H, o);
+}
+
+#ifdef BB_X86
+static T256 void embed_row_avx2(const uint64_t *row, float al, const float *p, const float *k,
+                                size_t H, float *o) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 pa = _mm256_set1_ps(al), na = _mm256_set1_ps(-al);
+    const size_t full = H - H % 8;
+    for (size_t d = 0; d < full; d += 8) {
+        const __m256i byte = _mm256_set1_epi32((int)((row[d / 64] >> (d % 64)) & 0xff));
+        const __m256 neg = _mm256_castsi256_ps(
+            _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane_bit), lane_bit));
+        const __m256 e = _mm256_blendv_ps(pa, na, neg);
+        _mm256_storeu_ps(o + d, _mm256_add_ps(_mm256_add_ps(e, _mm256_loadu_ps(p + d)),
+                                              _mm256_loadu_ps(k + d)));
+    }
+    embed_tail(row, al, p, k, full, H, o);
+}
+
+static T512 void embed_row_avx512(const uint64_t *row, float al, const float *p, const float *k,
+                                  size_t H, float *o) {
+    const __m512 pa = _mm512_set1_ps(al), na = _mm512_set1_ps(-al);
+    const size_t full = H - H % 16;
+    for (size_t d = 0; d < full; d += 16) {
+        const __mmask16 neg = (__mmask16)(row[d / 64] >> (d % 64));
+        const __m512 e = _mm512_mask_blend_ps(neg, pa, na);
+        _mm512_storeu_ps(o + d, _mm512_add_ps(_mm512_add_ps(e, _mm512_loadu_ps(p + d)),
+                                              _mm512_loadu_ps(k + d)));
+    }
+    embed_tail(row, al, p, k, full, H, o);
 }
 #endif
 
@@ -581,23 +696,25 @@ typedef struct {
     pack_fn pack;
     scores_fn scores;
     context_fn context;
-    void (*ln_row)(const float *x, const float *res, size_t H, const float *g, const float *b,
+    void (*ln_row)(const float *x, const float *res, size_t H, const double *g, const double *b,
                    double eps, float *o);
     void (*pack_act_row)(const float *x, size_t n, const float *shift, float scale, int kind,
                          int act, uint64_t *out);
+    void (*embed_row)(const uint64_t *row, float al, const float *p, const float *k, size_t H,
+                      float *o);
 } isa_t;
 
 static const isa_t ISAS[] = {
 #ifdef BB_X86
-    {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512, ln_row_avx2,
-     pack_act_row_avx2},
+    {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
+     ln_row_avx512, pack_act_row_avx2, embed_row_avx512},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
-     pack_act_row_avx2},
+     pack_act_row_avx2, embed_row_avx2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic},
+     pack_act_row_generic, embed_row_generic},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic},
+     pack_act_row_generic, embed_row_generic},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -757,9 +874,8 @@ static void pool_set_threads(int n) {
 /* Row chunks for the memory-bound elementwise kernels (packing, LayerNorm, embedding): a job
  * is split only above PAR_ELEMENTS values, where a chunk is worth more than waking a thread. */
 #define ROW_CHUNK(rows, n) ((rows) * (n) > PAR_ELEMENTS ? 64 : (rows))
-/* LayerNorm (three passes in double per row, each a chain of dependent additions) and the
- * embedding sum cost ~10x a packing pass per value: at batch 1 (128 rows of 768) they were a
- * tenth of the forward on one thread while the other waited, so they split from 64k values. */
+/* LayerNorm (three passes in double per row) and the embedding sum cost several times a packing
+ * pass per value: at batch 1 (128 rows of 768) they split across the threads from 64k values. */
 #define ROW_CHUNK_HEAVY(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
 
 typedef struct {
@@ -1121,17 +1237,9 @@ static void embed_chunk(void *vctx, long c, int tid) {
     const size_t hw = nwords(j->H), H = j->H;
     const size_t t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
     (void)tid;
-    for (size_t t = c * j->chunk; t < t1; t++) {
-        const uint64_t *row = j->wbits + (size_t)j->ids[t] * hw;
-        const float al = j->walpha[j->ids[t]];
-        const float *p = j->pos + (t % j->L) * H, *k = j->tok + (size_t)j->tt[t] * H;
-        float *o = j->out + t * H;
-        for (size_t d = 0; d < H; d++) {
-            float e = (row[d / 64] >> (d % 64)) & 1 ? -al : al;
-            float s = e + p[d];
-            o[d] = s + k[d];
-        }
-    }
+    for (size_t t = c * j->chunk; t < t1; t++)
+        g_isa->embed_row(j->wbits + (size_t)j->ids[t] * hw, j->walpha[j->ids[t]],
+                         j->pos + (t % j->L) * H, j->tok + (size_t)j->tt[t] * H, H, j->out + t * H);
 }
 
 static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
@@ -1141,7 +1249,8 @@ static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, con
 }
 
 typedef struct {
-    const float *x, *res, *g, *b;
+    const float *x, *res;
+    const double *g, *b;
     size_t T, H, chunk;
     double eps;
     float *out;
@@ -1156,10 +1265,15 @@ static void ln_chunk(void *vctx, long c, int tid) {
                       j->out + t * H);
 }
 
-static void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
-                       const float *bta, double eps, float *out) {
-    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK_HEAVY(T, H), eps, out};
+static int layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
+                      const float *bta, double eps, float *out) {
+    double *gb = malloc(2 * H * sizeof(double));
+    if (!gb) return -1;
+    for (size_t d = 0; d < H; d++) gb[d] = g[d], gb[H + d] = bta[d];
+    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK_HEAVY(T, H), eps, out};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
+    free(gb);
+    return 0;
 }
 
 /* ------------------------------------------------------------------- Python glue */
@@ -1341,10 +1455,15 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
     if (need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
         need(&g, (size_t)H * 4, "weight") && need(&bt, (size_t)H * 4, "bias") &&
         need(&out, sz, "out")) {
-        Py_BEGIN_ALLOW_THREADS layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf, bt.buf,
-                                          eps, out.buf);
-        Py_END_ALLOW_THREADS ret = Py_None;
-        Py_INCREF(ret);
+        int rc;
+        Py_BEGIN_ALLOW_THREADS rc = layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf,
+                                               bt.buf, eps, out.buf);
+        Py_END_ALLOW_THREADS
+        if (rc) PyErr_NoMemory();
+        else {
+            ret = Py_None;
+            Py_INCREF(ret);
+        }
     }
     PyBuffer_Release(&x);
     if (has_res) PyBuffer_Release(&res);
