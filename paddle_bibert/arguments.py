@@ -88,6 +88,10 @@ class DistillArgs(CommonArgs):
                                 "losses): pays when Paddle runs one thread and a core is free")
     student_dropout: Optional[float] = _f(None, "dropout probability of the student's hidden, attention "
                                           "and classifier dropouts (default: its checkpoint's config)")
+    freeze_word_embeddings: bool = _f(False, "keep the student's word embeddings at its initial (the "
+                                      "teacher's) values: in a short run few of their binarized rows "
+                                      "change, and their dense gradient, optimizer update and weight "
+                                      "average cost more than a tenth of a MiniLM step")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
     recipe: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
                      "binarybert (paddle_bibert.surgery.RECIPES)")

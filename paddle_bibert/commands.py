@@ -238,6 +238,8 @@ def _task_distill(args: DistillArgs, log):
         _, report = binarize_model(student, bconf)
         log(f"binarized the student ({bconf.recipe} W1A{bconf.act_bits}, attention={bconf.attention}): "
             f"{len(report.replaced)} modules replaced")
+    if args.freeze_word_embeddings:
+        student.get_input_embeddings().weight.stop_gradient = True  # no gradient, update or average
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
                           temperature=args.temperature, gold_weight=args.gold_weight,
                           hidden_loss=args.hidden_loss)

@@ -126,6 +126,24 @@ def test_student_dropout_sets_every_dropout_of_the_student(glue_slice, tiny_mode
         assert np.abs(dropped - plain).max() > 1e-4
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_word_embeddings_keeps_the_teachers_rows_and_trains_the_rest(glue_slice, tiny_model_dir,
+                                                                          tmp_path, freeze):
+    run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                    "--max_steps", "1"), log=Log())
+    extra = ["--freeze_word_embeddings"] if freeze else []
+    task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", str(tmp_path / "t"),
+                        "--max_steps", "3", "--learning_rate", "1e-2", "--bi", "--recipe", "bit",
+                        "--pred_distill", "--ema_decay", "0.5", *extra), log=Log())
+    teacher = paddle.load(str(tmp_path / "t" / "best_model" / "model_state.pdparams"))
+    student = paddle.load(str(tmp_path / "s" / "checkpoint-3" / "model.pdparams"))
+    word = "bert.embeddings.word_embeddings.weight"
+    same = np.array_equal(student[word].numpy(), teacher[word].numpy())
+    assert same == freeze
+    for name in ("bert.encoder.layers.0.linear1.weight", "bert.embeddings.position_embeddings.weight"):
+        assert not np.array_equal(student[name].numpy(), teacher[name].numpy()), name
+
+
 def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_steps, *length):
     """Fine-tune a tiny SST-2 teacher in tmp_path/t; return ``out -> argv`` of a binarized student
     distilled from it with all five losses."""
@@ -135,7 +153,8 @@ def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_ste
                               "--learning_rate", "5e-4", "--bi", *ALL_FLAGS)
 
 
-@pytest.mark.parametrize("flags", [["--optimizer", "adamw"], ["--optimizer", "bertadam"], ["--group_by_length"]])
+@pytest.mark.parametrize("flags", [["--optimizer", "adamw"], ["--optimizer", "bertadam"], ["--group_by_length"],
+                                   ["--freeze_word_embeddings", "--ema_decay", "0.9"]])
 def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path, flags):
     args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2", *flags)
     full = task_distill(args(tmp_path / "a"), log=Log())
