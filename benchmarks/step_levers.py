@@ -5,8 +5,10 @@ Rotten Tomatoes batches) under each setting, in interleaved rounds.
     python benchmarks/step_levers.py --teacher_path runs/quickstart/teacher --steps 60 --rounds 2
 
 Settings: threads (1 / 2), Intel OpenMP's spin after each MKL call (``KMP_BLOCKTIME``: 200 ms, its
-default; 0; or unset, when the prefetch turns it off in its own two threads) and the teacher's
-outputs computed one batch ahead in a thread (``--teacher_prefetch``).
+default; 0; or unset, when the prefetch turns it off in its own two threads), the teacher's
+outputs computed one batch ahead in a thread (``--teacher_prefetch``), and two recipe levers
+whose accuracy the main job's runs measure: no dropout in the student (``--student_dropout 0``)
+and frozen word embeddings (``--freeze_word_embeddings``).
 Each run is its own process (the variables are read when Paddle loads); the time is the run's
 ``training_seconds``
 (evaluation and checkpoints excluded). The table gives every run, the median per step and the
@@ -28,14 +30,18 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from accuracy import cpu_model  # noqa: E402
 
-#: name -> (what it is, OMP_NUM_THREADS, KMP_BLOCKTIME or None (unset), teacher prefetch)
+PREFETCH, NO_DROPOUT, FROZEN = ["--teacher_prefetch"], ["--student_dropout", "0"], ["--freeze_word_embeddings"]
+#: name -> (what it is, OMP_NUM_THREADS, KMP_BLOCKTIME or None (unset), extra task_distill flags)
 SETTINGS = {
-    "baseline": ("2 thr, MKL spin 200 ms, live teacher", "2", "200", False),
-    "no_spin": ("2 thr, MKL spin 0, live teacher", "2", "0", False),
-    "prefetch_spin": ("2 thr, MKL spin 200 ms, prefetch", "2", "200", True),
-    "prefetch": ("2 thr, prefetch, spin 0 in its two threads", "2", None, True),
-    "1thr": ("1 thr, live teacher", "1", None, False),
-    "1thr_prefetch": ("1 thr, prefetch", "1", None, True),
+    "baseline": ("2 thr, MKL spin 200 ms, live teacher", "2", "200", []),
+    "no_spin": ("2 thr, MKL spin 0, live teacher", "2", "0", []),
+    "prefetch_spin": ("2 thr, MKL spin 200 ms, prefetch", "2", "200", PREFETCH),
+    "prefetch": ("2 thr, prefetch, spin 0 in its two threads", "2", None, PREFETCH),
+    "1thr": ("1 thr, live teacher", "1", None, []),
+    "1thr_prefetch": ("1 thr, prefetch", "1", None, PREFETCH),
+    "no_dropout": ("2 thr, student dropout 0", "2", None, NO_DROPOUT),
+    "frozen": ("2 thr, word embeddings frozen", "2", None, FROZEN),
+    "no_dropout_frozen": ("2 thr, both", "2", None, NO_DROPOUT + FROZEN),
 }
 BASELINE = next(iter(SETTINGS))
 
@@ -50,11 +56,11 @@ def student_argv(args, out):
 
 
 def run_one(args, setting, workdir, i):
-    _, threads, blocktime, prefetch = SETTINGS[setting]
+    _, threads, blocktime, extra = SETTINGS[setting]
     out = os.path.join(workdir, f"run{i}")
     env = {k: v for k, v in os.environ.items() if k != "KMP_BLOCKTIME"}
     env.update(OMP_NUM_THREADS=threads, **({} if blocktime is None else {"KMP_BLOCKTIME": blocktime}))
-    argv = student_argv(args, out) + (["--teacher_prefetch"] if prefetch else [])
+    argv = student_argv(args, out) + extra
     res = subprocess.run([sys.executable, os.path.join(REPO, "examples", "task_distill.py"), *argv],
                          env=env, capture_output=True, text=True)
     if res.returncode:
