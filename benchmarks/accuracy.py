@@ -25,7 +25,9 @@ For each task it runs (through the same code as the two commands):
 ``grid`` stands for the paper's ablation grid, {Bi-Attention, sign-softmax} x {all five terms,
 prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes modifiers after
 ``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
-(``--group_by_length``), e.g. ``bibert+bertadam+padmax``; each such run has its own folder.
+(``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
+soft one, for a recipe whose loss has none), e.g. ``bibert+bertadam+padmax``; each such run has its
+own folder.
 
 It writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
@@ -85,7 +87,7 @@ VARIANTS = {
 }
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"],
-             "glen": ["--group_by_length"]}
+             "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"]}
 DEFAULT_VARIANTS = "grid"
 
 

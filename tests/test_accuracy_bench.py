@@ -75,16 +75,18 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen,bit_mse_ema,binarybert_a4"]
+            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema,binarybert_a4"]
     rows = bench.main(argv)["sst-2"]
-    assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen", "bit_mse_ema", "binarybert_a4"))
+    assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen+gold", "bit_mse_ema", "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state("bit_mse_ema")["args"]["ema_decay"] == 0.99 and state("bit_mse+glen")["args"]["ema_decay"] == 0
-    assert rows["bit_mse+glen"]["arguments"]["group_by_length"] and not rows["bit_mse_ema"]["arguments"]["group_by_length"]
+    assert state("bit_mse_ema")["args"]["ema_decay"] == 0.99 and state("bit_mse+glen+gold")["args"]["ema_decay"] == 0
+    glen, ema = rows["bit_mse+glen+gold"]["arguments"], rows["bit_mse_ema"]["arguments"]
+    assert glen["group_by_length"] and not ema["group_by_length"]
+    assert glen["gold_weight"] == 0.5 and ema["gold_weight"] == 0  # +gold overrides the recipe's 0
     assert (runs / "sst-2" / "bit_mse_ema" / "checkpoint-2" / "ema.pdparams").is_file()
     # the 2-step student is taught by the W1A2 student (its teacher metric is that student's best)
     assert rows["bit_2step"]["teacher_metric"] == pytest.approx(rows["bit_a2"]["student_metric"])
-    assert rows["bit_mse+glen"]["teacher_metric"] == pytest.approx(rows["teacher"]["best_metric"])
+    assert rows["bit_mse+glen+gold"]["teacher_metric"] == pytest.approx(rows["teacher"]["best_metric"])
     cfg = lambda n: (runs / "sst-2" / n / "best_model" / "bibert_config.yaml").read_text()
     assert "recipe: bit\nact_bits: 2\n" in cfg("bit_a2") and "recipe: bit\nact_bits: 1\n" in cfg("bit_2step")
     assert "recipe: binarybert\nact_bits: 4\n" in cfg("binarybert_a4")
