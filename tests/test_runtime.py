@@ -149,6 +149,19 @@ def test_layer_norm_gives_the_same_bits_on_every_instruction_set(kern, rng, rows
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+@pytest.mark.parametrize("rows, h", [(9, 70), (300, 768)])
+def test_layer_norm_signs_are_the_packed_signs_of_its_output(kern, rng, rows, h):
+    """The fused packing gives what packing the output separately gives (pad bits 0), on rows
+    split across the threads too, and on outputs that are exactly the bias (0 among them)."""
+    x, r = (rng.standard_normal((rows, h)).astype(np.float32) for _ in range(2))
+    g, bt = rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
+    g[:3], bt[:3] = 0.0, np.array([0.0, -1.0, 2.0], np.float32)  # outputs exactly 0, -1, 2
+    for k in (kern, NUMPY):
+        out, bits = k.layer_norm(x, r, g, bt, 1e-12, signs=True)
+        np.testing.assert_array_equal(out, k.layer_norm(x, r, g, bt, 1e-12))
+        np.testing.assert_array_equal(bits, pack_signs(out))
+
+
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_empty_batch_rejected(backend, tmp_path):
     if backend == "c" and not compiled_available():

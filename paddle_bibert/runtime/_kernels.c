@@ -1254,23 +1254,28 @@ typedef struct {
     size_t T, H, chunk;
     double eps;
     float *out;
+    uint64_t *bits; /* or NULL: the sign bits of out too, [T, nwords(H)] */
 } ln_job;
 
 static void ln_chunk(void *vctx, long c, int tid) {
     const ln_job *j = vctx;
     const size_t H = j->H, t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
     (void)tid;
-    for (size_t t = c * j->chunk; t < t1; t++)
+    for (size_t t = c * j->chunk; t < t1; t++) {
         g_isa->ln_row(j->x + t * H, j->res ? j->res + t * H : NULL, H, j->g, j->b, j->eps,
                       j->out + t * H);
+        /* packed while the row is in this core's L1: a separate pass would read it back,
+         * at two threads partly from the other core's cache */
+        if (j->bits) g_isa->pack(j->out + t * H, H, j->bits + t * nwords(H));
+    }
 }
 
 static int layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
-                      const float *bta, double eps, float *out) {
+                      const float *bta, double eps, float *out, uint64_t *bits) {
     double *gb = malloc(2 * H * sizeof(double));
     if (!gb) return -1;
     for (size_t d = 0; d < H; d++) gb[d] = g[d], gb[H + d] = bta[d];
-    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK_HEAVY(T, H), eps, out};
+    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK_HEAVY(T, H), eps, out, bits};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
     free(gb);
     return 0;
@@ -1436,28 +1441,24 @@ static PyObject *py_embed(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
-    Py_buffer x, res = {0}, g, bt, out;
-    PyObject *res_obj;
+    Py_buffer x, res = {0}, g, bt, out, bits = {0};
+    PyObject *res_obj, *bits_obj = Py_None;
     Py_ssize_t T, H;
     double eps;
-    if (!PyArg_ParseTuple(args, "y*Onny*y*dw*", &x, &res_obj, &T, &H, &g, &bt, &eps, &out))
+    if (!PyArg_ParseTuple(args, "y*Onny*y*dw*|O", &x, &res_obj, &T, &H, &g, &bt, &eps, &out,
+                          &bits_obj))
         return NULL;
     PyObject *ret = NULL;
-    int has_res = res_obj != Py_None;
-    if (has_res && PyObject_GetBuffer(res_obj, &res, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&x);
-        PyBuffer_Release(&g);
-        PyBuffer_Release(&bt);
-        PyBuffer_Release(&out);
-        return NULL;
-    }
+    int has_res = res_obj != Py_None, has_bits = bits_obj != Py_None;
+    int got_res = !has_res || PyObject_GetBuffer(res_obj, &res, PyBUF_SIMPLE) == 0;
+    int got_bits = got_res && (!has_bits || PyObject_GetBuffer(bits_obj, &bits, PyBUF_WRITABLE) == 0);
     size_t sz = (size_t)T * H * 4;
-    if (need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
+    if (got_res && got_bits && need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
         need(&g, (size_t)H * 4, "weight") && need(&bt, (size_t)H * 4, "bias") &&
-        need(&out, sz, "out")) {
+        need(&out, sz, "out") && (!has_bits || need(&bits, (size_t)T * nwords(H) * 8, "bits"))) {
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf,
-                                               bt.buf, eps, out.buf);
+                                               bt.buf, eps, out.buf, has_bits ? bits.buf : NULL);
         Py_END_ALLOW_THREADS
         if (rc) PyErr_NoMemory();
         else {
@@ -1466,7 +1467,8 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&x);
-    if (has_res) PyBuffer_Release(&res);
+    if (has_res && got_res) PyBuffer_Release(&res);
+    if (has_bits && got_bits) PyBuffer_Release(&bits);
     PyBuffer_Release(&g);
     PyBuffer_Release(&bt);
     PyBuffer_Release(&out);
@@ -1529,7 +1531,7 @@ static PyMethodDef methods[] = {
     {"attention", py_attention, METH_VARARGS,
      "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1)"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
-    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out)"},
+    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits])"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
     {"get_isa", py_get_isa, METH_NOARGS, "the kernel set in use"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name)"},

@@ -210,15 +210,20 @@ class Kernels:
                  _f32(tok), out)
         return out
 
-    def layer_norm(self, x, residual, weight, bias, eps: float) -> np.ndarray:
-        """``LayerNorm(x + residual)`` over the last axis of ``[T, H]`` (residual may be None)."""
+    def layer_norm(self, x, residual, weight, bias, eps: float, signs: bool = False):
+        """``LayerNorm(x + residual)`` over the last axis of ``[T, H]`` (residual may be None);
+        with ``signs`` also its packed sign bits, ``(out, bits)``, as :meth:`pack_signs` of out
+        would give them (what a following sign-binarized layer consumes)."""
         x = _rows(_f32(x), "layer_norm")
         if not self.compiled:
-            return ref.layer_norm(x, residual, weight, bias, eps)
+            out = ref.layer_norm(x, residual, weight, bias, eps)
+            return (out, ref.pack_signs(out)) if signs else out
         out = np.empty_like(x)
         res = None if residual is None else _f32(residual)
-        _C.layer_norm(x, res, x.shape[0], x.shape[1], _f32(weight), _f32(bias), float(eps), out)
-        return out
+        bits = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64) if signs else None
+        _C.layer_norm(x, res, x.shape[0], x.shape[1], _f32(weight), _f32(bias), float(eps), out,
+                      bits)
+        return (out, bits) if signs else out
 
 
 def get_kernels(backend: str = "auto", isa: Optional[str] = None,

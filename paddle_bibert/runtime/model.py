@@ -275,10 +275,11 @@ class PackedBert(TextModel):
 
         keep = ids != self.pad_token_id  # padded keys get attention 0
         x = kern.embed(ids, tt, self.word_bits, self.word_alpha, self.pos, self.tok)
-        x = rec("embeddings", kern.layer_norm(x, None, *self.emb_ln))
+        x, xb = self._norm(kern, x, None, self.emb_ln, self._qkv_quantizer(0))
+        rec("embeddings", x)
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
-            qkv = self._qkv_bits(kern, layer, x, lambda v: rec(p + "qkv", v), trace is not None)
+            qkv = self._qkv_bits(kern, layer, x, lambda v: rec(p + "qkv", v), trace is not None, xb)
             ctx = rec(p + "context", kern.attention(qkv.reshape(b, l, -1), keep, h, self.heads,
                                                     self.mode, layer["score_scale"],
                                                     layer["map_scale"]))
@@ -287,9 +288,10 @@ class PackedBert(TextModel):
                 ctx = (ctx.astype(np.float64) * layer["ctx_scale"]).astype(np.float32)
             out = layer["out"]
             a = out(kern, out.q.bits(kern, ctx))
-            x = rec(p + "ln1", kern.layer_norm(x, a, *layer["ln1"]))
             ffn_in, ffn_out = layer["ffn_in"], layer["ffn_out"]
-            xb = ffn_in.q.bits(kern, x)
+            x, xb = self._norm(kern, x, a, layer["ln1"], ffn_in.q)
+            rec(p + "ln1", x)
+            xb = ffn_in.q.bits(kern, x) if xb is None else xb
             if ffn_out.q.plain and self.act == ACT_GELU:
                 hb = ffn_in(kern, xb, signs=True)  # bits(gelu(h)) == bits(h)
                 if trace is not None:
@@ -297,18 +299,32 @@ class PackedBert(TextModel):
             else:  # act, shift and threshold applied while packing h
                 hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
             f = ffn_out(kern, hb)
-            x = rec(p + "ln2", kern.layer_norm(x, f, *layer["ln2"]))
+            x, xb = self._norm(kern, x, f, layer["ln2"], self._qkv_quantizer(i + 1))
+            rec(p + "ln2", x)
         first = np.ascontiguousarray(x.reshape(b, l, h)[:, 0])
         pooled = np.tanh(self.pooler(kern, self.pooler.q.bits(kern, first)))
         if trace is not None:
             trace["pooled"] = pooled
         return pooled @ self.cls_w + self.cls_b
 
-    def _qkv_bits(self, kern, layer, x, rec, tracing):
-        """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``."""
+    def _qkv_quantizer(self, i):
+        """The quantizer of layer i's one Q/K/V product input, if it has one (else None)."""
+        return self.layers[i]["qkv"].q if i < len(self.layers) and self.layers[i]["qkv"] else None
+
+    @staticmethod
+    def _norm(kern, x, res, ln, q):
+        """LayerNorm(x + res), and where the next product binarizes it by its sign alone (q plain),
+        its sign bits from the same kernel call (else None)."""
+        if q is not None and q.plain:
+            return kern.layer_norm(x, res, *ln, signs=True)
+        return kern.layer_norm(x, res, *ln), None
+
+    def _qkv_bits(self, kern, layer, x, rec, tracing, xb=None):
+        """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``; ``xb``: the
+        packed input, if the LayerNorm gave it."""
         shift, fused = layer["att_shift"], layer["qkv"]
         if fused is not None:
-            xb = fused.q.bits(kern, x)
+            xb = fused.q.bits(kern, x) if xb is None else xb
             if shift is None and not tracing:
                 return fused(kern, xb, signs=True)  # Q/K/V floats never exist
             y = fused(kern, xb)
