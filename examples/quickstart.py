@@ -13,7 +13,8 @@ of the packed 1-bit file it writes (`<output_dir>/student.bibert`, for `paddle_b
 Recipes (all fully binarized: 1-bit weights, word embeddings and activations):
   bit     BiT's quantizers (elastic binary activations, a {0,a} softmax map, ReLU FFN) with BiT's
           loss (soft cross-entropy + hidden-state MSE), dev scored on a running average of the
-          weights (--ema_decay 0.99)
+          weights (--ema_decay 0.99); the student without dropout and with the teacher's word
+          embeddings kept (--student_dropout 0 --freeze_word_embeddings)
   bibert  BiBERT: Bi-Attention and the five direction-matching terms (prediction, Q, K, V, hidden)
 
 Both stages are resumable: each writes atomic checkpoints under --output_dir.
@@ -28,8 +29,11 @@ import paddle_bibert  # noqa: F401  (CPU defaults before Paddle loads)
 from paddle_bibert.commands import run_glue, task_distill
 
 RECIPES = {  # name -> (task_distill flags, student learning rate)
+    # no dropout and the teacher's word embeddings kept: a step ~0.8x as long at the same accuracy
+    # (benchmarks/RESULTS.md, "Student step levers" and "Main job")
     "bit": (["--recipe", "bit", "--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
-             "--gold_weight", "0", "--ema_decay", "0.99"], 5e-4),
+             "--gold_weight", "0", "--ema_decay", "0.99", "--student_dropout", "0",
+             "--freeze_word_embeddings"], 5e-4),
     "bibert": (["--recipe", "bibert", "--pred_distill", "--query_distill", "--key_distill", "--value_distill",
                 "--intermediate_distill"], 1e-4),  # BiBERT's SST-2 learning rate
 }

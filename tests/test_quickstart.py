@@ -45,6 +45,11 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     for stage in ("teacher", "student"):
         with open(out / stage / "summary.json") as f:
             assert json.load(f)["arguments"]["group_by_length"] is True
+    # BiT's student trains without dropout and keeps the teacher's word embeddings
+    with open(out / "student" / "summary.json") as f:
+        student_args = json.load(f)["arguments"]
+    assert (student_args["student_dropout"], student_args["freeze_word_embeddings"]) == (
+        (0.0, True) if recipe == "bit" else (None, False))
     # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences
     student = load_binarized(str(out / "student" / "best_model"))
     assert f"recipe: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
