@@ -26,8 +26,9 @@ For each task it runs (through the same code as the two commands):
 prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes modifiers after
 ``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
 (``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
-soft one, for a recipe whose loss has none), e.g. ``bibert+bertadam+padmax``; each such run has its
-own folder.
+soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``), ``+frozen``
+(``--freeze_word_embeddings``), e.g. ``bibert+bertadam+padmax``; each such run has its own folder.
+The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
 It writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted
@@ -87,7 +88,8 @@ VARIANTS = {
 }
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"],
-             "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"]}
+             "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
+             "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"]}
 DEFAULT_VARIANTS = "grid"
 
 

@@ -12,6 +12,9 @@ batch 1 and 32:
 * every backend runs in processes of its own, once per setting (threads 1 and 2; Paddle also
   with MKL's other code path; ONNX Runtime with the plain and the fused graph), and is scored
   at its best setting per batch size: median latency, throughput, peak RSS of the process;
+* then, since a shared host drifts over the minutes one pass takes, each backend's best batch-1
+  setting is timed again in ``--rounds`` interleaved rounds (a process per backend per round,
+  the order rotated), and the batch-1 ratios are given per round;
 * with ``--trained DIR`` (a quickstart output folder: ``teacher/best_model``,
   ``student/best_model``) the MiniLM row uses those trained models and adds each one's dev
   accuracy on Rotten Tomatoes: the teacher through Paddle, ONNX Runtime FP32 and INT8, the
@@ -97,7 +100,7 @@ def worker(args):
         def run(ids, tt):
             return model(ids, tt)
     out = {"latency_ms": {}}
-    for b in BATCHES:
+    for b in (int(x) for x in args.batches.split(",")):
         ids, tt = _inputs(b)
         out["latency_ms"][b] = _median_ms(lambda: run(ids, tt), *(
             (3, 1) if args.quick else (20, 10) if b == 1 else (3, 20)))[0]
@@ -108,11 +111,12 @@ def worker(args):
     print(json.dumps(out))
 
 
-def run_worker(kind, path, env, extra, quick):
+def run_worker(kind, path, env, extra, quick, batches=BATCHES):
     full = {k: v for k, v in os.environ.items()
             if k not in ("MKL_DEBUG_CPU_TYPE", "BIBERT_NUM_THREADS", "BIBERT_ISA")}
     full.update(env)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--path", path, *extra]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--path", path,
+           "--batches", ",".join(map(str, batches)), *extra]
     res = subprocess.run(cmd + (["--quick"] if quick else []), env=full, capture_output=True,
                          text=True)
     if res.returncode:
@@ -238,28 +242,60 @@ def accuracy(models, chosen):
 
 # ------------------------------------------------------------------------------ report
 
-def run_shape(shape, workdir, trained, quick, log):
+def run_shape(shape, workdir, trained, quick, rounds, log):
     t0 = time.time()
     trained = trained if shape == "minilm" else None  # the main job trains MiniLM
     files, models = prepare(shape, workdir, trained)
     rows = {}
     for backend, (kind, graphs) in files.items():
         isa = backend.split(",")[0].split()[-1] if kind == "packed" else None
-        runs = {}
+        runs, how = {}, {}
         for graph, path in graphs.items():
             for name, (env, extra) in settings(kind, isa).items():
-                runs[f"{graph} {name}".strip()] = run_worker(kind, path, env, extra, quick)
-                log(f"  {shape} {backend} {graph} {name}: {runs[f'{graph} {name}'.strip()]}")
+                key = f"{graph} {name}".strip()
+                how[key] = (kind, path, env, extra)
+                runs[key] = run_worker(kind, path, env, extra, quick)
+                log(f"  {shape} {backend} {key}: {runs[key]}")
         best = {str(b): min(runs, key=lambda s: runs[s]["latency_ms"][str(b)]) for b in BATCHES}
         graph = " ".join(best["1"].split()[:2]) if kind == "ort" else ""  # e.g. "int8 fused"
-        rows[backend] = {"runs": runs, "best": best, "graph": graph,
+        rows[backend] = {"runs": runs, "best": best, "graph": graph, "how": how[best["1"]],
                          "mib": file_mib(graphs[graph] if kind == "ort" else graphs[""])}
         if kind == "packed":
             rows[backend]["kernels"] = runs[best["1"]]["backend"]
+    interleaved_rounds(rows, rounds, quick, lambda m: log(f"  {shape} {m}"))
     chosen = {k: r["graph"] for k, r in rows.items()}
     acc, n = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0))
     return {"shape": shape, "rows": rows, "accuracy": acc, "n_dev": n,
             "seconds": time.time() - t0}
+
+
+def interleaved_rounds(rows, rounds, quick, log):
+    """Batch-1 latency of every backend's best setting, once per round, the backends' order
+    rotated each round, into ``rows[backend]["rounds_ms"]``."""
+    names = list(rows)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            kind, path, env, extra = rows[k]["how"]
+            ms = run_worker(kind, path, env, extra, quick, batches=(1,))["latency_ms"]["1"]
+            rows[k].setdefault("rounds_ms", []).append(ms)
+            log(f"round {r + 1} {k}: {ms:.2f} ms")
+
+
+def rounds_text(rows):
+    """The batch-1 comparison of the interleaved rounds: medians and per-round ratios."""
+    import numpy as np
+
+    ms = {k: r["rounds_ms"] for k, r in rows.items() if r.get("rounds_ms")}
+    if "packed 1-bit avx512" not in ms:
+        return ""
+    p = np.array(ms["packed 1-bit avx512"])
+    fp32 = min(("paddle fp32", "onnxruntime fp32"), key=lambda k: np.median(ms[k]))
+    ratios = lambda k: ", ".join(f"{v:.1f}x" for v in np.array(ms[k]) / p)
+    med = "; ".join(f"{k} {np.median(v):.2f}" for k, v in ms.items())
+    return (f"Batch 1 again, each backend at its best setting, {len(p)} interleaved rounds (a "
+            f"process per backend per round): median ms {med}. Packed 1-bit (AVX-512) against "
+            f"ONNX Runtime INT8, round by round: {ratios('onnxruntime int8')}; against the best "
+            f"FP32 ({fp32}): {ratios(fp32)}.")
 
 
 def table(res):
@@ -298,7 +334,8 @@ def table(res):
         out[-1] += (f" With BiBERT's Bi-Attention instead of BiT's softmax map: {lat[bb][1]:.2f} ms "
                     f"at batch 1, {lat['onnxruntime int8'][1] / lat[bb][1]:.1f}x lower than ONNX "
                     f"Runtime INT8, {lat[fp32][1] / lat[bb][1]:.1f}x than the best FP32.")
-    return "\n".join(out)
+    again = rounds_text(rows)
+    return "\n".join(out + (["", again] if again else []))
 
 
 def plot(results, path):
@@ -338,14 +375,19 @@ def main():
     ap.add_argument("--out", help="write the markdown report here")
     ap.add_argument("--plot", help="write the accuracy-vs-latency PNG here (needs --trained)")
     ap.add_argument("--quick", action="store_true", help="3 repeats: a smoke run, not a figure")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved rounds of the batch-1 comparison after the settings pass")
     ap.add_argument("--json", help="also write the raw results (every setting of every backend)")
     ap.add_argument("--from_json", help="print the report (and --plot) of a run saved by --json")
     ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="2", help=argparse.SUPPRESS)
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.rounds < 0:
+        sys.exit(f"error: --rounds must be >= 0, got {args.rounds}")
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
@@ -365,7 +407,8 @@ def main():
     t0, load0 = time.time(), open("/proc/loadavg").read().split()[:3]
     workdir = tempfile.mkdtemp(prefix="bibert-deploy-")
     try:
-        results = [run_shape(s, workdir, args.trained, args.quick, lambda m: print(m, flush=True))
+        results = [run_shape(s, workdir, args.trained, args.quick, args.rounds,
+                             lambda m: print(m, flush=True))
                    for s in args.shapes]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,64 @@
+"""benchmarks/deploy.py's interleaved rounds: the order each round runs the backends in, and the
+per-round ratios the report gives (the workers replaced by a fake clock, so no ONNX Runtime)."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("deploy", os.path.join(REPO, "benchmarks", "deploy.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+NAMES = ["paddle fp32", "onnxruntime fp32", "onnxruntime int8", "packed 1-bit avx512"]
+# batch-1 latency of each backend in each of three rounds (ms)
+MS = {"paddle fp32": [90.0, 80.0, 100.0], "onnxruntime fp32": [60.0, 70.0, 50.0],
+      "onnxruntime int8": [20.0, 24.0, 18.0], "packed 1-bit avx512": [5.0, 4.0, 6.0]}
+
+
+def test_rounds_rotate_the_order_and_time_each_best_setting_at_batch_one(monkeypatch):
+    bench = _bench()
+    rows = {k: {"how": ("kind", f"/files/{k}", {"OMP_NUM_THREADS": "2"}, ["--threads", "2"])} for k in NAMES}
+    calls = []
+
+    def fake_worker(kind, path, env, extra, quick, batches=bench.BATCHES):
+        k = path.split("/")[-1]
+        assert batches == (1,) and env == {"OMP_NUM_THREADS": "2"} and extra == ["--threads", "2"]
+        calls.append(k)
+        return {"latency_ms": {"1": MS[k][sum(c == k for c in calls) - 1]}}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    bench.interleaved_rounds(rows, 3, False, lambda m: None)
+    assert calls == NAMES + NAMES[1:] + NAMES[:1] + NAMES[2:] + NAMES[:2]
+    assert all(rows[k]["rounds_ms"] == MS[k] for k in NAMES)
+
+    text = bench.rounds_text(rows)
+    p = np.array(MS["packed 1-bit avx512"])
+    int8 = ", ".join(f"{v:.1f}x" for v in np.array(MS["onnxruntime int8"]) / p)
+    fp32 = ", ".join(f"{v:.1f}x" for v in np.array(MS["onnxruntime fp32"]) / p)  # median 60 < 90
+    assert f"ONNX Runtime INT8, round by round: {int8};" in text
+    assert f"best FP32 (onnxruntime fp32): {fp32}." in text
+    assert "3 interleaved rounds" in text and "packed 1-bit avx512 5.00" in text
+
+
+def test_no_rounds_no_paragraph():
+    bench = _bench()
+    assert bench.rounds_text({k: {} for k in NAMES}) == ""
+
+
+@pytest.mark.parametrize("value", ["-1"])
+def test_bad_rounds_is_one_line(value, monkeypatch, capsys):
+    bench = _bench()
+    monkeypatch.setattr(sys, "argv", ["deploy.py", "--rounds", value])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert "--rounds must be >= 0" in str(e.value)
