@@ -12,6 +12,7 @@ For each task it runs (through the same code as the two commands):
                    from docs/algorithms.md, section 5, that this package adds
     bit_mse        BiT's quantizers with BiT's own loss: soft CE (no gold term) + hidden-state MSE
     bit_mse_ema    bit_mse, evaluated and kept as an average of its weights (--ema_decay 0.99)
+    bit_pred_ema   bit_mse_ema without the hidden-state term: the soft cross-entropy alone
     bit_a2, bit_a4 BiT's quantizers with 2- / 4-bit activations (W1A2, W1A4), all five flags
     bit_2step      BiT's multi-step distillation: the bit_a2 student teaches, and initialises, a
                    W1A1 BiT student (needs bit_a2 listed before it)
@@ -77,6 +78,7 @@ VARIANTS = {
                                     "--gold_weight", "0"]),
     "bit_mse_ema": ({"recipe": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
                                         "--gold_weight", "0", "--ema_decay", "0.99"]),
+    "bit_pred_ema": ({"recipe": "bit"}, ["--pred_distill", "--gold_weight", "0", "--ema_decay", "0.99"]),
     "bit_a2": ({"recipe": "bit", "act_bits": 2}, ALL_FLAGS),
     "bit_a4": ({"recipe": "bit", "act_bits": 4}, ALL_FLAGS),
     "bit_2step": ({"recipe": "bit"}, ALL_FLAGS, "bit_a2"),

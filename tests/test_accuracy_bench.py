@@ -76,7 +76,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4"]
+            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema"]
     rows = bench.main(argv)["sst-2"]
     assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen+gold", EMA, "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
@@ -86,6 +86,9 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert glen["gold_weight"] == 0.5 and ema["gold_weight"] == 0  # +gold overrides the recipe's 0
     assert ema["student_dropout"] == 0 and ema["freeze_word_embeddings"]  # +drop0, +frozen
     assert glen["student_dropout"] is None and not glen["freeze_word_embeddings"]
+    pred = rows["bit_pred_ema"]["arguments"]  # the soft cross-entropy alone, weights averaged
+    assert pred["pred_distill"] and not pred["intermediate_distill"] and pred["ema_decay"] == 0.99
+    assert ema["intermediate_distill"] and pred["gold_weight"] == 0
     assert (runs / "sst-2" / EMA / "checkpoint-2" / "ema.pdparams").is_file()
     # the 2-step student is taught by the W1A2 student (its teacher metric is that student's best)
     assert rows["bit_2step"]["teacher_metric"] == pytest.approx(rows["bit_a2"]["student_metric"])
