@@ -28,7 +28,8 @@ prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes mod
 ``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
 (``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
 soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``), ``+frozen``
-(``--freeze_word_embeddings``), e.g. ``bibert+bertadam+padmax``; each such run has its own folder.
+(``--freeze_word_embeddings``), ``+fppool`` (the pooler kept in full precision), e.g.
+``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
 It writes a markdown table (task metric per cell, retention = student / teacher) with each
@@ -91,15 +92,20 @@ VARIANTS = {
 GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"],
              "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
-             "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"]}
+             "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"],
+             # a dict changes the student's BinarizeConfig instead of its flags
+             "fppool": {"pooler": False}}
 DEFAULT_VARIANTS = "grid"
 
 
 def variant(name):
-    """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags."""
+    """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags
+    and BinarizeConfig fields."""
     base, *mods = name.split("+")
     binarize, flags, *dep = VARIANTS[base]
-    return (binarize, flags + [f for m in mods for f in MODIFIERS[m]], *dep)
+    fields = {k: v for m in mods if isinstance(MODIFIERS[m], dict) for k, v in MODIFIERS[m].items()}
+    flags = flags + [f for m in mods if isinstance(MODIFIERS[m], list) for f in MODIFIERS[m]]
+    return ({**binarize, **fields} if fields else binarize, flags, *dep)
 
 
 def expand(variants: str) -> list:
@@ -397,6 +403,8 @@ def main(argv=None):
         for m in mods:
             if m not in MODIFIERS:
                 ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}")
+            if isinstance(MODIFIERS[m], dict) and VARIANTS[base][0] is None:
+                ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
         dep = VARIANTS[base][2:]
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")

@@ -76,7 +76,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema"]
+            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool"]
     rows = bench.main(argv)["sst-2"]
     assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen+gold", EMA, "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
@@ -86,7 +86,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert glen["gold_weight"] == 0.5 and ema["gold_weight"] == 0  # +gold overrides the recipe's 0
     assert ema["student_dropout"] == 0 and ema["freeze_word_embeddings"]  # +drop0, +frozen
     assert glen["student_dropout"] is None and not glen["freeze_word_embeddings"]
-    pred = rows["bit_pred_ema"]["arguments"]  # the soft cross-entropy alone, weights averaged
+    pred = rows["bit_pred_ema+fppool"]["arguments"]  # the soft cross-entropy alone, weights averaged
     assert pred["pred_distill"] and not pred["intermediate_distill"] and pred["ema_decay"] == 0.99
     assert ema["intermediate_distill"] and pred["gold_weight"] == 0
     assert (runs / "sst-2" / EMA / "checkpoint-2" / "ema.pdparams").is_file()
@@ -96,6 +96,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     cfg = lambda n: (runs / "sst-2" / n / "best_model" / "bibert_config.yaml").read_text()
     assert "recipe: bit\nact_bits: 2\n" in cfg("bit_a2") and "recipe: bit\nact_bits: 1\n" in cfg("bit_2step")
     assert "recipe: binarybert\nact_bits: 4\n" in cfg("binarybert_a4")
+    assert "pooler: false" in cfg("bit_pred_ema+fppool") and "pooler: true" in cfg("bit_a2")  # +fppool
     with pytest.raises(SystemExit):  # the two-step variant needs its teacher's variant listed first
         bench.main(argv[:-1] + ["bit_2step,bit_a2"])
 
@@ -125,9 +126,12 @@ def test_per_task_budgets_parse_and_fail_early(capsys):
         bench.main(["--tasks", "sst-2,cola", "--student_steps", "sst-2=10"])
 
 
-def test_unknown_variant_rejected():
+def test_unknown_variant_rejected(capsys):
     with pytest.raises(SystemExit):
         _bench().main(["--variants", "bibert,nonsense"])
+    with pytest.raises(SystemExit):  # a binarization modifier on a full-precision student
+        _bench().main(["--variants", "fp_mse+fppool"])
+    assert "fp_mse is a full-precision student" in capsys.readouterr().err
 
 
 def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F811
