@@ -28,7 +28,10 @@ prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes mod
 ``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
 (``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
 soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``), ``+frozen``
-(``--freeze_word_embeddings``), ``+fppool`` (the pooler kept in full precision), e.g.
+(``--freeze_word_embeddings``), ``+fppool`` (the pooler kept in full precision), and the
+ablations ``+fpact`` (every activation, Q/K/V and the attention map in full precision: binary
+weights only), ``+fpweights`` (full-precision weights and word embeddings: binary activations
+only) and ``+fpmap`` (the attention map alone in full precision), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -94,7 +97,12 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
              "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"],
              # a dict changes the student's BinarizeConfig instead of its flags
-             "fppool": {"pooler": False}}
+             "fppool": {"pooler": False},
+             # ablations: which part of the binarization keeps a student from learning a task
+             "fpact": {"act_quantizer": "none", "qkv_quantizer": "none", "attention_quantizer": "none",
+                       "ffn_out_act_quantizer": "none"},
+             "fpweights": {"weight_quantizer": "none", "embedding_quantizer": "none"},
+             "fpmap": {"attention_quantizer": "none"}}
 DEFAULT_VARIANTS = "grid"
 
 

@@ -76,7 +76,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool"]
+            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool,bit_mse+fpact,bit_mse+fpweights+fpmap"]
     rows = bench.main(argv)["sst-2"]
     assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen+gold", EMA, "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
@@ -86,6 +86,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert glen["gold_weight"] == 0.5 and ema["gold_weight"] == 0  # +gold overrides the recipe's 0
     assert ema["student_dropout"] == 0 and ema["freeze_word_embeddings"]  # +drop0, +frozen
     assert glen["student_dropout"] is None and not glen["freeze_word_embeddings"]
+    assert rows["bit_mse+fpact"]["finished"] and rows["bit_mse+fpweights+fpmap"]["finished"]  # ablations train
     pred = rows["bit_pred_ema+fppool"]["arguments"]  # the soft cross-entropy alone, weights averaged
     assert pred["pred_distill"] and not pred["intermediate_distill"] and pred["ema_decay"] == 0.99
     assert ema["intermediate_distill"] and pred["gold_weight"] == 0
@@ -124,6 +125,19 @@ def test_per_task_budgets_parse_and_fail_early(capsys):
     assert "'many'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no value for task 'cola'"):  # before any training
         bench.main(["--tasks", "sst-2,cola", "--student_steps", "sst-2=10"])
+
+
+def test_binarization_modifiers_give_valid_configs():
+    from paddle_bibert.surgery import BinarizeConfig
+
+    bench = _bench()
+    base = BinarizeConfig.from_dict({"recipe": "bit"})
+    for m in ("fppool", "fpact", "fpweights", "fpmap"):
+        spec, flags = bench.variant(f"bit_mse_ema+glen+{m}")
+        conf = BinarizeConfig.from_dict(spec)  # validates every quantizer name
+        changed = {k for k in vars(conf) if getattr(conf, k) != getattr(base, k)}
+        assert changed == set(bench.MODIFIERS[m]) and "--group_by_length" in flags, m
+    assert BinarizeConfig.from_dict(bench.variant("bit_mse+fpact")[0]).act_quantizer == "none"
 
 
 def test_unknown_variant_rejected(capsys):
