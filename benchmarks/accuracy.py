@@ -16,6 +16,9 @@ For each task it runs (through the same code as the two commands):
     bit_a2, bit_a4 BiT's quantizers with 2- / 4-bit activations (W1A2, W1A4), all five flags
     bit_2step      BiT's multi-step distillation: the bit_a2 student teaches, and initialises, a
                    W1A1 BiT student (needs bit_a2 listed before it)
+    bit_mse_ema_a2, bit_mse_ema_2step
+                   the same two steps with bit_mse_ema's loss and weight average: W1A2 first,
+                   then the W1A1 student it teaches and initialises
     binarybert, binarybert_a2, binarybert_a4
                    BinaryBERT-style 1-1-1 / 1-1-2 / 1-1-4 (sign or LSQ activations, softmax kept
                    and quantized), all five flags, so every recipe has one footing
@@ -70,6 +73,8 @@ from paddle_bibert.commands import run_glue, task_distill  # noqa: E402
 
 GLUE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue"))
 ALL_FLAGS = ["--pred_distill", "--query_distill", "--key_distill", "--value_distill", "--intermediate_distill"]
+BIT_LOSS_EMA = ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse", "--gold_weight", "0",
+                    "--ema_decay", "0.99"]
 # name -> (student binarize config, distillation flags[, the variant whose best student teaches
 # and initialises this one instead of the full-precision teacher])
 VARIANTS = {
@@ -80,12 +85,13 @@ VARIANTS = {
     "bit": ({"recipe": "bit"}, ALL_FLAGS),
     "bit_mse": ({"recipe": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
                                     "--gold_weight", "0"]),
-    "bit_mse_ema": ({"recipe": "bit"}, ["--pred_distill", "--intermediate_distill", "--hidden_loss", "mse",
-                                        "--gold_weight", "0", "--ema_decay", "0.99"]),
+    "bit_mse_ema": ({"recipe": "bit"}, BIT_LOSS_EMA),
     "bit_pred_ema": ({"recipe": "bit"}, ["--pred_distill", "--gold_weight", "0", "--ema_decay", "0.99"]),
     "bit_a2": ({"recipe": "bit", "act_bits": 2}, ALL_FLAGS),
     "bit_a4": ({"recipe": "bit", "act_bits": 4}, ALL_FLAGS),
     "bit_2step": ({"recipe": "bit"}, ALL_FLAGS, "bit_a2"),
+    "bit_mse_ema_a2": ({"recipe": "bit", "act_bits": 2}, BIT_LOSS_EMA),
+    "bit_mse_ema_2step": ({"recipe": "bit"}, BIT_LOSS_EMA, "bit_mse_ema_a2"),
     "binarybert": ({"recipe": "binarybert"}, ALL_FLAGS),
     "binarybert_a2": ({"recipe": "binarybert", "act_bits": 2}, ALL_FLAGS),
     "binarybert_a4": ({"recipe": "binarybert", "act_bits": 4}, ALL_FLAGS),
@@ -108,11 +114,13 @@ DEFAULT_VARIANTS = "grid"
 
 def variant(name):
     """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags
-    and BinarizeConfig fields."""
+    and BinarizeConfig fields. A two-step variant's teacher carries the same modifiers
+    (``bit_2step+glen`` is taught by ``bit_a2+glen``): both steps train alike."""
     base, *mods = name.split("+")
     binarize, flags, *dep = VARIANTS[base]
     fields = {k: v for m in mods if isinstance(MODIFIERS[m], dict) for k, v in MODIFIERS[m].items()}
     flags = flags + [f for m in mods if isinstance(MODIFIERS[m], list) for f in MODIFIERS[m]]
+    dep = ["+".join([dep[0], *mods])] if dep else []
     return ({**binarize, **fields} if fields else binarize, flags, *dep)
 
 
@@ -413,7 +421,7 @@ def main(argv=None):
                 ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}")
             if isinstance(MODIFIERS[m], dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
-        dep = VARIANTS[base][2:]
+        dep = variant(v)[2:]
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")
     for t in args.tasks.split(","):  # a missing per-task value fails now, not hours in

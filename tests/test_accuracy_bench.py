@@ -76,9 +76,9 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2,bit_2step,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool,bit_mse+fpact,bit_mse+fpweights+fpmap"]
+            "--save_steps", "2", "--variants", "bit_a2+glen,bit_2step+glen,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool,bit_mse+fpact,bit_mse+fpweights+fpmap"]
     rows = bench.main(argv)["sst-2"]
-    assert all(rows[n]["finished"] for n in ("bit_a2", "bit_2step", "bit_mse+glen+gold", EMA, "binarybert_a4"))
+    assert all(rows[n]["finished"] for n in ("bit_a2+glen", "bit_2step+glen", "bit_mse+glen+gold", EMA, "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
     assert state(EMA)["args"]["ema_decay"] == 0.99 and state("bit_mse+glen+gold")["args"]["ema_decay"] == 0
     glen, ema = rows["bit_mse+glen+gold"]["arguments"], rows[EMA]["arguments"]
@@ -91,15 +91,19 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     assert pred["pred_distill"] and not pred["intermediate_distill"] and pred["ema_decay"] == 0.99
     assert ema["intermediate_distill"] and pred["gold_weight"] == 0
     assert (runs / "sst-2" / EMA / "checkpoint-2" / "ema.pdparams").is_file()
-    # the 2-step student is taught by the W1A2 student (its teacher metric is that student's best)
-    assert rows["bit_2step"]["teacher_metric"] == pytest.approx(rows["bit_a2"]["student_metric"])
+    # the 2-step student is taught by the W1A2 student with the same modifiers (its teacher metric
+    # is that student's best), and trains alike
+    assert rows["bit_2step+glen"]["teacher_metric"] == pytest.approx(rows["bit_a2+glen"]["student_metric"])
+    assert rows["bit_2step+glen"]["arguments"]["group_by_length"]
     assert rows["bit_mse+glen+gold"]["teacher_metric"] == pytest.approx(rows["teacher"]["best_metric"])
     cfg = lambda n: (runs / "sst-2" / n / "best_model" / "bibert_config.yaml").read_text()
-    assert "recipe: bit\nact_bits: 2\n" in cfg("bit_a2") and "recipe: bit\nact_bits: 1\n" in cfg("bit_2step")
+    assert "recipe: bit\nact_bits: 2\n" in cfg("bit_a2+glen") and "recipe: bit\nact_bits: 1\n" in cfg("bit_2step+glen")
     assert "recipe: binarybert\nact_bits: 4\n" in cfg("binarybert_a4")
-    assert "pooler: false" in cfg("bit_pred_ema+fppool") and "pooler: true" in cfg("bit_a2")  # +fppool
+    assert "pooler: false" in cfg("bit_pred_ema+fppool") and "pooler: true" in cfg("bit_a2+glen")  # +fppool
     with pytest.raises(SystemExit):  # the two-step variant needs its teacher's variant listed first
-        bench.main(argv[:-1] + ["bit_2step,bit_a2"])
+        bench.main(argv[:-1] + ["bit_2step+glen,bit_a2+glen"])
+    with pytest.raises(SystemExit):  # ... with the same modifiers
+        bench.main(argv[:-1] + ["bit_a2,bit_2step+glen"])
 
 
 def test_student_epochs_replace_steps_per_task(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
@@ -125,6 +129,15 @@ def test_per_task_budgets_parse_and_fail_early(capsys):
     assert "'many'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no value for task 'cola'"):  # before any training
         bench.main(["--tasks", "sst-2,cola", "--student_steps", "sst-2=10"])
+
+
+def test_two_step_variants_with_bits_loss():
+    bench = _bench()
+    a2, a2_flags = bench.variant("bit_mse_ema_a2+glen")
+    a1, a1_flags, teacher = bench.variant("bit_mse_ema_2step+glen")
+    assert a2 == {"recipe": "bit", "act_bits": 2} and a1 == {"recipe": "bit"}
+    assert teacher == "bit_mse_ema_a2+glen" and a1_flags == a2_flags == bench.variant("bit_mse_ema+glen")[1]
+    assert bench.variant("bit_2step+fppool")[2] == "bit_a2+fppool"
 
 
 def test_binarization_modifiers_give_valid_configs():
