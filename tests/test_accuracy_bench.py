@@ -51,6 +51,14 @@ def test_accuracy_benchmark_end_to_end(glue_slice, tiny_model_dir, tmp_path):  #
     table = (tmp_path / "t.md").read_text()
     assert "| sst-2 (acc) |" in table and "| sts-b (corr) |" in table and "mean retention" in table
     assert "Command: `python benchmarks/accuracy.py --tasks sst-2,sts-b" in table
+    # beside the teacher, what a student that learned nothing scores: the majority training class
+    labels = {split: [ln.rstrip("\n").split("\t")[-1] for ln in open(os.path.join(glue_slice, "SST-2", f"{split}.tsv"))][1:]
+              for split in ("train", "dev")}
+    top = max(set(labels["train"]), key=labels["train"].count)
+    const = sum(lab == top for lab in labels["dev"]) / len(labels["dev"])
+    teacher = results["sst-2"]["teacher"]["best_metric"]
+    assert f"| sst-2 (acc) | {teacher:.4f} | {const:.4f} | " in table
+    assert f"| sts-b (corr) | {results['sts-b']['teacher']['best_metric']:.4f} | n/a | " in table
     s = results["sst-2"]["bit"]  # the mean training step, evaluations excluded
     assert f"bit 2 steps {s['train_seconds'] / 60:.1f} min ({s['training_seconds'] / 2:.2f} s/step)" in table
     # the dev curve of every student, read from its run (evaluations at steps 2 and 3 for sts-b)
