@@ -13,6 +13,9 @@ For each task it runs (through the same code as the two commands):
     bit_mse        BiT's quantizers with BiT's own loss: soft CE (no gold term) + hidden-state MSE
     bit_mse_ema    bit_mse, evaluated and kept as an average of its weights (--ema_decay 0.99)
     bit_pred_ema   bit_mse_ema without the hidden-state term: the soft cross-entropy alone
+    bit_rep_ema    bit_mse_ema without the prediction term: the hidden-state MSE alone, which is
+                   what BiT's code trains a regression task with (its soft cross-entropy over
+                   STS-B's single output is 0), the head staying the teacher's
     bit_a2, bit_a4 BiT's quantizers with 2- / 4-bit activations (W1A2, W1A4), all five flags
     bit_2step      BiT's multi-step distillation: the bit_a2 student teaches, and initialises, a
                    W1A1 BiT student (needs bit_a2 listed before it)
@@ -87,6 +90,7 @@ VARIANTS = {
                                     "--gold_weight", "0"]),
     "bit_mse_ema": ({"recipe": "bit"}, BIT_LOSS_EMA),
     "bit_pred_ema": ({"recipe": "bit"}, ["--pred_distill", "--gold_weight", "0", "--ema_decay", "0.99"]),
+    "bit_rep_ema": ({"recipe": "bit"}, ["--intermediate_distill", "--hidden_loss", "mse", "--ema_decay", "0.99"]),
     "bit_a2": ({"recipe": "bit", "act_bits": 2}, ALL_FLAGS),
     "bit_a4": ({"recipe": "bit", "act_bits": 4}, ALL_FLAGS),
     "bit_2step": ({"recipe": "bit"}, ALL_FLAGS, "bit_a2"),
