@@ -388,21 +388,30 @@ static T512 void tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, in
         else mk512(a, kw, b, OP_AND, c, ldc, mr, nb);
     }
 }
+/* NB blocks of 8 keys from jb on: NB independent counts (one block at a time, each block's mask
+ * waited on the one before through the word it is or-ed into), then their masks. */
+static AI T512 uint64_t scores_word512(const uint64_t *q, size_t dw, const uint64_t *kil, size_t jb,
+                                      __m512i t, const int NB) {
+    __m512i acc[8];
+    for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_si512();
+    for (size_t w = 0; w < dw; w++) {
+        const __m512i qv = _mm512_set1_epi64((long long)q[w]);
+        for (int b = 0; b < NB; b++)
+            acc[b] = _mm512_add_epi64(acc[b], _mm512_popcnt_epi64(_mm512_xor_si512(
+                         qv, _mm512_loadu_si512(kil + ((jb + b) * dw + w) * 8))));
+    }
+    uint64_t word = 0;
+    for (int b = 0; b < NB; b++) word |= (uint64_t)_mm512_cmplt_epi64_mask(acc[b], t) << (8 * b);
+    return word;
+}
+
 static T512 void scores_avx512(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
                                long thr, uint64_t *A) {
     const __m512i t = _mm512_set1_epi64(thr);
-    for (size_t j0 = 0; j0 < LB; j0 += 8) { /* one word of A (64 keys) in a register */
-        const size_t j1 = j0 + 8 < LB ? j0 + 8 : LB;
-        uint64_t word = 0;
-        for (size_t jb = j0; jb < j1; jb++) {
-            __m512i acc = _mm512_setzero_si512();
-            for (size_t w = 0; w < dw; w++)
-                acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(
-                          _mm512_set1_epi64((long long)q[w]), _mm512_loadu_si512(kil + (jb * dw + w) * 8))));
-            word |= (uint64_t)_mm512_cmplt_epi64_mask(acc, t) << (8 * (jb - j0));
-        }
-        A[j0 / 8] |= word;
-    }
+    size_t j0 = 0;
+    for (; j0 + 8 <= LB; j0 += 8) A[j0 / 8] |= scores_word512(q, dw, kil, j0, t, 8); /* 64 keys */
+    for (size_t jb = j0; jb < LB; jb++) /* the last, partial word: a block at a time */
+        A[j0 / 8] |= scores_word512(q, dw, kil, jb, t, 1) << (8 * (jb - j0));
 }
 
 static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
