@@ -51,8 +51,26 @@ def test_budget_projects_the_reference_schedule_from_finished_runs(tmp_path, cap
     assert got["rte", "bibert"]["reference_steps"] == 20
     assert got["rte", "bibert"]["reference_hours"] == pytest.approx(20 * 4.5 / 3600)
     printed = capsys.readouterr().out
-    assert "| all listed | bibert | | 240 | | 50 |" in printed
+    assert "| all listed | bibert | | 240 | | 50 |" in printed and "| 30 (10, 16) |" in printed
     assert json.loads((tmp_path / "b.json").read_text())[0]["task"] == "sst-2"
+
+
+def test_bits_schedule_counts_its_own_batch_and_epochs(tmp_path):
+    data = tmp_path / "glue"
+    (data / "STS-B").mkdir(parents=True)
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+    (data / "STS-B" / "train.tsv").write_text(head + "".join(
+        f"{i}\tg\tf\ty\t{i}\tnone\tnone\ta {i}\tb {i}\t{i % 5}.0\n" for i in range(40)))
+    out = tmp_path / "runs"
+    d = out / "sts-b" / "v"
+    d.mkdir(parents=True)  # a run at batch 16: 3 steps per epoch, 2.0 s a step
+    (d / "summary.json").write_text(json.dumps({"global_step": 30, "train_seconds": 60.0, "finished": True,
+                                                "arguments": {"batch_size": 16}}))
+    (r,) = _budget().main(["--out_dir", str(out), "--data_dir", str(data), "--tasks", "sts-b",
+                           "--variants", "v", "--schedule", "bit"])
+    # BiT: 20 epochs at batch 8 = 20 x 5 steps, each half the run's examples: 100 x 2.0 / 2 s
+    assert (r["reference_epochs"], r["reference_batch"], r["reference_steps"]) == (20, 8, 100)
+    assert r["reference_hours"] == pytest.approx(100 * 1.0 / 3600) and r["epochs_run"] == pytest.approx(10)
 
 
 def test_budget_refuses_what_it_cannot_project(tmp_path):
