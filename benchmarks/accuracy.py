@@ -34,7 +34,8 @@ prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes mod
 ``+``: ``+bertadam`` (``--optimizer bertadam``), ``+padmax`` (``--pad_to_max_length``), ``+glen``
 (``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
 soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``), ``+frozen``
-(``--freeze_word_embeddings``), ``+fppool`` (the pooler kept in full precision), and the
+(``--freeze_word_embeddings``), ``+ramp`` (``--act_ramp 0.5``: activations go from full precision
+to binary over the first half of the steps), ``+fppool`` (the pooler kept in full precision), and the
 ablations ``+fpact`` (every activation, Q/K/V and the attention map in full precision: binary
 weights only), ``+fpweights`` (full-precision weights and word embeddings: binary activations
 only) and ``+fpmap`` (the attention map alone in full precision), e.g.
@@ -106,6 +107,7 @@ GROUPS = {"grid": "bibert,baseline,bibert_pred,baseline_pred"}
 MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_length"],
              "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
              "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"],
+             "ramp": ["--act_ramp", "0.5"],
              # a dict changes the student's BinarizeConfig instead of its flags
              "fppool": {"pooler": False},
              # ablations: which part of the binarization keeps a student from learning a task

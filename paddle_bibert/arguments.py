@@ -92,6 +92,10 @@ class DistillArgs(CommonArgs):
                                       "teacher's) values: in a short run few of their binarized rows "
                                       "change, and their dense gradient, optimizer update and weight "
                                       "average cost more than a tenth of a MiniLM step")
+    act_ramp: float = _f(0.0, "with --bi: over this fraction of the training steps the student's "
+                         "activations go from full precision to binary (x + m (q(x) - x), m from 0 "
+                         "to 1; weights binary throughout); evaluation and the kept model are always "
+                         "fully binary. 0: binary from the first step")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
     recipe: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
                      "binarybert (paddle_bibert.surgery.RECIPES)")

@@ -211,6 +211,10 @@ def task_distill(argv=None, log=None):
 
 def _task_distill(args: DistillArgs, log):
     _setup(args)
+    if not 0 <= args.act_ramp <= 1:
+        raise ValueError(f"--act_ramp must be in [0, 1] (0 = binary from the first step), got {args.act_ramp}")
+    if args.act_ramp and not args.bi:
+        raise ValueError("--act_ramp ramps a binarized student's activations: pass --bi too")
     if args.teacher_model_type != "bert":
         raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
     from .data.glue import get_task, write_task_file
@@ -238,6 +242,11 @@ def _task_distill(args: DistillArgs, log):
         _, report = binarize_model(student, bconf)
         log(f"binarized the student ({bconf.recipe} W1A{bconf.act_bits}, attention={bconf.attention}): "
             f"{len(report.replaced)} modules replaced")
+    ramp = None
+    if args.act_ramp:
+        from .quant.ramp import ActivationRamp
+
+        ramp = ActivationRamp(student, args.act_ramp)
     if args.freeze_word_embeddings:
         student.get_input_embeddings().weight.stop_gradient = True  # no gradient, update or average
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
@@ -259,7 +268,8 @@ def _task_distill(args: DistillArgs, log):
 
     if args.teacher_prefetch and world_size() == 1:  # (ranks pad their batches after the loader)
         train_loader = TeacherPrefetch(train_loader, distiller)
-    result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log).train()
+    result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log,
+                     ramp=ramp).train()
     t_val = teacher_metrics[metric]
     summary = {"command": "task_distill", "task": info.name, "bi": args.bi,
                "teacher_metric": t_val, "student_metric": result["best_metric"],

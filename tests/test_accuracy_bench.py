@@ -84,7 +84,7 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     runs = tmp_path / "runs"
     argv = ["--tasks", "sst-2", "--data_dir", glue_slice, "--model", tiny_model_dir, "--out_dir", str(runs),
             "--batch_size", "8", "--max_seq_length", "32", "--teacher_epochs", "1", "--student_steps", "2",
-            "--save_steps", "2", "--variants", "bit_a2+glen,bit_2step+glen,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool,bit_rep_ema,bit_mse+fpact,bit_mse+fpweights+fpmap"]
+            "--save_steps", "2", "--variants", "bit_a2+glen,bit_2step+glen,bit_mse+glen+gold,bit_mse_ema+drop0+frozen,binarybert_a4,bit_pred_ema+fppool,bit_rep_ema+ramp,bit_mse+fpact,bit_mse+fpweights+fpmap"]
     rows = bench.main(argv)["sst-2"]
     assert all(rows[n]["finished"] for n in ("bit_a2+glen", "bit_2step+glen", "bit_mse+glen+gold", EMA, "binarybert_a4"))
     state = lambda n: json.loads((runs / "sst-2" / n / "checkpoint-2" / "trainer_state.json").read_text())
@@ -98,8 +98,9 @@ def test_recipe_rows_and_the_two_step_variant(glue_slice, tiny_model_dir, tmp_pa
     pred = rows["bit_pred_ema+fppool"]["arguments"]  # the soft cross-entropy alone, weights averaged
     assert pred["pred_distill"] and not pred["intermediate_distill"] and pred["ema_decay"] == 0.99
     assert ema["intermediate_distill"] and pred["gold_weight"] == 0
-    rep = rows["bit_rep_ema"]["arguments"]  # the hidden-state MSE alone
+    rep = rows["bit_rep_ema+ramp"]["arguments"]  # the hidden-state MSE alone; +ramp
     assert rep["intermediate_distill"] and not rep["pred_distill"] and rep["hidden_loss"] == "mse"
+    assert rep["act_ramp"] == 0.5 and ema["act_ramp"] == 0
     assert (runs / "sst-2" / EMA / "checkpoint-2" / "ema.pdparams").is_file()
     # the 2-step student is taught by the W1A2 student with the same modifiers (its teacher metric
     # is that student's best), and trains alike

@@ -154,7 +154,8 @@ def _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, teacher_ste
 
 
 @pytest.mark.parametrize("flags", [["--optimizer", "adamw"], ["--optimizer", "bertadam"], ["--group_by_length"],
-                                   ["--freeze_word_embeddings", "--ema_decay", "0.9"]])
+                                   ["--freeze_word_embeddings", "--ema_decay", "0.9"],
+                                   ["--recipe", "bit", "--act_ramp", "0.6"]])  # stopped mid-ramp
 def test_resume_matches_uninterrupted_run(glue_slice, tiny_model_dir, tmp_path, flags):
     args = _teacher_then_student_args(glue_slice, tiny_model_dir, tmp_path, 3, "--num_train_epochs", "2", *flags)
     full = task_distill(args(tmp_path / "a"), log=Log())

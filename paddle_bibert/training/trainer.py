@@ -18,6 +18,7 @@ they stay one class; checkpoint files, the average and the optimizers live besid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -128,9 +129,11 @@ class Trainer:
     """
 
     def __init__(self, model, loss_fn, train_loader, dev_loader, args: TrainArgs,
-                 save_model: Callable, log=None):
+                 save_model: Callable, log=None, ramp=None):
         args.validate()
         self.model, self.loss_fn, self.args = model, loss_fn, args
+        # an ActivationRamp (quant/ramp.py): set for each step; evaluation sees the binary model
+        self.ramp = ramp
         self.train_loader, self.dev_loader = train_loader, dev_loader
         self.save_model = save_model
         self.log = log if log is not None else (lambda msg: print(msg, flush=True))
@@ -216,10 +219,11 @@ class Trainer:
         """Score the dev set; ``training_seconds`` (the run's time so far, evaluations and
         checkpoint writes excluded) goes into the history with the metrics."""
         t0 = time.time()
-        if self.ema is not None:  # score, and keep, the averaged weights
-            with self.ema.swapped():
-                metrics = self._evaluate_and_keep_best_now(training_seconds)
-        else:
+        with contextlib.ExitStack() as scope:
+            if self.ema is not None:  # score, and keep, the averaged weights
+                scope.enter_context(self.ema.swapped())
+            if self.ramp is not None:  # ... with binary activations, whatever the ramp's point
+                scope.enter_context(self.ramp.binary())
             metrics = self._evaluate_and_keep_best_now(training_seconds)
         self.state["eval_seconds"] += time.time() - t0
         return metrics
@@ -322,6 +326,8 @@ class Trainer:
         """One optimizer step on ``batch``; returns the loss, its terms and the loss as logged."""
         if self.world > 1 and self.pad_to is not None:
             batch = self.pad_to(batch, int(dist.all_reduce_max(batch["input_ids"].shape[1])))
+        if self.ramp is not None:
+            self.ramp.at(step, self.total_steps)
         loss, terms = self.loss_fn(batch)
         loss_value = float(loss)
         if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
