@@ -209,11 +209,12 @@ def padded_ids(rng, b, l, vocab=60):
     return ids
 
 
-def trained_1bit_model(config, seed=4, max_position_embeddings=128, shift_std=0.3):
+def trained_1bit_model(config, seed=4, max_position_embeddings=128, shift_std=0.3, **shape):
     """A tiny random BERT binarized by ``config`` (a recipe name or a config dict), after one
     training-mode forward (elastic scales initialise on the first training batch), with every
-    elastic shift set to small random values so that it moves some bits; in eval mode."""
-    model = make_model(seed=seed, max_position_embeddings=max_position_embeddings)
+    elastic shift set to small random values so that it moves some bits; in eval mode.
+    ``shape``: config overrides (e.g. hidden_size)."""
+    model = make_model(seed=seed, max_position_embeddings=max_position_embeddings, **shape)
     binarize_model(model, BinarizeConfig.from_recipe(config) if isinstance(config, str) else config)
     rng = np.random.default_rng(seed)
     model.train()

@@ -379,6 +379,47 @@ def test_pack_act_matches_numpy_and_the_formulas(kern, rng, act, kind, with_shif
         assert not unpack_bits(got, n)[0, 4]  # 0.375 / 0.75 = 0.5 exactly: rounds down to 0
 
 
+@pytest.mark.parametrize("act", [ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU])
+@pytest.mark.parametrize("kind", [ref.Q_SIGN, ref.Q_UNSIGNED])
+@pytest.mark.parametrize("unsigned", [False, True])
+@pytest.mark.parametrize("m, n, k", [(9, 70, 130), (8, 64, 384)])
+def test_binary_linear_through_a_quantizer_gives_pack_act_of_its_output(kern, rng, act, kind,
+                                                                        unsigned, m, n, k):
+    """The bits of the next layer's elastic quantizer straight from the product (y never
+    written) are those pack_act gives y: on full tiles (8 x 64) and ragged ones (9 x 70)."""
+    a = pack_bits(rng.random((m, k)) > 0.5) if unsigned else pack_signs(rng.standard_normal((m, k)))
+    w_il = kern.prepare(pack_signs(rng.standard_normal((n, k))))
+    alpha = (rng.random(n) * 0.1).astype(np.float32)
+    bias = (rng.standard_normal(n) * 0.5).astype(np.float32)
+    y = kern.bin_linear(a, w_il, n, k, alpha, bias, unsigned=unsigned)
+    shift = (rng.standard_normal(n) * 0.3).astype(np.float32)
+    if act == ref.ACT_NONE:
+        shift[:8] = -y[0, :8]  # exact-zero sums: v keeps its sign bit
+    scale = np.float32(0.2)
+    np.testing.assert_array_equal(y[0, :8] + shift[:8] == 0, act == ref.ACT_NONE)
+    for sh in (shift, None):
+        want = NUMPY.pack_act(y, sh, scale, kind, act)
+        got = kern.bin_linear(a, w_il, n, k, alpha, bias, unsigned=unsigned,
+                              quant=(sh, scale, kind, act))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(
+            NUMPY.bin_linear(a, w_il, n, k, alpha, bias, unsigned=unsigned,
+                             quant=(sh, scale, kind, act)), want)
+        if sh is not None:
+            assert 0.1 < unpack_bits(want, n).mean() < 0.9  # both bit values occur
+
+
+def test_binary_linear_quantizer_rejects_bad_parameters(rng):
+    a = pack_signs(rng.standard_normal((2, 64)))
+    w_il = NUMPY.prepare(pack_signs(rng.standard_normal((8, 64))))
+    one = np.ones(8, np.float32)
+    for kern in [NUMPY] + ([Kernels("c")] if compiled_available() else []):
+        with pytest.raises(ValueError, match="shift of shape"):
+            kern.bin_linear(a, w_il, 8, 64, one, one, quant=(np.ones(3), 1.0, ref.Q_SIGN, 0))
+        with pytest.raises(ValueError, match="unknown kind"):
+            kern.bin_linear(a, w_il, 8, 64, one, one, quant=(None, 1.0, 7, 0))
+
+
 def test_gelu32_follows_float32_gelu():
     """Close to the exact GELU, and -0.0 where float32's 1 + erf cancels (as Paddle's GELU)."""
     import math
@@ -447,14 +488,17 @@ def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):
 
 @pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
 @pytest.mark.parametrize("backend", ["c", "numpy"])
-def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backend):
+@pytest.mark.parametrize("hidden", [32, 64])
+def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backend, hidden):
     """Elastic scales initialised by a training-mode forward, shifts moved off 0; logits of the
     packed runtime = logits of the Paddle model in eval mode, on padded batches of 8 and 70
-    tokens (70: not a multiple of 64, so keys span two words with pad bits)."""
+    tokens (70: not a multiple of 64, so keys span two words with pad bits). Hidden 64: Q/K/V
+    rows fill whole words, so the products write their shifted bits directly."""
     if backend == "c" and not compiled_available():
         pytest.skip("extension not built")
     for seed in (1, 2):
-        model = trained_1bit_model(recipe, seed=seed)
+        model = trained_1bit_model(recipe, seed=seed, hidden_size=hidden,
+                                   intermediate_size=2 * hidden)
         batches = [IDS, padded_ids(rng, 10, 70)]
         runtime = _packed_runtime(model, str(tmp_path / f"{seed}.bibert"), backend)
         for ids in batches:

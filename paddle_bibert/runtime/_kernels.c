@@ -48,6 +48,13 @@ enum { MODE_BOOL = 0, MODE_KEEP = 1, MODE_SOFTMAX = 2 };
 enum { Q_SIGN = 0, Q_UNSIGNED = 1 };
 /* Elementwise activation applied before binarizing (pack_act). */
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2 };
+/* The quantizer a binary linear's output goes through when only its bits are wanted (pack_act's
+ * act, shift, scale and kind; shift indexed by output channel, or NULL). */
+typedef struct {
+    const float *shift;
+    float scale;
+    int kind, act;
+} outq_t;
 /* Tile of the popcount GEMM: TM rows x TN interleaved blocks (TN * 8 channels). */
 enum { TM = 4, TN = 4 };
 /* Memory-bound elementwise kernels (packing, LayerNorm, embedding) are split into chunks only
@@ -178,6 +185,19 @@ static AI T256 __m256i popcnt8_256(__m256i v) {
                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
 }
 
+/* The bits pack_act gives 8 float32 values (not GELU: its erf is scalar): see act_bit. */
+static AI T256 uint32_t act_bits8(__m256 v, const float *shift8, float scale, int kind, int act) {
+    const __m256 zero = _mm256_setzero_ps();
+    if (act == ACT_RELU) v = _mm256_max_ps(v, zero);
+    if (shift8) {
+        const __m256 s = _mm256_add_ps(v, _mm256_loadu_ps(shift8));
+        v = _mm256_blendv_ps(v, s, _mm256_cmp_ps(s, zero, _CMP_NEQ_UQ));
+    }
+    if (kind != Q_SIGN)
+        v = _mm256_cmp_ps(_mm256_div_ps(v, _mm256_set1_ps(scale)), _mm256_set1_ps(0.5f), _CMP_GT_OQ);
+    return (uint32_t)_mm256_movemask_ps(v);
+}
+
 enum { BYTE_WORDS = 31 }; /* 31 * 8 = 248 <= 255 */
 
 /* MR (<= 4) rows x one block of 8 interleaved columns: the 2 column loads of a word serve every
@@ -233,22 +253,33 @@ static T256 void tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int 
 /* Full 4 x 32 tile with the binary-linear epilogue, 4 channels at a time in double: the same
  * operations as popc_gemm's scalar epilogue ((K - 2 count) * alpha + bias, no FMA, rounded once
  * to float), so the same bits. */
-static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, float *o,
+static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, float *o,
                                size_t ldo, const float *alpha, const float *bias, long K,
-                               uint32_t *bits, size_t ldb) {
+                               const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
     int32_t loc[TM * TN * 8];
-    tile_avx2(a, kw, b, OP_XOR, loc, TN * 8, TM, TN);
-    const __m128i kk = _mm_set1_epi32((int)K);
+    tile_avx2(a, kw, b, op, loc, TN * 8, TM, TN);
     for (int r = 0; r < TM; r++) {
+        const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
         uint32_t sg = 0;
-        for (int q = 0; q < TN * 8; q += 4) {
-            const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * TN * 8 + q));
-            const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
-            const __m128 y = _mm256_cvtpd_ps(_mm256_add_pd(
-                _mm256_mul_pd(d, _mm256_cvtps_pd(_mm_loadu_ps(alpha + q))),
-                _mm256_cvtps_pd(_mm_loadu_ps(bias + q))));
-            if (bits) sg |= (uint32_t)_mm_movemask_ps(y) << q; /* sign bits of y */
-            else _mm_storeu_ps(o + (size_t)r * ldo + q, y);
+        for (int c = 0; c < TN * 8; c += 8) {
+            __m128 y[2];
+            for (int h = 0; h < 2; h++) {
+                const int c4 = c + 4 * h;
+                const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * TN * 8 + c4));
+                const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
+                y[h] = _mm256_cvtpd_ps(_mm256_add_pd(
+                    _mm256_mul_pd(d, _mm256_cvtps_pd(_mm_loadu_ps(alpha + c4))),
+                    _mm256_cvtps_pd(_mm_loadu_ps(bias + c4))));
+            }
+            if (!bits) {
+                _mm_storeu_ps(o + (size_t)r * ldo + c, y[0]);
+                _mm_storeu_ps(o + (size_t)r * ldo + c + 4, y[1]);
+            } else if (q) {
+                sg |= act_bits8(_mm256_set_m128(y[1], y[0]), q->shift ? q->shift + c : NULL,
+                                q->scale, q->kind, q->act) << c;
+            } else { /* sign bits of y */
+                sg |= (uint32_t)(_mm_movemask_ps(y[0]) | _mm_movemask_ps(y[1]) << 4) << c;
+            }
         }
         if (bits) bits[(size_t)r * ldb] = sg;
     }
@@ -343,9 +374,10 @@ static AI T512 void mk512(const uint64_t *a, size_t kw, const uint64_t *b, const
 
 /* Full 4 x 32 tile with the binary-linear epilogue fused (no count round trip through memory):
  * o[r, 8j + l] = (float)((K - 2 count) * alpha + bias) in double, as popc_gemm. */
-static T512 void lin_tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, float *o,
-                                 size_t ldo, const float *alpha, const float *bias, long K,
-                                 uint32_t *bits, size_t ldb) {
+static AI T512 void lin_tile512_body(const uint64_t *a, size_t kw, const uint64_t *b, const int op,
+                                     float *o, size_t ldo, const float *alpha, const float *bias,
+                                     long K, const long *Krow, uint32_t *bits, size_t ldb,
+                                     const outq_t *q) {
     __m512i acc[TM][TN];
     for (int r = 0; r < TM; r++)
         for (int j = 0; j < TN; j++) acc[r][j] = _mm512_setzero_si512();
@@ -354,25 +386,36 @@ static T512 void lin_tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b
         for (int j = 0; j < TN; j++) bv[j] = _mm512_loadu_si512(b + (size_t)j * kw * 8 + w * 8);
         for (int r = 0; r < TM; r++) {
             __m512i av = _mm512_set1_epi64((long long)a[(size_t)r * kw + w]);
-            for (int j = 0; j < TN; j++)
-                acc[r][j] = _mm512_add_epi64(acc[r][j],
-                                             _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[j])));
+            for (int j = 0; j < TN; j++) {
+                __m512i x = op == OP_AND ? _mm512_and_si512(av, bv[j]) : _mm512_xor_si512(av, bv[j]);
+                acc[r][j] = _mm512_add_epi64(acc[r][j], _mm512_popcnt_epi64(x));
+            }
         }
     }
-    const __m512i kk = _mm512_set1_epi64(K);
+    __m512i kk[TM];
+    for (int r = 0; r < TM; r++) kk[r] = _mm512_set1_epi64(Krow ? Krow[r] : K);
     uint32_t sg[TM] = {0};
     for (int j = 0; j < TN; j++) {
         __m512d al = _mm512_cvtps_pd(_mm256_loadu_ps(alpha + 8 * j));
         __m512d bi = _mm512_cvtps_pd(_mm256_loadu_ps(bias + 8 * j));
         for (int r = 0; r < TM; r++) {
-            __m512d d = _mm512_cvtepi64_pd(_mm512_sub_epi64(kk, _mm512_add_epi64(acc[r][j], acc[r][j])));
+            __m512d d = _mm512_cvtepi64_pd(_mm512_sub_epi64(kk[r], _mm512_add_epi64(acc[r][j], acc[r][j])));
             __m256 y = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(d, al), bi));
-            if (bits) sg[r] |= (uint32_t)_mm256_movemask_ps(y) << (8 * j); /* sign bits of y */
-            else _mm256_storeu_ps(o + (size_t)r * ldo + 8 * j, y);
+            if (!bits) _mm256_storeu_ps(o + (size_t)r * ldo + 8 * j, y);
+            else if (q) sg[r] |= act_bits8(y, q->shift ? q->shift + 8 * j : NULL, q->scale, q->kind,
+                                           q->act) << (8 * j);
+            else sg[r] |= (uint32_t)_mm256_movemask_ps(y) << (8 * j); /* sign bits of y */
         }
     }
     if (bits)
         for (int r = 0; r < TM; r++) bits[(size_t)r * ldb] = sg[r];
+}
+
+static T512 void lin_tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, int op, float *o,
+                                 size_t ldo, const float *alpha, const float *bias, long K,
+                                 const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
+    if (op == OP_AND) lin_tile512_body(a, kw, b, OP_AND, o, ldo, alpha, bias, K, Krow, bits, ldb, q);
+    else lin_tile512_body(a, kw, b, OP_XOR, o, ldo, alpha, bias, K, Krow, bits, ldb, q);
 }
 
 static T512 void tile_avx512(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
@@ -672,20 +715,11 @@ static T256 void pack_act_row_avx2(const float *x, size_t n, const float *shift,
         pack_act_row_generic(x, n, shift, scale, kind, act, out);
         return;
     }
-    const __m256 zero = _mm256_setzero_ps(), half = _mm256_set1_ps(0.5f);
-    const __m256 sc = _mm256_set1_ps(scale);
     memset(out, 0, nwords(n) * sizeof(uint64_t));
     size_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        __m256 v = _mm256_loadu_ps(x + k);
-        if (act == ACT_RELU) v = _mm256_max_ps(v, zero);
-        if (shift) {
-            const __m256 s = _mm256_add_ps(v, _mm256_loadu_ps(shift + k));
-            v = _mm256_blendv_ps(v, s, _mm256_cmp_ps(s, zero, _CMP_NEQ_UQ));
-        }
-        if (kind != Q_SIGN) v = _mm256_cmp_ps(_mm256_div_ps(v, sc), half, _CMP_GT_OQ);
-        out[k / 64] |= (uint64_t)(uint32_t)_mm256_movemask_ps(v) << (k % 64);
-    }
+    for (; k + 8 <= n; k += 8)
+        out[k / 64] |= (uint64_t)act_bits8(_mm256_loadu_ps(x + k), shift ? shift + k : NULL, scale,
+                                           kind, act) << (k % 64);
     for (; k < n; k++) out[k / 64] |= act_bit(x[k], shift, k, scale, kind, act) << (k % 64);
 }
 #endif
@@ -693,10 +727,11 @@ static T256 void pack_act_row_avx2(const float *x, size_t n, const float *shift,
 /* ------------------------------------------------------------------------- dispatch */
 
 /* Optional fused binary-linear tile (TM rows x TN * 8 channels, all valid): float outputs, or
- * if bits is not NULL only their sign bits, one uint32 per row (TN * 8 = 32 channels). */
-typedef void (*lin_tile_fn)(const uint64_t *a, size_t kw, const uint64_t *b, float *o, size_t ldo,
-                            const float *alpha, const float *bias, long K, uint32_t *bits,
-                            size_t ldb);
+ * if bits is not NULL only their bits, one uint32 per row (TN * 8 = 32 channels): the sign bits,
+ * or with q those of q's quantizer (shift from q->shift[0]; not GELU). K per row if Krow. */
+typedef void (*lin_tile_fn)(const uint64_t *a, size_t kw, const uint64_t *b, int op, float *o,
+                            size_t ldo, const float *alpha, const float *bias, long K,
+                            const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q);
 
 typedef struct {
     const char *name;
@@ -898,6 +933,7 @@ typedef struct {
     long K;
     int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
     const long *ones; /* unsig: popcount(a_m) of each row, counted once */
+    const outq_t *q;  /* out_bits through this quantizer instead of the sign (NULL: the sign) */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
 } gemm_job;
 
@@ -927,10 +963,15 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
             int mr = (int)(M - m0 < TM ? M - m0 : TM);
             const int linear = g->out_f || g->out_bits;
             const size_t ldb = 2 * nwords(N); /* uint32 per output row */
-            if (linear && lin && !g->unsig && mr == TM && nb == TN && n0 + TN * 8 <= N) {
-                lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->out_f ? g->out_f + m0 * N + n0 : NULL,
-                    N, g->alpha + n0, g->bias + n0, g->K,
-                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb);
+            const outq_t *q = g->out_bits ? g->q : NULL;
+            if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N &&
+                !(q && q->act == ACT_GELU)) {
+                const outq_t qt = {q && q->shift ? q->shift + n0 : NULL, q ? q->scale : 1.0f,
+                                   q ? q->kind : Q_SIGN, q ? q->act : ACT_NONE};
+                lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
+                    g->out_f ? g->out_f + m0 * N + n0 : NULL, N, g->alpha + n0, g->bias + n0, g->K,
+                    g->unsig ? g->ones + m0 : NULL,
+                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, q ? &qt : NULL);
                 continue;
             }
             tile(g->a + m0 * kw, kw, g->b + n0 * kw, g->op, loc, TN * 8, mr, nb);
@@ -945,9 +986,10 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
                         double d = (double)(K - 2 * (long)lr[l]);
                         float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
                         if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
-                        uint32_t u;
-                        memcpy(&u, &y, 4);
-                        sg |= (u >> 31) << l; /* n0 is a multiple of 32: l < 32 */
+                        uint32_t bit;
+                        if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
+                        else memcpy(&bit, &y, 4), bit >>= 31;
+                        sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
                     }
                     if (g->out_bits) g->out_bits[(m0 + r) * ldb + n0 / 32] = sg;
                 } else {
@@ -968,14 +1010,15 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
  * evaluation (Paddle's GEMM summing +-alpha) can get it wrong where the exact value is within
  * its rounding error of 0 (e.g. a dot product of exactly 0 and a bias below ~1e-6).
  * to out_f, or only its sign bits, packed, to out_bits (words [M, nwords(N)], seen as uint32;
- * the caller zeroes it: the pad bits past N are never written).
+ * the caller zeroes it: the pad bits past N are never written); with q, the bits q's quantizer
+ * gives y (act_bit: what pack_act would give the float output, without writing it).
  */
 static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
                       int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
-                      const float *bias, long K, int unsig) {
+                      const float *bias, long K, int unsig, const outq_t *q) {
     long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
     for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
-    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones};
+    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};
     g.NB = (long)((N + 7) / 8);
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
@@ -1327,7 +1370,7 @@ static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
     if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "b") &&
         need(&out, (size_t)M * N * 4, "out")) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, op ? OP_AND : OP_XOR, out.buf,
-                                         NULL, NULL, NULL, NULL, 0, 0);
+                                         NULL, NULL, NULL, NULL, 0, 0, NULL);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
     }
@@ -1338,20 +1381,34 @@ static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
-    Py_buffer a, b, al, bi, out;
+    Py_buffer a, b, al, bi, out, sh = {0};
     Py_ssize_t M, kw, N, K;
-    int signs, unsig = 0;
-    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p|p", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
-                          &signs, &unsig))
+    int signs, unsig = 0, kind = -1, act = ACT_NONE;
+    PyObject *sh_obj = Py_None;
+    float scale = 1.0f;
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p|pOfii", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
+                          &signs, &unsig, &sh_obj, &scale, &kind, &act))
         return NULL;
+    const int has_sh = sh_obj != Py_None;
+    if (has_sh && PyObject_GetBuffer(sh_obj, &sh, PyBUF_SIMPLE) < 0) {
+        Py_buffer *bufs[] = {&a, &b, &al, &bi, &out};
+        for (int i = 0; i < 5; i++) PyBuffer_Release(bufs[i]);
+        return NULL;
+    }
     PyObject *ret = NULL;
     size_t nb = ((size_t)N + 7) / 8;
-    if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "w") &&
-        need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
-        need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out")) {
+    const outq_t q = {has_sh ? sh.buf : NULL, scale, kind, act};
+    if (kind != -1 && (!signs || (kind != Q_SIGN && kind != Q_UNSIGNED) || act < ACT_NONE ||
+                              act > ACT_GELU)) {
+        PyErr_Format(PyExc_ValueError, "bin_linear: quantizer kind %d, activation %d%s", kind, act,
+                     signs ? "" : " without signs");
+    } else if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "w") &&
+               need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
+               (!has_sh || need(&sh, (size_t)N * 4, "shift")) &&
+               need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out")) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, unsig ? OP_AND : OP_XOR, NULL,
                                          signs ? NULL : out.buf, signs ? out.buf : NULL, al.buf,
-                                         bi.buf, (long)K, unsig);
+                                         bi.buf, (long)K, unsig, kind == -1 ? NULL : &q);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
     }
@@ -1360,6 +1417,7 @@ static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
     PyBuffer_Release(&al);
     PyBuffer_Release(&bi);
     PyBuffer_Release(&out);
+    if (has_sh) PyBuffer_Release(&sh);
     return ret;
 }
 
@@ -1533,8 +1591,9 @@ static PyMethodDef methods[] = {
     {"pack_signs", py_pack_signs, METH_VARARGS, "pack_signs(x, rows, n, out)"},
     {"popcount_gemm", py_popcount_gemm, METH_VARARGS, "popcount_gemm(a, M, kw, b_il, N, op, out)"},
     {"bin_linear", py_bin_linear, METH_VARARGS,
-     "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs, unsigned=False): out = y, or its "
-     "sign bits; unsigned: a holds {0,1} inputs"},
+     "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs, unsigned=False, shift=None, "
+     "scale=1, kind=-1, act=0): out = y, or its sign bits, or (kind >= 0) the bits of pack_act(y, "
+     "shift, scale, kind, act); unsigned: a holds {0,1} inputs"},
     {"pack_act", py_pack_act, METH_VARARGS,
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
     {"attention", py_attention, METH_VARARGS,

@@ -107,18 +107,23 @@ class Kernels:
         ``act`` (none, ReLU, GELU), then ``+ shift`` (``[n]`` or None), then the sign bit
         (``Q_SIGN``) or ``1[v / scale > 0.5]`` (``Q_UNSIGNED``). See :func:`reference.pack_act`."""
         x = _rows(_f32(x), "pack_act")
-        if shift is not None:
-            shift = _f32(shift)
-            if shift.shape != (x.shape[1],):
-                raise ValueError(f"pack_act: shift of shape {shift.shape} for {x.shape[1]} "
-                                 "channels")
-        if kind not in (Q_SIGN, Q_UNSIGNED) or act not in (ACT_NONE, ACT_RELU, ACT_GELU):
-            raise ValueError(f"pack_act: unknown kind {kind} or activation {act}")
+        shift = self._check_act(x.shape[1], shift, kind, act, "pack_act")
         if not self.compiled:
             return ref.pack_act(x, shift, scale, kind, act)
         out = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64)
         _C.pack_act(x, x.shape[0], x.shape[1], shift, float(scale), int(kind), int(act), out)
         return out
+
+    @staticmethod
+    def _check_act(n, shift, kind, act, where):
+        """The shift as float32 ``[n]`` (or None), after checking the quantizer's parameters."""
+        if shift is not None:
+            shift = _f32(shift)
+            if shift.shape != (n,):
+                raise ValueError(f"{where}: shift of shape {shift.shape} for {n} channels")
+        if kind not in (Q_SIGN, Q_UNSIGNED) or act not in (ACT_NONE, ACT_RELU, ACT_GELU):
+            raise ValueError(f"{where}: unknown kind {kind} or activation {act}")
+        return shift
 
     @staticmethod
     def prepare(bits: np.ndarray) -> np.ndarray:
@@ -139,11 +144,13 @@ class Kernels:
         return out
 
     def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False,
-                   unsigned: bool = False) -> np.ndarray:
+                   unsigned: bool = False, quant: Optional[tuple] = None) -> np.ndarray:
         """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
         float32: its sign is the exact one), float32 ``[M, n]``; with
         ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
         binary layer consumes: 32x less memory traffic than writing y and packing it).
+        ``quant = (shift, scale, kind, act)``: instead of the signs, the bits
+        :meth:`pack_act` would give y (the next layer's elastic quantizer), y never written.
         ``unsigned``: ``a`` holds {0, 1} inputs (bit 1 = 1) and the dot product is
         ``popcount(a) - 2 popcount(a AND w)``."""
         a = _rows(_u64(a), "bin_linear")
@@ -152,14 +159,23 @@ class Kernels:
         if a.shape[1] != nwords(k):
             raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
         alpha, bias = _f32(alpha), _f32(bias)
+        if quant is not None:
+            shift, scale, kind, act = quant
+            shift = self._check_act(n, shift, kind, act, "bin_linear")
         if not self.compiled:
             y = ref.bin_linear(a, w_il, n, k, alpha, bias, unsigned)
+            if quant is not None:
+                return ref.pack_act(y, shift, scale, kind, act)
             return ref.pack_signs(y) if signs else y
-        if signs:
+        if signs or quant is not None:
             out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
         else:
             out = np.empty((a.shape[0], n), np.float32)
-        _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs, unsigned)
+        if quant is None:
+            _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs, unsigned)
+        else:
+            _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, True, unsigned,
+                          shift, float(scale), int(kind), int(act))
         return out
 
     @staticmethod

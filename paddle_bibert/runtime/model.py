@@ -94,6 +94,9 @@ class _Quantizer:
         return kern.pack_act(x, self.shift, self.scale, self.kind, act)
 
 
+_SIGN = _Quantizer("ste_sign", {}, None, None)  # sign(v + shift), the shift given per call
+
+
 class _Linear:
     """A binarized linear prepared for the kernels: interleaved bits, scales, bias, and the
     quantizer of its input (whose scale is folded into alpha)."""
@@ -112,9 +115,15 @@ class _Linear:
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
 
-    def __call__(self, kern: Kernels, xb, signs=False):
+    def __call__(self, kern: Kernels, xb, signs=False, then: "_Quantizer" = None,
+                 act: int = ACT_NONE, shift=None):
+        """y, or its sign bits (``signs``), or the bits ``then.bits(act(y))`` would give, with
+        ``shift`` (else then's own) -- without writing y."""
+        quant = None
+        if then is not None:
+            quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
-                               unsigned=self.q.kind == Q_UNSIGNED)
+                               unsigned=self.q.kind == Q_UNSIGNED, quant=quant)
 
 
 class PackedBert(TextModel):
@@ -296,7 +305,9 @@ class PackedBert(TextModel):
                 hb = ffn_in(kern, xb, signs=True)  # bits(gelu(h)) == bits(h)
                 if trace is not None:
                     rec(p + "ffn_in", ffn_in(kern, xb))
-            else:  # act, shift and threshold applied while packing h
+            elif trace is None:  # act, shift and threshold applied in the product's epilogue
+                hb = ffn_in(kern, xb, then=ffn_out.q, act=self.act)
+            else:
                 hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
             f = ffn_out(kern, hb)
             x, xb = self._norm(kern, x, f, layer["ln2"], self._qkv_quantizer(i + 1))
@@ -323,16 +334,22 @@ class PackedBert(TextModel):
         """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``; ``xb``: the
         packed input, if the LayerNorm gave it."""
         shift, fused = layer["att_shift"], layer["qkv"]
+        # Q/K/V floats never exist unless traced: the products give their (shifted) sign bits
+        then = None if shift is None else _SIGN
         if fused is not None:
             xb = fused.q.bits(kern, x) if xb is None else xb
-            if shift is None and not tracing:
-                return fused(kern, xb, signs=True)  # Q/K/V floats never exist
+            if not tracing:
+                return fused(kern, xb, signs=True, then=then, shift=shift)
             y = fused(kern, xb)
         else:  # each projection binarizes its input with its own shift
             lins = [layer[m] for m in "qkv"]
             xbs = [m.q.bits(kern, x) for m in lins]
-            if shift is None and not tracing and self.hidden % 64 == 0:
-                return np.concatenate([m(kern, xb, signs=True) for m, xb in zip(lins, xbs)], 1)
+            h = self.hidden
+            if not tracing and h % 64 == 0:  # whole words: the three bit rows concatenate
+                return np.concatenate([
+                    m(kern, xb, signs=True, then=then,
+                      shift=None if shift is None else shift[i * h:(i + 1) * h])
+                    for i, (m, xb) in enumerate(zip(lins, xbs))], 1)
             y = np.concatenate([m(kern, xb) for m, xb in zip(lins, xbs)], 1)
         rec(y)
         return kern.pack_signs(y) if shift is None else kern.pack_act(y, shift)
