@@ -152,6 +152,16 @@ static void context_generic(const uint64_t *A, size_t Lw, const uint64_t *vil, s
     context_scalar_body(A, Lw, vil, dh, out);
 }
 
+/* Softmax denominator lanes: lane[r] += e[cnt[j]] for the kept keys j = r mod 8 (a masked key
+ * adds +0.0), j < 8 floor(L / 8), in key order; returns the keys done (the caller adds the tail). */
+static size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
+                                  const double *e, double lane[8]) {
+    size_t j0 = 0;
+    for (; j0 + 8 <= L; j0 += 8) /* constant trip count: the lanes stay in registers */
+        for (int r = 0; r < 8; r++) lane[r] += !any || kp[j0 + r] ? e[cnt[j0 + r]] : 0.0;
+    return j0;
+}
+
 #ifdef BB_X86
 /* Same C as tile_generic; inlined here __builtin_popcountll becomes the POPCNT instruction. */
 __attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *a, size_t kw,
@@ -475,6 +485,26 @@ static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vi
         }
     }
 }
+/* table_lanes_generic with a masked gather of 8 entries: lane r still adds key 8i + r's entry
+ * (or +0.0) in key order, so every partial sum is the same. */
+static T512 size_t table_lanes_avx512(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
+                                      const double *e, double lane[8]) {
+    __m512d acc = _mm512_loadu_pd(lane);
+    const __m512d zero = _mm512_setzero_pd();
+    size_t j0 = 0;
+    for (; j0 + 8 <= L; j0 += 8) {
+        __mmask8 m = 0xff;
+        if (any) {
+            const __m512i k = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(kp + j0)));
+            m = _mm512_test_epi64_mask(k, k);
+        }
+        const __m256i idx = _mm256_loadu_si256((const __m256i *)(cnt + j0));
+        acc = _mm512_add_pd(acc, _mm512_mask_i32gather_pd(zero, m, idx, e, 8));
+    }
+    _mm512_storeu_pd(lane, acc);
+    return j0;
+}
+
 #endif /* BB_X86 */
 
 /* ------------------------------------------------------------------------ LayerNorm */
@@ -746,19 +776,21 @@ typedef struct {
                          int act, uint64_t *out);
     void (*embed_row)(const uint64_t *row, float al, const float *p, const float *k, size_t H,
                       float *o);
+    size_t (*table_lanes)(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
+                          const double *e, double lane[8]);
 } isa_t;
 
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx512, pack_act_row_avx2, embed_row_avx512},
+     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
-     pack_act_row_avx2, embed_row_avx2},
+     pack_act_row_avx2, embed_row_avx2, table_lanes_generic},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -1111,7 +1143,7 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
  * top one: where the table row is monotone over the counts present (checked), the map is the
  * kept keys whose count is at most (sscale >= 0; at least, sscale < 0) one cut, found by
  * bisection. Returns that cut, or NO_CUT after writing the map into Ai (zeroed) key by key. */
-enum { SUM_LANES = 8 };
+enum { SUM_LANES = 8 }; /* table_lanes' 8 */
 #define NO_CUT LONG_MIN
 
 static long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, int any,
@@ -1129,9 +1161,7 @@ static long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t
     const long top = sscale >= 0.0 ? lo : hi;
     const double *e = E + (size_t)top * (dh + 1);
     double lane[SUM_LANES] = {0.0}; /* a masked key adds +0.0, which leaves a lane as it is */
-    size_t j0 = 0;
-    for (; j0 + SUM_LANES <= L; j0 += SUM_LANES) /* constant trip count: the lanes stay in registers */
-        for (int r = 0; r < SUM_LANES; r++) lane[r] += !any || kp[j0 + r] ? e[cnt[j0 + r]] : 0.0;
+    const size_t j0 = g_isa->table_lanes(cnt, L, kp, any, e, lane);
     for (size_t j = j0; j < L; j++) lane[j % SUM_LANES] += !any || kp[j] ? e[cnt[j]] : 0.0;
     for (int w = SUM_LANES / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) lane[i] = lane[2 * i] + lane[2 * i + 1];
