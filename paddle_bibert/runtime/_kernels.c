@@ -1127,6 +1127,33 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
     if (len % 64) out[nw - 1] &= (1ULL << (len % 64)) - 1;
 }
 
+/* Whether count c is in the map: p / a_p > 0.5 in float32, p = e[c] / sum. */
+static inline int map_has(const double *e, long c, double sum, float mscale) {
+    return (float)(e[c] / sum) / mscale > 0.5f;
+}
+
+/* The cut of a row whose table entries fall monotonically from the top count (dir = +1: counts
+ * lo..hi, the top one lo; -1: hi..lo, the top one hi): the last count in the map, or the one
+ * before the top if none. As map_has is monotone there, a count in the map followed by one out
+ * (or an end) is the cut: a guess from e[c] > a_p sum / 2 (no division) checked so (two
+ * independent divisions), else a bisection (a chain of dependent ones). */
+static long map_cut(const double *e, long lo, long hi, int dir, double sum, float mscale) {
+    const double t = 0.5 * (double)mscale * sum;
+    long n = 0;
+    for (long c = lo; c <= hi; c++) n += e[c] > t;
+    const long first = dir > 0 ? lo : hi, cut = first - dir + dir * n;
+    const int in_ok = cut == first - dir || map_has(e, cut, sum, mscale);
+    const int next_out = cut + dir < lo || cut + dir > hi || !map_has(e, cut + dir, sum, mscale);
+    if (in_ok && next_out) return cut;
+    long in = first - dir, out = dir > 0 ? hi + 1 : lo - 1; /* known in / out (or past the ends) */
+    while (labs(out - in) > 1) {
+        const long m = (in + out) / 2; /* in + out >= -1 + 1: the midpoint, rounded down */
+        if (map_has(e, m, sum, mscale)) in = m;
+        else out = m;
+    }
+    return in;
+}
+
 /* BiT's attention map for one query row (MODE_SOFTMAX), from the integer scores
  * S_j = dh - 2 cnt[j] of the kept keys (all keys if none is kept: an additive mask that covers
  * every key cancels in the softmax):
@@ -1141,8 +1168,8 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
  * as a direct computation, so every bit is the same. The test on p_j is monotone in the table
  * entry (IEEE division and rounding are), and the entry falls as the count moves away from the
  * top one: where the table row is monotone over the counts present (checked), the map is the
- * kept keys whose count is at most (sscale >= 0; at least, sscale < 0) one cut, found by
- * bisection. Returns that cut, or NO_CUT after writing the map into Ai (zeroed) key by key. */
+ * kept keys whose count is at most (sscale >= 0; at least, sscale < 0) one cut (map_cut).
+ * Returns that cut, or NO_CUT after writing the map into Ai (zeroed) key by key. */
 enum { SUM_LANES = 8 }; /* table_lanes' 8 */
 #define NO_CUT LONG_MIN
 
@@ -1168,17 +1195,8 @@ static long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t
     const double sum = lane[0];
     int mono = 1;
     for (long c = lo; c < hi; c++) mono &= sscale >= 0.0 ? e[c + 1] <= e[c] : e[c + 1] >= e[c];
-    if (mono) {
-        long in = lo - 1, out = hi + 1; /* counts known in / out of the map (or past the ends) */
-        if (sscale < 0.0) in = hi + 1, out = lo - 1;
-        while (labs(out - in) > 1) {
-            const long m = (in + out) / 2; /* in + out >= -1 + 1: the midpoint, rounded down */
-            if ((float)(e[m] / sum) / mscale > 0.5f) in = m;
-            else out = m;
-        }
-        return in;
-    }
-    for (long c = 0; c <= dh; c++) on[c] = (float)(e[c] / sum) / mscale > 0.5f;
+    if (mono) return map_cut(e, lo, hi, sscale >= 0.0 ? 1 : -1, sum, mscale);
+    for (long c = 0; c <= dh; c++) on[c] = map_has(e, c, sum, mscale);
     for (size_t j = 0; j < L; j++)
         if ((!any || kp[j]) && on[cnt[j]]) Ai[j / 64] |= 1ULL << (j % 64);
     return NO_CUT;
