@@ -409,6 +409,30 @@ def test_binary_linear_through_a_quantizer_gives_pack_act_of_its_output(kern, rn
             assert 0.1 < unpack_bits(want, n).mean() < 0.9  # both bit values occur
 
 
+@pytest.mark.parametrize("m, n, k", [(9, 70, 130), (8, 64, 384), (5, 33, 64)])
+def test_sign_cut_gives_the_sign_bits_of_the_product(kern, rng, m, n, k):
+    """The counts with the sign bit set form one interval per channel (sign_cut, from the
+    product's own expression at every count); comparing the count with it gives the bits the
+    float epilogue gives, on full (8 x 64) and ragged tiles, for alpha of either sign or 0 and
+    biases that put y = 0 exactly (+0.0 and -0.0) at the middle count."""
+    a = pack_signs(rng.standard_normal((m, k)))
+    w_il = kern.prepare(pack_signs(rng.standard_normal((n, k))))
+    alpha = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    bias = (rng.standard_normal(n) * 0.5).astype(np.float32)
+    alpha[:3], bias[3:6] = 0.0, [0.0, -0.0, 0.0]
+    bias[:2] = [0.3, -0.3]
+    cut = ref.sign_cut(k, alpha, bias)
+    assert cut is not None
+    lo, hi = cut
+    counts = np.arange(k + 1)[:, None]
+    y = ((k - 2 * counts) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal((lo <= counts) & (counts <= hi), np.signbit(y))
+    want = kern.bin_linear(a, w_il, n, k, alpha, bias, signs=True)
+    np.testing.assert_array_equal(kern.bin_linear_cut(a, w_il, n, k, alpha, bias, cut), want)
+    np.testing.assert_array_equal(NUMPY.bin_linear_cut(a, w_il, n, k, alpha, bias, cut), want)
+    assert 0.1 < unpack_bits(want, n).mean() < 0.9
+
+
 def test_binary_linear_quantizer_rejects_bad_parameters(rng):
     a = pack_signs(rng.standard_normal((2, 64)))
     w_il = NUMPY.prepare(pack_signs(rng.standard_normal((8, 64))))
@@ -509,11 +533,12 @@ def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backen
         assert np.abs(unshifted - runtime(batches[1])).max() > 1e-2
 
 
-@pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
+@pytest.mark.parametrize("recipe", ["bibert", "bibert_elastic", "bit"])
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_products_writing_quantized_bits_match_the_float_route(rng, tmp_path, recipe, backend):
     """Hidden 64: Q/K/V rows fill whole words, so each projection writes its shifted sign bits
-    and the FFN's first product the bits of the second one's quantizer, no floats in between.
+    and the FFN's first product the bits of the second one's quantizer, no floats in between
+    (sign-fed products: from the count compared with sign_cut's interval).
     Tracing takes the float route (y written, then packed); the logits are the same bit for bit
     (both exact: no CPU-dependent arithmetic is compared)."""
     if backend == "c" and not compiled_available():

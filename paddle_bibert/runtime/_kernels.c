@@ -49,11 +49,14 @@ enum { Q_SIGN = 0, Q_UNSIGNED = 1 };
 /* Elementwise activation applied before binarizing (pack_act). */
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2 };
 /* The quantizer a binary linear's output goes through when only its bits are wanted (pack_act's
- * act, shift, scale and kind; shift indexed by output channel, or NULL). */
+ * act, shift, scale and kind; shift indexed by output channel, or NULL). Or, with lo/hi (then the
+ * rest is unused), the bit of channel n is 1[lo[n] <= count <= hi[n]]: the counts whose output's
+ * bit is 1, worked out once per layer (sign_cut), so the epilogue is two integer compares. */
 typedef struct {
     const float *shift;
     float scale;
     int kind, act;
+    const int32_t *lo, *hi;
 } outq_t;
 /* Tile of the popcount GEMM: TM rows x TN interleaved blocks (TN * 8 channels). */
 enum { TM = 4, TN = 4 };
@@ -268,6 +271,20 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
                                const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
     int32_t loc[TM * TN * 8];
     tile_avx2(a, kw, b, op, loc, TN * 8, TM, TN);
+    if (bits && q && q->lo) {
+        for (int r = 0; r < TM; r++) {
+            uint32_t sg = 0;
+            for (int c = 0; c < TN * 8; c += 8) {
+                const __m256i n = _mm256_loadu_si256((const __m256i *)(loc + r * TN * 8 + c));
+                const __m256i out = _mm256_or_si256(
+                    _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(q->lo + c)), n),
+                    _mm256_cmpgt_epi32(n, _mm256_loadu_si256((const __m256i *)(q->hi + c))));
+                sg |= (uint32_t)(~_mm256_movemask_ps(_mm256_castsi256_ps(out)) & 0xff) << c;
+            }
+            bits[(size_t)r * ldb] = sg;
+        }
+        return;
+    }
     for (int r = 0; r < TM; r++) {
         const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
         uint32_t sg = 0;
@@ -402,9 +419,20 @@ static AI T512 void lin_tile512_body(const uint64_t *a, size_t kw, const uint64_
             }
         }
     }
+    uint32_t sg[TM] = {0};
+    if (bits && q && q->lo) {
+        for (int j = 0; j < TN; j++) {
+            const __m512i lo = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(q->lo + 8 * j)));
+            const __m512i hi = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(q->hi + 8 * j)));
+            for (int r = 0; r < TM; r++)
+                sg[r] |= (uint32_t)_mm512_mask_cmple_epi64_mask(_mm512_cmpge_epi64_mask(acc[r][j], lo),
+                                                                acc[r][j], hi) << (8 * j);
+        }
+        for (int r = 0; r < TM; r++) bits[(size_t)r * ldb] = sg[r];
+        return;
+    }
     __m512i kk[TM];
     for (int r = 0; r < TM; r++) kk[r] = _mm512_set1_epi64(Krow ? Krow[r] : K);
-    uint32_t sg[TM] = {0};
     for (int j = 0; j < TN; j++) {
         __m512d al = _mm512_cvtps_pd(_mm256_loadu_ps(alpha + 8 * j));
         __m512d bi = _mm512_cvtps_pd(_mm256_loadu_ps(bias + 8 * j));
@@ -999,7 +1027,8 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
             if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N &&
                 !(q && q->act == ACT_GELU)) {
                 const outq_t qt = {q && q->shift ? q->shift + n0 : NULL, q ? q->scale : 1.0f,
-                                   q ? q->kind : Q_SIGN, q ? q->act : ACT_NONE};
+                                   q ? q->kind : Q_SIGN, q ? q->act : ACT_NONE,
+                                   q && q->lo ? q->lo + n0 : NULL, q && q->hi ? q->hi + n0 : NULL};
                 lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
                     g->out_f ? g->out_f + m0 * N + n0 : NULL, N, g->alpha + n0, g->bias + n0, g->K,
                     g->unsig ? g->ones + m0 : NULL,
@@ -1019,7 +1048,8 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
                         float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
                         if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
                         uint32_t bit;
-                        if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
+                        if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
+                        else if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
                         else memcpy(&bit, &y, 4), bit >>= 31;
                         sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
                     }
@@ -1445,7 +1475,7 @@ static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
     }
     PyObject *ret = NULL;
     size_t nb = ((size_t)N + 7) / 8;
-    const outq_t q = {has_sh ? sh.buf : NULL, scale, kind, act};
+    const outq_t q = {has_sh ? sh.buf : NULL, scale, kind, act, NULL, NULL};
     if (kind != -1 && (!signs || (kind != Q_SIGN && kind != Q_UNSIGNED) || act < ACT_NONE ||
                               act > ACT_GELU)) {
         PyErr_Format(PyExc_ValueError, "bin_linear: quantizer kind %d, activation %d%s", kind, act,
@@ -1466,6 +1496,28 @@ static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
     PyBuffer_Release(&bi);
     PyBuffer_Release(&out);
     if (has_sh) PyBuffer_Release(&sh);
+    return ret;
+}
+
+static PyObject *py_bin_linear_cut(PyObject *self, PyObject *args) {
+    Py_buffer a, b, al, bi, lo, hi, out;
+    Py_ssize_t M, kw, N, K;
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*y*y*w*", &a, &M, &kw, &b, &N, &K, &al, &bi, &lo, &hi,
+                          &out))
+        return NULL;
+    PyObject *ret = NULL;
+    const outq_t q = {NULL, 1.0f, Q_SIGN, ACT_NONE, lo.buf, hi.buf};
+    if (need(&a, (size_t)M * kw * 8, "a") && need(&b, ((size_t)N + 7) / 8 * kw * 64, "w") &&
+        need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
+        need(&lo, (size_t)N * 4, "lo") && need(&hi, (size_t)N * 4, "hi") &&
+        need(&out, (size_t)M * nwords(N) * 8, "out")) {
+        Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, OP_XOR, NULL, NULL, out.buf, al.buf,
+                                         bi.buf, (long)K, 0, &q);
+        Py_END_ALLOW_THREADS ret = Py_None;
+        Py_INCREF(ret);
+    }
+    Py_buffer *bufs[] = {&a, &b, &al, &bi, &lo, &hi, &out};
+    for (int i = 0; i < 7; i++) PyBuffer_Release(bufs[i]);
     return ret;
 }
 
@@ -1642,6 +1694,9 @@ static PyMethodDef methods[] = {
      "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs, unsigned=False, shift=None, "
      "scale=1, kind=-1, act=0): out = y, or its sign bits, or (kind >= 0) the bits of pack_act(y, "
      "shift, scale, kind, act); unsigned: a holds {0,1} inputs"},
+    {"bin_linear_cut", py_bin_linear_cut, METH_VARARGS,
+     "bin_linear_cut(a, M, kw, w_il, N, K, alpha, bias, lo, hi, out): the bits 1[lo <= count <= hi] "
+     "per channel (int32 lo, hi), count = popcount(a XOR w): a sign layer's bits by sign_cut"},
     {"pack_act", py_pack_act, METH_VARARGS,
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
     {"attention", py_attention, METH_VARARGS,

@@ -178,6 +178,24 @@ class Kernels:
                           shift, float(scale), int(kind), int(act))
         return out
 
+    def bin_linear_cut(self, a, w_il, n: int, k: int, alpha, bias, cut) -> np.ndarray:
+        """``bin_linear(..., signs=True)`` from ``cut = reference.sign_cut(k, alpha, bias)``: the
+        same bits, the count compared with two integers per channel instead of y computed."""
+        a = _rows(_u64(a), "bin_linear_cut")
+        w_il = _u64(w_il)
+        self._check_rhs(a, w_il, n)
+        lo, hi = (np.ascontiguousarray(x, np.int32) for x in cut)
+        if a.shape[1] != nwords(k) or lo.shape != (n,) or hi.shape != (n,):
+            raise ValueError(f"bin_linear_cut: {a.shape[1]} words for k={k}, cut of shapes "
+                             f"{lo.shape}, {hi.shape} for {n} channels")
+        if not self.compiled:
+            cnt = ref.popcount_gemm(a, w_il, n, OP_XOR)
+            return ref.pack_bits((lo <= cnt) & (cnt <= hi))
+        out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
+        _C.bin_linear_cut(a, a.shape[0], a.shape[1], w_il, n, k, _f32(alpha), _f32(bias), lo, hi,
+                          out)
+        return out
+
     @staticmethod
     def _check_rhs(a, b_il, n):
         if b_il.ndim != 3 or b_il.shape[2] != 8 or b_il.shape[1] != a.shape[1] \

@@ -50,6 +50,7 @@ from ..export.format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, Q
 from ..export.pack import nwords
 from .kernels import (ACT_GELU, ACT_NONE, ACT_RELU, MODE_BOOL, MODE_KEEP, MODE_SOFTMAX, Q_SIGN,
                       Q_UNSIGNED, Kernels)
+from . import reference as ref
 from .text import TextModel
 
 __all__ = ["PackedBert", "load_packed"]
@@ -114,16 +115,24 @@ class _Linear:
         scale = 1.0 if scaled else float(quantizer.scale)
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
+        self._cut = None  # reference.sign_cut of alpha, bias (False: not intervals)
 
     def __call__(self, kern: Kernels, xb, signs=False, then: "_Quantizer" = None,
                  act: int = ACT_NONE, shift=None):
         """y, or its sign bits (``signs``), or the bits ``then.bits(act(y))`` would give, with
         ``shift`` (else then's own) -- without writing y."""
+        unsigned = self.q.kind == Q_UNSIGNED
+        if signs and then is None and not unsigned:
+            if self._cut is None:  # worked out on first use: only sign-fed products need it
+                self._cut = ref.sign_cut(self.k, self.alpha, self.bias) or False
+            if self._cut:
+                return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
+                                           self._cut)
         quant = None
         if then is not None:
             quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
-                               unsigned=self.q.kind == Q_UNSIGNED, quant=quant)
+                               unsigned=unsigned, quant=quant)
 
 
 class PackedBert(TextModel):

@@ -77,6 +77,23 @@ def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarra
     return (dot * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
 
 
+def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
+    """The counts ``c = popcount(a XOR w_n)`` whose output has its sign bit set, per channel, as
+    an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0), evaluated by
+    :func:`bin_linear`'s own expression at every c in 0..k, so the bits are the same; None if
+    some channel's set is not one interval (y is monotone in c, but a signed zero can break it).
+    """
+    c = np.arange(k + 1, dtype=np.float64)[:, None]
+    y = ((k - 2 * c) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    neg = np.signbit(y)  # [k + 1, n]
+    any_ = neg.any(axis=0)
+    lo = np.where(any_, neg.argmax(axis=0), 1)
+    hi = np.where(any_, k - neg[::-1].argmax(axis=0), 0)
+    if not np.array_equal(neg.sum(axis=0), np.maximum(hi - lo + 1, 0)):
+        return None
+    return lo.astype(np.int32), hi.astype(np.int32)
+
+
 #: partial sums of the softmax denominator (``SUM_LANES`` in _kernels.c)
 SUM_LANES = 8
 
