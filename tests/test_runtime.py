@@ -411,18 +411,17 @@ def test_binary_linear_through_a_quantizer_gives_pack_act_of_its_output(kern, rn
 
 @pytest.mark.parametrize("m, n, k", [(9, 70, 130), (8, 64, 384), (5, 33, 64)])
 def test_sign_cut_gives_the_sign_bits_of_the_product(kern, rng, m, n, k):
-    """The counts with the sign bit set form one interval per channel (sign_cut, from the
-    product's own expression at every count); comparing the count with it gives the bits the
-    float epilogue gives, on full (8 x 64) and ragged tiles, for alpha of either sign or 0 and
-    biases that put y = 0 exactly (+0.0 and -0.0) at the middle count."""
+    """The counts with the sign bit set form one interval per channel (sign_cut, by bisection
+    on the product's own expression; checked here at every count); the count compared with it
+    gives the bits the float epilogue gives, on full (8 x 64) and ragged tiles, for alpha of
+    either sign or (signed) zero and biases that put y = 0 exactly (+0.0 and -0.0)."""
     a = pack_signs(rng.standard_normal((m, k)))
     w_il = kern.prepare(pack_signs(rng.standard_normal((n, k))))
     alpha = (rng.standard_normal(n) * 0.1).astype(np.float32)
     bias = (rng.standard_normal(n) * 0.5).astype(np.float32)
-    alpha[:3], bias[3:6] = 0.0, [0.0, -0.0, 0.0]
-    bias[:2] = [0.3, -0.3]
+    alpha[:6], bias[:6] = [0.0, 0.0, 0.0, -0.0, 0.0, -0.0], [0.3, -0.3, 0.0, 0.0, -0.0, -0.0]
+    bias[6:9] = [0.0, -0.0, 0.0]  # y = +-0 at the middle count
     cut = ref.sign_cut(k, alpha, bias)
-    assert cut is not None
     lo, hi = cut
     counts = np.arange(k + 1)[:, None]
     y = ((k - 2 * counts) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)

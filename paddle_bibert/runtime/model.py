@@ -115,7 +115,7 @@ class _Linear:
         scale = 1.0 if scaled else float(quantizer.scale)
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
-        self._cut = None  # reference.sign_cut of alpha, bias (False: not intervals)
+        self._cut = None  # reference.sign_cut of alpha, bias
 
     def __call__(self, kern: Kernels, xb, signs=False, then: "_Quantizer" = None,
                  act: int = ACT_NONE, shift=None):
@@ -124,10 +124,9 @@ class _Linear:
         unsigned = self.q.kind == Q_UNSIGNED
         if signs and then is None and not unsigned:
             if self._cut is None:  # worked out on first use: only sign-fed products need it
-                self._cut = ref.sign_cut(self.k, self.alpha, self.bias) or False
-            if self._cut:
-                return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
-                                           self._cut)
+                self._cut = ref.sign_cut(self.k, self.alpha, self.bias)
+            return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
+                                       self._cut)
         quant = None
         if then is not None:
             quant = (then.shift if shift is None else shift, then.scale, then.kind, act)

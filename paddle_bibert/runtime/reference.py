@@ -79,18 +79,29 @@ def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarra
 
 def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
     """The counts ``c = popcount(a XOR w_n)`` whose output has its sign bit set, per channel, as
-    an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0), evaluated by
-    :func:`bin_linear`'s own expression at every c in 0..k, so the bits are the same; None if
-    some channel's set is not one interval (y is monotone in c, but a signed zero can break it).
+    an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0).
+
+    y(c) = float32((k - 2c) alpha + bias), :func:`bin_linear`'s expression, is monotone in c,
+    and so is its sign bit: a double that rounds to a float32 zero keeps its sign, and where y is
+    a zero for several counts (alpha = 0, bias = -0.0) the sign of (k - 2c) * alpha orders them
+    too. So the set runs from one end of 0..k, and a bisection per channel (all channels at
+    once) finds where it stops, evaluating y only there.
     """
-    c = np.arange(k + 1, dtype=np.float64)[:, None]
-    y = ((k - 2 * c) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
-    neg = np.signbit(y)  # [k + 1, n]
-    any_ = neg.any(axis=0)
-    lo = np.where(any_, neg.argmax(axis=0), 1)
-    hi = np.where(any_, k - neg[::-1].argmax(axis=0), 0)
-    if not np.array_equal(neg.sum(axis=0), np.maximum(hi - lo + 1, 0)):
-        return None
+    a64, b64 = alpha.astype(np.float64), bias.astype(np.float64)
+
+    def neg(c):
+        return np.signbit(((k - 2 * c.astype(np.float64)) * a64 + b64).astype(np.float32))
+
+    n = alpha.shape[0]
+    first, last = neg(np.zeros(n, np.int64)), neg(np.full(n, k, np.int64))
+    at_first, at_last = np.zeros(n, np.int64), np.full(n, k, np.int64)  # bit as at 0 / as at k
+    while np.any(at_last - at_first > 1):
+        mid = (at_first + at_last) // 2
+        same = neg(mid) == first
+        at_first, at_last = np.where(same, mid, at_first), np.where(same, at_last, mid)
+    rising, falling = ~first & last, first & ~last
+    lo = np.where(rising, at_last, np.where(first, 0, 1))
+    hi = np.where(falling, at_first, np.where(last, k, 0))
     return lo.astype(np.int32), hi.astype(np.int32)
 
 
