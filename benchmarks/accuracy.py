@@ -222,15 +222,18 @@ def run_task(task, args, log):
         init = ["--student_model_name_or_path", teacher_dir] if dep else []
         rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir,
                                                   "--learning_rate", str(args.student_lr[task])]
-                          + _student_length(args, task)
+                          + _student_length(args, task, second_step=bool(dep))
                           + init + flags,
                           out, log)
     return rows
 
 
-def _student_length(args, task):
-    """``--num_train_epochs E`` where ``--student_epochs`` gives the task E > 0, else ``--max_steps``."""
+def _student_length(args, task, second_step=False):
+    """``--num_train_epochs E`` where ``--student_epochs`` gives the task E > 0, else ``--max_steps``;
+    a two-step variant's second step takes ``--second_step_epochs`` where that is > 0."""
     epochs = args.student_epochs[task]
+    if second_step and args.second_step_epochs[task] > 0:
+        epochs = args.second_step_epochs[task]
     if epochs > 0:
         return ["--num_train_epochs", str(epochs), "--max_steps", "-1"]
     return ["--max_steps", str(args.student_steps[task])]
@@ -423,6 +426,10 @@ def main(argv=None):
     ap.add_argument("--student_epochs", type=per_task(float), default=PerTask(float, "0"),
                     help="where > 0 for a task, train its students this many epochs instead of "
                          "--student_steps (the reference schedule: sst-2=10,cola=50,mrpc=20,sts-b=20,rte=20)")
+    ap.add_argument("--second_step_epochs", type=per_task(float), default=PerTask(float, "0"),
+                    help="where > 0 for a task, the second step of a two-step variant (the W1A1 "
+                         "student that the W1A2 one teaches) trains this many epochs; the first "
+                         "keeps --student_epochs / --student_steps")
     ap.add_argument("--student_lr", type=per_task(float), default=PerTask(float, "2e-4"))
     ap.add_argument("--save_steps", type=per_task(int), default=PerTask(int, "100"),
                     help="dev evaluation (and checkpoint) every this many steps")

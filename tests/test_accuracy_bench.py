@@ -127,6 +127,20 @@ def test_student_epochs_replace_steps_per_task(glue_slice, tiny_model_dir, tmp_p
     assert results["sst-2"]["baseline"]["global_step"] == 3
 
 
+def test_second_step_epochs_shorten_only_the_two_step_variants_second_step(glue_slice, tiny_model_dir, tmp_path,  # noqa: F811
+                                                                          capsys):
+    bench = _bench()
+    argv = ["--tasks", "mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_epochs", "2",
+            "--second_step_epochs", "1", "--save_steps", "100", "--variants", "bit_mse_ema_a2,bit_mse_ema_2step,baseline"]
+    rows = bench.main(argv)["mrpc"]
+    # 40 training pairs at batch 8: 5 steps an epoch; the W1A2 step and the plain student keep 2 epochs
+    assert rows["bit_mse_ema_a2"]["global_step"] == rows["baseline"]["global_step"] == 10
+    assert rows["bit_mse_ema_2step"]["global_step"] == 5
+    with pytest.raises(SystemExit):  # a bad value: argparse names it
+        bench.main(argv + ["--second_step_epochs", "one"])
+    assert "'one'" in capsys.readouterr().err
+
+
 def test_per_task_budgets_parse_and_fail_early(capsys):
     bench = _bench()
     steps = bench.PerTask(int, "400,SST-2=1000, rte=240")
