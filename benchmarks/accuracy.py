@@ -38,7 +38,8 @@ soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``
 to binary over the first half of the steps), ``+fppool`` (the pooler kept in full precision), and the
 ablations ``+fpact`` (every activation, Q/K/V and the attention map in full precision: binary
 weights only), ``+fpweights`` (full-precision weights and word embeddings: binary activations
-only) and ``+fpmap`` (the attention map alone in full precision), e.g.
+only) and ``+fpmap`` (the attention map alone in full precision), and ``+lr<rate>`` (the
+variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -118,14 +119,29 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
 DEFAULT_VARIANTS = "grid"
 
 
+def modifier(m):
+    """A modifier's flags or BinarizeConfig fields: ``MODIFIERS[m]``, or for ``lr<value>`` (e.g.
+    ``+lr1e-4``) the variant's own learning rate over ``--student_lr``, so that recipes trained at
+    different rates share one invocation and one table. None if ``m`` is neither."""
+    if m in MODIFIERS:
+        return MODIFIERS[m]
+    if m.startswith("lr"):
+        try:
+            if float(m[2:]) > 0:
+                return ["--learning_rate", m[2:]]
+        except ValueError:
+            pass
+    return None
+
+
 def variant(name):
     """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags
     and BinarizeConfig fields. A two-step variant's teacher carries the same modifiers
     (``bit_2step+glen`` is taught by ``bit_a2+glen``): both steps train alike."""
     base, *mods = name.split("+")
     binarize, flags, *dep = VARIANTS[base]
-    fields = {k: v for m in mods if isinstance(MODIFIERS[m], dict) for k, v in MODIFIERS[m].items()}
-    flags = flags + [f for m in mods if isinstance(MODIFIERS[m], list) for f in MODIFIERS[m]]
+    fields = {k: v for m in mods if isinstance(modifier(m), dict) for k, v in modifier(m).items()}
+    flags = flags + [f for m in mods if isinstance(modifier(m), list) for f in modifier(m)]
     dep = ["+".join([dep[0], *mods])] if dep else []
     return ({**binarize, **fields} if fields else binarize, flags, *dep)
 
@@ -409,7 +425,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="sst-2,cola,mrpc,sts-b,rte")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS,
-                    help=f"any of {','.join(VARIANTS)}, or {','.join(GROUPS)}; modifiers +{' +'.join(MODIFIERS)}")
+                    help=f"any of {','.join(VARIANTS)}, or {','.join(GROUPS)}; modifiers +{' +'.join(MODIFIERS)} "
+                         "+lr<rate>")
     ap.add_argument("--data_dir", default=GLUE)
     ap.add_argument("--model", default="minilm", help="pre-trained model (default: the packaged MiniLM)")
     ap.add_argument("--out_dir", default="runs/accuracy")
@@ -448,9 +465,10 @@ def main(argv=None):
         if base not in VARIANTS:
             ap.error(f"unknown variant {base!r}; known: {sorted(VARIANTS)} (or a group: {sorted(GROUPS)})")
         for m in mods:
-            if m not in MODIFIERS:
-                ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}")
-            if isinstance(MODIFIERS[m], dict) and VARIANTS[base][0] is None:
+            if modifier(m) is None:
+                ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}"
+                         ", +lr<rate> (e.g. +lr1e-4)")
+            if isinstance(modifier(m), dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
         dep = variant(v)[2:]
         if dep and dep[0] not in listed[:i]:

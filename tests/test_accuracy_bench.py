@@ -141,6 +141,21 @@ def test_second_step_epochs_shorten_only_the_two_step_variants_second_step(glue_
     assert "'one'" in capsys.readouterr().err
 
 
+def test_lr_modifier_gives_a_variant_its_own_learning_rate(glue_slice, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    bench = _bench()
+    assert bench.variant("bibert+bertadam+lr1e-4")[1][-2:] == ["--learning_rate", "1e-4"]
+    argv = ["--tasks", "mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "2",
+            "--save_steps", "2", "--student_lr", "5e-4", "--variants", "baseline,baseline+lr3e-4"]
+    bench.main(argv)
+    lr = lambda n: json.loads((tmp_path / "runs" / "mrpc" / n / "checkpoint-2" / "trainer_state.json")
+                              .read_text())["args"]["learning_rate"]
+    assert lr("baseline") == 5e-4 and lr("baseline+lr3e-4") == 3e-4
+    for bad in ("lrfast", "lr0"):
+        with pytest.raises(SystemExit):
+            bench.main(["--variants", f"baseline+{bad}"])
+        assert f"unknown modifier +{bad}" in capsys.readouterr().err
+
+
 def test_per_task_budgets_parse_and_fail_early(capsys):
     bench = _bench()
     steps = bench.PerTask(int, "400,SST-2=1000, rte=240")
