@@ -3,12 +3,17 @@
 For a fine-tuned teacher and real dev sentences, each recipe binarizes a copy of the teacher (one
 training-mode forward initialises learned scales), then this prints, per hidden state (embedding
 output, then each layer), the centred cosine between the student's and the teacher's states over
-all non-padding tokens, and how often the student's predicted label equals the teacher's. A
-recipe whose states decorrelate within a layer or two starts distillation from scratch; one that
-keeps them starts near the teacher.
+all non-padding tokens, and how often the student's predicted label equals the teacher's (on a
+regression task: the Pearson correlation of their scores). A recipe whose states decorrelate
+within a layer or two starts distillation from scratch; one that keeps them starts near the
+teacher.
 
     python benchmarks/init_agreement.py --teacher runs/sst-2/teacher --task sst-2 \\
         --data_dir ../shared/data/glue --recipes bibert,baseline,bibert_elastic,bit,bit:2
+
+With ``--start`` the students start from another run's latent weights instead of the teacher's,
+as the second step of a two-step route does (a W1A1 student from a trained W1A2 one); the start
+model itself, as trained, is the first row.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ def centred_cos(a, b):
     return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def agreement(s_logits, t_logits):
+    """Share of equal predicted labels, or for one output (regression) the scores' Pearson r."""
+    if s_logits.shape[-1] == 1:
+        return float(np.corrcoef(s_logits[:, 0], t_logits[:, 0])[0, 1])
+    return float((s_logits.argmax(-1) == t_logits.argmax(-1)).mean())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="a fine-tuned teacher (run_glue.py output folder)")
@@ -39,6 +51,8 @@ def main(argv=None):
                     help="comma-separated recipe[:act_bits]")
     ap.add_argument("--n", type=int, default=64, help="dev sentences")
     ap.add_argument("--max_seq_length", type=int, default=64)
+    ap.add_argument("--start", default="",
+                    help="the students' starting weights: a run folder (e.g. a W1A2 student's); default the teacher")
     args = ap.parse_args(argv)
 
     import paddle
@@ -49,8 +63,12 @@ def main(argv=None):
     from paddle_bibert.convert import load_model, load_tokenizer
     from paddle_bibert.data.glue import get_task, load_glue
     from paddle_bibert.data.loader import Collator, encode_examples
+    from paddle_bibert.surgery import CONFIG_NAME, load_binarized
 
     path = resolve_model_path(args.teacher)
+    start = resolve_model_path(args.start) if args.start else path
+    if not os.path.isdir(start):
+        raise SystemExit(f"--start {args.start}: no such folder (give a run's best_model/ folder)")
     tok = load_tokenizer(path)
     info = get_task(args.task)
     dev = load_glue(info.name, args.data_dir, info.dev_splits[0])[: args.n]
@@ -68,19 +86,24 @@ def main(argv=None):
     t_logits, t_hidden = forward(teacher)
     print(f"teacher {path}, task {info.name}, {len(dev)} dev sentences, {int(keep.sum())} tokens")
     head = " | ".join(["emb"] + [f"L{i}" for i in range(1, len(t_hidden))])
-    lines = [f"| recipe | {head} | same label as teacher |", "|---" * (len(t_hidden) + 2) + "|"]
+    last = "score correlation with teacher" if info.is_regression else "same label as teacher"
+    lines = [f"| student | {head} | {last} |", "|---" * (len(t_hidden) + 2) + "|"]
+
+    def row(name, logits, hidden):
+        cos = [centred_cos(s, t) for s, t in zip(hidden, t_hidden)]
+        return f"| {name} | " + " | ".join(f"{c:.2f}" for c in cos) + f" | {agreement(logits, t_logits):.2f} |"
+
+    if args.start and os.path.isfile(os.path.join(start, CONFIG_NAME)):
+        lines.append(row("start, as trained", *forward(load_binarized(start))))
     for spec in args.recipes.split(","):
         name, _, bits = spec.partition(":")
         config = BinarizeConfig.from_recipe(name, int(bits or 1))
-        student = load_model(path, BertForSequenceClassification)
+        student = load_model(start, BertForSequenceClassification)
         binarize_model(student, config)
         student.train()
         with paddle.no_grad():  # learned scales start on a training batch
             student(batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        s_logits, s_hidden = forward(student)
-        cos = [centred_cos(s, t) for s, t in zip(s_hidden, t_hidden)]
-        agree = float((s_logits.argmax(-1) == t_logits.argmax(-1)).mean())
-        lines.append(f"| {config.recipe} W1A{config.act_bits} | " + " | ".join(f"{c:.2f}" for c in cos) + f" | {agree:.2f} |")
+        lines.append(row(f"{config.recipe} W1A{config.act_bits}", *forward(student)))
     print("\n".join(lines))
     return lines
 

@@ -202,10 +202,7 @@ def test_unknown_variant_rejected(capsys):
 
 
 def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F811
-    spec = importlib.util.spec_from_file_location("init_agreement",
-                                                  os.path.join(REPO, "benchmarks", "init_agreement.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _init_agreement()
     lines = mod.main(["--teacher", tiny_model_dir, "--task", "sst-2", "--data_dir", glue_slice,
                       "--recipes", "bibert,bit:2", "--n", "12", "--max_seq_length", "32"])
     rows = [line for line in lines[2:]]
@@ -220,6 +217,51 @@ def test_init_agreement_benchmark_runs(glue_slice, tiny_model_dir):  # noqa: F81
     a, b = np.random.default_rng(0).standard_normal((2, 50, 4))
     assert mod.centred_cos(a, a * 3 + 1) == pytest.approx(1.0)
     assert mod.centred_cos(a, -a) == pytest.approx(-1.0)
+
+
+def _init_agreement():
+    spec = importlib.util.spec_from_file_location("init_agreement",
+                                                  os.path.join(REPO, "benchmarks", "init_agreement.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_init_agreement_scores_a_regression_student_by_correlation():
+    import numpy as np
+
+    agreement = _init_agreement().agreement
+    t = np.random.default_rng(1).standard_normal((30, 1))
+    assert agreement(2 * t + 1, t) == pytest.approx(1.0)
+    assert agreement(-t, t) == pytest.approx(-1.0)  # one output: never "the same label" everywhere
+    two = np.random.default_rng(2).standard_normal((30, 2))
+    assert agreement(two, two) == 1.0 and agreement(two, two[:, ::-1]) == 0.0  # labels: argmax
+
+
+def test_init_agreement_starts_the_students_from_another_run(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    import paddle
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from paddle_bibert import BinarizeConfig, binarize_model
+    from paddle_bibert.surgery import save_binarized
+
+    mod = _init_agreement()
+    common = ["--teacher", tiny_model_dir, "--task", "sst-2", "--data_dir", glue_slice,
+              "--recipes", "bit", "--n", "12", "--max_seq_length", "32"]
+    # a W1A2 student whose latent weights moved away from the teacher's, as training moves them
+    start = BertForSequenceClassification.from_pretrained(tiny_model_dir)
+    paddle.seed(5)
+    for p in start.parameters():
+        p.set_value(p + 0.5 * paddle.randn(p.shape, dtype=p.dtype))
+    binarize_model(start, BinarizeConfig.from_recipe("bit", 2))
+    save_binarized(start, str(tmp_path / "a2"))
+
+    plain = mod.main(common)
+    started = mod.main(common + ["--start", str(tmp_path / "a2")])
+    assert [r.split("|")[1].strip() for r in started[2:]] == ["start, as trained", "bit W1A1"]
+    assert started[3] != plain[2]  # the W1A1 student of the other run's weights, not the teacher's
+    with pytest.raises(SystemExit, match="--start"):
+        mod.main(common + ["--start", str(tmp_path / "missing")])
 
 
 def test_time_to_accuracy_reads_each_evaluations_training_seconds(tmp_path):
