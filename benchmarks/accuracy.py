@@ -111,6 +111,8 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "ramp": ["--act_ramp", "0.5"],
              # a dict changes the student's BinarizeConfig instead of its flags
              "fppool": {"pooler": False},
+             # every binarized linear's input scale starts at mean|x| (least squares), not BiT's 2 mean|x|
+             "meaninit": {"act_quantizer": "elastic_sign_mean"},
              # ablations: which part of the binarization keeps a student from learning a task
              "fpact": {"act_quantizer": "none", "qkv_quantizer": "none", "attention_quantizer": "none",
                        "ffn_out_act_quantizer": "none"},

@@ -237,6 +237,7 @@ ONE_BIT = [  # config, format version of its file
     ("bibert", 1), ("baseline", 1), ("binarybert", 1), ("bibert_elastic", 2), ("bit", 2),
     ({"ffn_activation": "relu"}, 2),  # BiBERT with a ReLU FFN
     ({"recipe": "bit", "qkv_quantizer": "ste_sign"}, 2),  # BiT's map over sign(Q), sign(K)
+    ({"recipe": "bit", "act_quantizer": "elastic_sign_mean"}, 2),  # packed as elastic_sign
 ]
 
 

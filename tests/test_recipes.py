@@ -34,15 +34,16 @@ def _run(q, x, g):
     return y.numpy(), xt.grad.numpy()
 
 
-def test_elastic_sign_forward_gradients_and_first_batch_init(rng):
+@pytest.mark.parametrize("name,factor", [("elastic_sign", 2.0), ("elastic_sign_mean", 1.0)])
+def test_elastic_sign_forward_gradients_and_first_batch_init(rng, name, factor):
     x = rng.standard_normal((6, 5)).astype("float32")
     g = rng.standard_normal((6, 5)).astype("float32")
-    q = get_quantizer("elastic_sign", channels=5)
+    q = get_quantizer(name, channels=5)
     b = (rng.standard_normal(5) * 0.3).astype("float32")
     q.shift.set_value(b)
     y, dx = _run(q, x, g)
     xs = x.astype(np.float64) + b
-    a = 2 * np.abs(xs).mean()  # set by the first training batch, on the shifted input
+    a = factor * np.abs(xs).mean()  # set by the first training batch, on the shifted input
     assert float(q.alpha) == pytest.approx(a, rel=1e-5) and float(q.initialized) == 1
     np.testing.assert_allclose(y, a * np_sign(xs), rtol=1e-5)
     inside = (np.abs(xs / a) <= 1).astype(np.float64)

@@ -81,11 +81,17 @@ class _Packer:
     def put(self, prefix, d):
         self.tensors.update({f"{prefix}.{k}": v for k, v in d.items()})
 
+    def packed_name(self, q):
+        """The file's name for quantizer ``q`` (None if the file has none). By exact type: a
+        subclass may compute something else; ``elastic_sign_mean`` differs from ``elastic_sign``
+        only in how training starts, so it is packed as that."""
+        names = {self.qz.SteSign: "ste_sign", self.qz.ElasticSign: "elastic_sign",
+                 self.qz.ElasticSignMeanInit: "elastic_sign", self.qz.ElasticUnsigned: "elastic_unsigned"}
+        return names.get(type(q))
+
     def act_quantizer(self, q, what, site, allowed, channels):
         """Record the quantizer of one binarized activation (its name, scale, shift)."""
-        names = {self.qz.SteSign: "ste_sign", self.qz.ElasticSign: "elastic_sign",
-                 self.qz.ElasticUnsigned: "elastic_unsigned"}
-        name = names.get(type(q))
+        name = self.packed_name(q)
         if q is None:
             raise _unsupported(f"{what} is none (a full-precision activation is not 1-bit)")
         if name not in allowed:
@@ -133,7 +139,7 @@ class _Packer:
                                "are not 1-bit)")
         for m, q in (("q", att.q_quantizer), ("k", att.k_quantizer), ("v", att.v_quantizer)):
             role = f"{m.upper()} quantizer"
-            if mode != "softmax" and type(q) is self.qz.ElasticSign:
+            if mode != "softmax" and self.packed_name(q) == "elastic_sign":
                 # With scaled Q/K/V, Paddle's float32 products leave a rounding residue of
                 # either sign where the exact score or context is 0, and 1[S > 0] or the next
                 # sign decides on it: no file can reproduce those decisions.

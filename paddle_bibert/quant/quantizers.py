@@ -39,6 +39,7 @@ __all__ = [
     "ElasticSignSTE",
     "ElasticUnsignedSTE",
     "ElasticSign",
+    "ElasticSignMeanInit",
     "ElasticUnsigned",
     "TensorMeanSign",
     "LsqSTE",
@@ -259,6 +260,19 @@ class ElasticUnsigned(ElasticSign):
     _ste = ElasticUnsignedSTE
 
 
+class ElasticSignMeanInit(ElasticSign):
+    """:class:`ElasticSign` whose scale starts at ``mean|x + b|``, the scale that minimises
+    ``||x - a sign(x + b)||^2`` (XNOR-Net's), instead of BiT's ``2 mean|x + b|``. A binarized
+    linear's output scales with its input's ``a``, and after it comes the residual sum: with BiT's
+    start every binarized branch enters it at about twice its full-precision size, so the
+    student's states drift from the teacher's layer after layer before training begins. The
+    function and the packed form are :class:`ElasticSign`'s; only the start differs (and with a
+    smaller ``a``, the clipped STE passes the gradient on a narrower band of ``x``)."""
+
+    name = "elastic_sign_mean"
+    init_factor = 1.0
+
+
 class TensorMeanSign(ChannelMeanSign):
     """BiT's weight binarizer: one scale for the whole matrix, ``mean|W| * sign(W - mean(W))``;
     straight-through on the clipped centred weight, as :class:`ChannelMeanSign`."""
@@ -341,7 +355,8 @@ def register_quantizer(cls):
     return cls
 
 
-for _cls in (SteSign, ChannelMeanSign, RowMeanSign, BoolAttention, ElasticSign, ElasticUnsigned, TensorMeanSign,
+for _cls in (SteSign, ChannelMeanSign, RowMeanSign, BoolAttention, ElasticSign, ElasticSignMeanInit, ElasticUnsigned,
+             TensorMeanSign,
              Lsq2, Lsq4, Lsq2Unsigned, Lsq4Unsigned):
     register_quantizer(_cls)
 
