@@ -35,6 +35,25 @@ def centred_cos(a, b):
     return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def recipe_config(spec):
+    """``bit``, ``bit:2`` or ``bit@act_quantizer=elastic_sign_mean`` (fields after @, joined by @)
+    -> (BinarizeConfig, row label)."""
+    import yaml
+
+    from paddle_bibert import BinarizeConfig
+
+    recipe, *fields = spec.split("@")
+    name, _, bits = recipe.partition(":")
+    if not all("=" in f for f in fields):
+        raise SystemExit(f"--recipes {spec}: write field overrides as @field=value")
+    overrides = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in fields)}  # "false" -> False
+    try:
+        config = BinarizeConfig.from_dict({"recipe": name, "act_bits": int(bits or 1), **overrides})
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--recipes {spec}: {e}") from None
+    return config, " ".join([f"{config.recipe} W1A{config.act_bits}", *fields])
+
+
 def agreement(s_logits, t_logits):
     """Share of equal predicted labels, or for one output (regression) the scores' Pearson r."""
     if s_logits.shape[-1] == 1:
@@ -48,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--task", default="sst-2")
     ap.add_argument("--data_dir", default=os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "glue")))
     ap.add_argument("--recipes", default="bibert,baseline,bibert_elastic,bit,bit:2",
-                    help="comma-separated recipe[:act_bits]")
+                    help="comma-separated recipe[:act_bits][@field=value...] (BinarizeConfig fields)")
     ap.add_argument("--n", type=int, default=64, help="dev sentences")
     ap.add_argument("--max_seq_length", type=int, default=64)
     ap.add_argument("--start", default="",
@@ -58,7 +77,7 @@ def main(argv=None):
     import paddle
     from paddlenlp.transformers import BertForSequenceClassification
 
-    from paddle_bibert import BinarizeConfig, Taps, binarize_model
+    from paddle_bibert import Taps, binarize_model
     from paddle_bibert.commands import resolve_model_path
     from paddle_bibert.convert import load_model, load_tokenizer
     from paddle_bibert.data.glue import get_task, load_glue
@@ -96,14 +115,13 @@ def main(argv=None):
     if args.start and os.path.isfile(os.path.join(start, CONFIG_NAME)):
         lines.append(row("start, as trained", *forward(load_binarized(start))))
     for spec in args.recipes.split(","):
-        name, _, bits = spec.partition(":")
-        config = BinarizeConfig.from_recipe(name, int(bits or 1))
+        config, label = recipe_config(spec)
         student = load_model(start, BertForSequenceClassification)
         binarize_model(student, config)
         student.train()
         with paddle.no_grad():  # learned scales start on a training batch
             student(batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        lines.append(row(f"{config.recipe} W1A{config.act_bits}", *forward(student)))
+        lines.append(row(label, *forward(student)))
     print("\n".join(lines))
     return lines
 

@@ -264,6 +264,18 @@ def test_init_agreement_starts_the_students_from_another_run(glue_slice, tiny_mo
         mod.main(common + ["--start", str(tmp_path / "missing")])
 
 
+def test_init_agreement_recipe_field_overrides():
+    recipe_config = _init_agreement().recipe_config
+    config, label = recipe_config("bit@act_quantizer=elastic_sign_mean@pooler=false")
+    assert (config.recipe, config.act_bits, config.act_quantizer) == ("bit", 1, "elastic_sign_mean")
+    assert config.qkv_quantizer == "elastic_sign" and label == "bit W1A1 act_quantizer=elastic_sign_mean pooler=false"
+    assert recipe_config("bit:2")[0].act_bits == 2
+    with pytest.raises(SystemExit, match="@field=value"):
+        recipe_config("bit@pooler")
+    with pytest.raises(SystemExit, match="unknown binarization config key"):
+        recipe_config("bit@poolr=false")
+
+
 def test_time_to_accuracy_reads_each_evaluations_training_seconds(tmp_path):
     bench = _bench()
     run = tmp_path / "run"
