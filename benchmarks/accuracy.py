@@ -118,6 +118,9 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
                        "ffn_out_act_quantizer": "none"},
              "fpweights": {"weight_quantizer": "none", "embedding_quantizer": "none"},
              "fpmap": {"attention_quantizer": "none"}}
+#: modifiers that change what only a 1-bit student has: not for a W1A2/W1A4 student, and a two-step
+#: variant's first (W1A2) step is taught without them (bit_mse_ema_2step+meaninit by bit_mse_ema_a2)
+ONE_BIT_MODIFIERS = {"meaninit"}
 DEFAULT_VARIANTS = "grid"
 
 
@@ -139,12 +142,13 @@ def modifier(m):
 def variant(name):
     """``bibert+bertadam`` -> (binarize config, flags[, teacher variant]) with the modifiers' flags
     and BinarizeConfig fields. A two-step variant's teacher carries the same modifiers
-    (``bit_2step+glen`` is taught by ``bit_a2+glen``): both steps train alike."""
+    (``bit_2step+glen`` is taught by ``bit_a2+glen``): both steps train alike, except in what only
+    the 1-bit step has (``ONE_BIT_MODIFIERS``)."""
     base, *mods = name.split("+")
     binarize, flags, *dep = VARIANTS[base]
     fields = {k: v for m in mods if isinstance(modifier(m), dict) for k, v in modifier(m).items()}
     flags = flags + [f for m in mods if isinstance(modifier(m), list) for f in modifier(m)]
-    dep = ["+".join([dep[0], *mods])] if dep else []
+    dep = ["+".join([dep[0], *(m for m in mods if m not in ONE_BIT_MODIFIERS)])] if dep else []
     return ({**binarize, **fields} if fields else binarize, flags, *dep)
 
 
@@ -472,6 +476,8 @@ def main(argv=None):
                          ", +lr<rate> (e.g. +lr1e-4)")
             if isinstance(modifier(m), dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
+            if m in ONE_BIT_MODIFIERS and VARIANTS[base][0].get("act_bits", 1) != 1:
+                ap.error(f"+{m} changes 1-bit activations; {base} has {VARIANTS[base][0]['act_bits']}-bit ones")
         dep = variant(v)[2:]
         if dep and dep[0] not in listed[:i]:
             ap.error(f"variant {v} is taught by {dep[0]}'s student: list {dep[0]} before it in --variants")

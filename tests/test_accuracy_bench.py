@@ -171,13 +171,19 @@ def test_per_task_budgets_parse_and_fail_early(capsys):
         bench.main(["--tasks", "sst-2,cola", "--student_steps", "sst-2=10"])
 
 
-def test_two_step_variants_with_bits_loss():
+def test_two_step_variants_with_bits_loss(capsys):
     bench = _bench()
     a2, a2_flags = bench.variant("bit_mse_ema_a2+glen")
     a1, a1_flags, teacher = bench.variant("bit_mse_ema_2step+glen")
     assert a2 == {"recipe": "bit", "act_bits": 2} and a1 == {"recipe": "bit"}
     assert teacher == "bit_mse_ema_a2+glen" and a1_flags == a2_flags == bench.variant("bit_mse_ema+glen")[1]
     assert bench.variant("bit_2step+fppool")[2] == "bit_a2+fppool"
+    # a 1-bit-only modifier changes the W1A1 step and not the W1A2 step that teaches it
+    a1, _, teacher = bench.variant("bit_mse_ema_2step+glen+meaninit")
+    assert a1["act_quantizer"] == "elastic_sign_mean" and teacher == "bit_mse_ema_a2+glen"
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "bit_mse_ema_a2+meaninit"])
+    assert "+meaninit changes 1-bit activations; bit_mse_ema_a2 has 2-bit ones" in capsys.readouterr().err
 
 
 def test_binarization_modifiers_give_valid_configs():
