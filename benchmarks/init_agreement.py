@@ -48,8 +48,8 @@ def recipe_config(spec):
         raise SystemExit(f"--recipes {spec}: write field overrides as @field=value")
     overrides = {k: yaml.safe_load(v) for k, v in (f.split("=", 1) for f in fields)}  # "false" -> False
     try:
-        config = BinarizeConfig.from_dict({"recipe": name, "act_bits": int(bits or 1), **overrides})
-    except (ValueError, TypeError) as e:
+        config = BinarizeConfig.from_dict({"recipe": name, "act_bits": int(bits or "1"), **overrides})
+    except (ValueError, TypeError) as e:  # an unknown recipe or field, bits that are no integer
         raise SystemExit(f"--recipes {spec}: {e}") from None
     return config, " ".join([f"{config.recipe} W1A{config.act_bits}", *fields])
 

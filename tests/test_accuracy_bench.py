@@ -280,6 +280,8 @@ def test_init_agreement_recipe_field_overrides():
         recipe_config("bit@pooler")
     with pytest.raises(SystemExit, match="unknown binarization config key"):
         recipe_config("bit@poolr=false")
+    with pytest.raises(SystemExit, match="--recipes bit:two"):
+        recipe_config("bit:two")
 
 
 def test_time_to_accuracy_reads_each_evaluations_training_seconds(tmp_path):
