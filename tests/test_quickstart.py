@@ -50,6 +50,9 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
         student_args = json.load(f)["arguments"]
     assert (student_args["student_dropout"], student_args["freeze_word_embeddings"]) == (
         (0.0, True) if recipe == "bit" else (None, False))
+    # and its binarized linears' input scales start at mean|x| (BiT's 2 mean|x| otherwise)
+    config = (out / "student" / "best_model" / "bibert_config.yaml").read_text()
+    assert ("act_quantizer: elastic_sign_mean" in config) == (recipe == "bit")
     # the packed file is the best student: the runtime's logits equal Paddle's on a few sentences
     student = load_binarized(str(out / "student" / "best_model"))
     assert f"recipe: {recipe}\n" in (out / "student" / "best_model" / "bibert_config.yaml").read_text()
@@ -77,6 +80,7 @@ def test_quickstart_budget_flags(tiny_model_dir, tmp_path, capsys):  # noqa: F81
     result = qs.main(["--output_dir", str(out), "--model", tiny_model_dir, "--max_steps", "2", "--no_progress",
                       "--student_epochs", "0.5", "--no_group_by_length"])
     assert result["student_epochs"] == 0.5 and result["teacher_epochs"] == 1 and not result["group_by_length"]
+    assert qs.BUDGETS["short"] == dict(teacher_epochs=1, student_epochs=1.5, save_steps=80)
     with open(out / "student" / "summary.json") as f:
         args = json.load(f)["arguments"]
     assert args["num_train_epochs"] == 0.5 and args["group_by_length"] is False
