@@ -113,6 +113,9 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "fppool": {"pooler": False},
              # every binarized linear's input scale starts at mean|x| (least squares), not BiT's 2 mean|x|
              "meaninit": {"act_quantizer": "elastic_sign_mean"},
+             # the teacher's GELU kept in the student's FFN instead of BiT's ReLU: with every
+             # quantizer off, the ReLU alone leaves an untrained student little of a GELU teacher
+             "gelu": {"ffn_activation": "gelu"},
              # ablations: which part of the binarization keeps a student from learning a task
              "fpact": {"act_quantizer": "none", "qkv_quantizer": "none", "attention_quantizer": "none",
                        "ffn_out_act_quantizer": "none"},

@@ -191,7 +191,7 @@ def test_binarization_modifiers_give_valid_configs():
 
     bench = _bench()
     base = BinarizeConfig.from_dict({"recipe": "bit"})
-    for m in ("fppool", "fpact", "fpweights", "fpmap", "meaninit"):
+    for m in ("fppool", "fpact", "fpweights", "fpmap", "meaninit", "gelu"):
         spec, flags = bench.variant(f"bit_mse_ema+glen+{m}")
         conf = BinarizeConfig.from_dict(spec)  # validates every quantizer name
         changed = {k for k in vars(conf) if getattr(conf, k) != getattr(base, k)}
