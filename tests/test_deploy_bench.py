@@ -62,3 +62,39 @@ def test_bad_rounds_is_one_line(value, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main()
     assert "--rounds must be >= 0" in str(e.value)
+
+
+def _result(packed):
+    """A run's saved result: every backend's best setting, the packed rows those of ``packed``."""
+    lat = {"paddle fp32": 80.0, "onnxruntime fp32": 40.0, "onnxruntime int8": 20.0}
+    lat.update(packed)
+    rows = {k: {"runs": {"2 thr": {"latency_ms": {"1": ms, "32": 32 * ms}, "rss_mib": 100}},
+                "best": {"1": "2 thr", "32": "2 thr"}, "mib": 80.0 if "packed" not in k else 4.0}
+            for k, ms in lat.items()}
+    return {"shape": "bert-base", "rows": rows, "accuracy": {}, "n_dev": 0}
+
+
+@pytest.mark.parametrize("packed, lead, others", [
+    ({"packed 1-bit avx512": 5.0, "packed 1-bit avx2": 10.0, "packed 1-bit popcnt": 25.0},
+     "AVX-512", ["AVX2 kernels: 2.00x the AVX-512 latency", "POPCNT kernels: 5.00x the AVX-512 latency"]),
+    ({"packed 1-bit avx2": 8.0, "packed 1-bit popcnt": 16.0},  # a CPU without AVX-512
+     "AVX2", ["POPCNT kernels: 2.00x the AVX2 latency"])])
+def test_report_leads_with_the_fastest_kernels_the_cpu_ran(packed, lead, others):
+    bench = _bench()
+    text = bench.table(_result(packed))
+    first = next(iter(packed.values()))
+    assert f"Packed 1-bit ({lead}) at batch 1: {20.0 / first:.1f}x lower latency than ONNX Runtime INT8" in text
+    assert all(o in text for o in others)
+    assert "AVX-512" not in text or lead == "AVX-512"
+
+
+def test_packed_rows_are_the_kernel_sets_this_cpu_runs(monkeypatch):
+    from paddle_bibert.runtime import kernels
+
+    bench = _bench()
+    monkeypatch.setattr(kernels, "available_isas", lambda: ["avx2", "popcnt", "generic"])
+    assert bench.runnable_isas() == ["avx2", "popcnt"]
+    monkeypatch.setattr(kernels, "available_isas", lambda: [])
+    with pytest.raises(SystemExit) as e:
+        bench.runnable_isas()
+    assert "C kernels are not built" in str(e.value)
