@@ -1,0 +1,120 @@
+"""Where the packed runtime's time goes: every kernel call of a forward timed, summed per kernel.
+
+    python benchmarks/runtime_profile.py student.bibert             # a trained file
+    python benchmarks/runtime_profile.py --shape bert-base          # random weights, BiBERT's recipe
+    python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --threads 1,2
+
+Batch ``--batch`` of ``--seq_len`` random token ids; after ``--warmup`` forwards, ``--repeats``
+forwards are timed and each kernel's share is its summed wall time per forward. What no kernel
+accounts for (Python between the calls, numpy glue) is the last row. Thread counts run one after
+the other in this process (the kernels' pool is resized between them).
+"""
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def timed_kernels(model):
+    """Wrap the model's kernel methods so each call adds its wall time to the returned counters."""
+    seconds, calls = collections.Counter(), collections.Counter()
+    kern = model.kernels
+    for name in [n for n in dir(type(kern)) if not n.startswith("_")]:
+        method = getattr(kern, name)
+        if not callable(method):
+            continue
+
+        def wrapper(*args, _method=method, _name=name, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _method(*args, **kw)
+            finally:
+                seconds[_name] += time.perf_counter() - t0
+                calls[_name] += 1
+
+        setattr(kern, name, wrapper)
+    return seconds, calls
+
+
+def profile(path, batch, seq_len, isa, threads, warmup, repeats):
+    """{kernel: (ms per forward, calls per forward)} and the forward's ms, at one thread count."""
+    import numpy as np
+
+    from paddle_bibert.runtime import load_packed
+
+    model = load_packed(path, isa=isa, num_threads=threads)
+    seconds, calls = timed_kernels(model)
+    ids = np.random.default_rng(0).integers(1, int(model.config["vocab_size"]), (batch, seq_len))
+    for _ in range(warmup):
+        model(ids)
+    seconds.clear(), calls.clear()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model(ids)
+    total = (time.perf_counter() - t0) / repeats * 1e3
+    rows = {k: (v / repeats * 1e3, calls[k] / repeats) for k, v in seconds.most_common()}
+    return rows, total, model.backend
+
+
+def table(rows, total, backend, threads):
+    out = [f"**{backend}, {threads} thread(s)**: {total:.2f} ms a forward", "",
+           "| kernel | ms a forward | share | calls a forward |", "|---|---|---|---|"]
+    for k, (ms, n) in rows.items():
+        out.append(f"| {k} | {ms:.2f} | {ms / total:.0%} | {n:g} |")
+    rest = total - sum(ms for ms, _ in rows.values())
+    out.append(f"| (between the kernels) | {rest:.2f} | {rest / total:.0%} | |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("path", nargs="?", help="a .bibert file (else --shape)")
+    ap.add_argument("--shape", help="profile a random model of this shape (packed.py's SHAPES)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq_len", type=int, default=128)
+    ap.add_argument("--isa", help="force a kernel set (avx512, avx2, popcnt, generic)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args(argv)
+    if bool(args.path) == bool(args.shape):
+        ap.error("give a .bibert file or --shape, not both and not neither")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads takes comma-separated integers, got {args.threads!r}")
+    if min(threads) < 1 or min(args.batch, args.seq_len, args.repeats) < 1 or args.warmup < 0:
+        ap.error("--threads, --batch, --seq_len and --repeats must be >= 1, --warmup >= 0")
+    if args.path and not os.path.isfile(args.path):
+        ap.error(f"{args.path}: no such file; pass a .bibert file written by paddle_bibert.export")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.path or random_file(args.shape, os.path.join(tmp, "model.bibert"))
+        for t in threads:
+            rows, total, backend = profile(path, args.batch, args.seq_len, args.isa, t, args.warmup,
+                                           args.repeats)
+            print(table(rows, total, backend, t) + "\n")
+
+
+def random_file(shape, path):
+    """A random model of ``shape`` binarized with BiBERT's recipe, packed to ``path``."""
+    from packed import SHAPES, random_model
+
+    from paddle_bibert import BinarizeConfig, binarize_model, export_packed
+
+    if shape not in SHAPES:
+        sys.exit(f"error: unknown --shape {shape!r}; known: {', '.join(SHAPES)}")
+    model = random_model(shape)
+    binarize_model(model, BinarizeConfig.from_recipe("bibert"))
+    export_packed(model, path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks/runtime_profile.py: every kernel call of a forward is counted and timed."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from paddle_bibert import binarize_model, export_packed
+from test_surgery import make_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("runtime_profile",
+                                                  os.path.join(REPO, "benchmarks", "runtime_profile.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_kernel_call_of_a_forward_is_counted(tmp_path):
+    model = make_model(seed=3)
+    binarize_model(model)  # BiBERT: per layer Q/K/V and FFN-in on count intervals, out and FFN-out
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    layers = model.config.num_hidden_layers
+    rows, total, _ = _tool().profile(path, batch=2, seq_len=8, isa=None, threads=1, warmup=1, repeats=3)
+    calls = {k: n for k, (_, n) in rows.items()}
+    assert calls["bin_linear_cut"] == 2 * layers
+    assert calls["bin_linear"] == 2 * layers + 1  # the pooler too
+    assert calls["attention"] == layers and calls["embed"] == 1
+    assert calls["layer_norm"] == 2 * layers + 1  # the embeddings' too
+    assert 0 < sum(ms for ms, _ in rows.values()) <= total
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give a .bibert file or --shape"),
+    (["--shape", "bert-base", "x.bibert"], "give a .bibert file or --shape"),
+    (["--shape", "bert-base", "--threads", "1,two"], "comma-separated integers"),
+    (["--shape", "bert-base", "--threads", "0"], "must be >= 1"),
+    (["no-such-file.bibert"], "no such file")])
+def test_bad_arguments_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _tool().main(argv)
+    assert message in capsys.readouterr().err
