@@ -12,7 +12,9 @@ the other in this process (the kernels' pool is resized between them).
 
 import argparse
 import collections
+import datetime
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,12 +96,24 @@ def main(argv=None):
         ap.error("--threads, --batch, --seq_len and --repeats must be >= 1, --warmup >= 0")
     if args.path and not os.path.isfile(args.path):
         ap.error(f"{args.path}: no such file; pass a .bibert file written by paddle_bibert.export")
+    print(header(argv) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.path or random_file(args.shape, os.path.join(tmp, "model.bibert"))
         for t in threads:
             rows, total, backend = profile(path, args.batch, args.seq_len, args.isa, t, args.warmup,
                                            args.repeats)
             print(table(rows, total, backend, t) + "\n")
+
+
+def header(argv):
+    """Date, machine, commit and the command line, as the other benchmarks print them."""
+    from deploy import cpu_name
+
+    commit = subprocess.run(["git", "-C", os.path.dirname(HERE), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    args = sys.argv[1:] if argv is None else argv
+    return (f"Date {datetime.date.today()}, machine {cpu_name()} ({os.cpu_count()} CPUs), commit "
+            f"{commit or 'unknown'}.\nCommand: `python benchmarks/runtime_profile.py {' '.join(args)}`")
 
 
 def random_file(shape, path):
