@@ -46,6 +46,9 @@ class CommonArgs:
     warmup_proportion: float = _f(0.1, "fraction of steps of linear warm-up")
     logging_steps: int = _f(50, "log the loss terms every N steps")
     save_steps: int = _f(500, "evaluate on dev, keep the best, and checkpoint every N steps")
+    evaluation_strategy: str = _f("steps", "when to evaluate on dev and keep the best: steps (every "
+                                  "--save_steps) or epoch (at each epoch's end); always at the last "
+                                  "step, and checkpoints stay every --save_steps")
     output_dir: Optional[str] = _f(None, "where checkpoints, best_model/ and summary.json go")
     device: str = _f("cpu", "cpu or gpu (gpu:0, ...)")
     seed: int = _f(42, "random seed (data order, dropout, initialisation)")
@@ -97,6 +100,9 @@ class DistillArgs(CommonArgs):
                          "to 1; weights binary throughout); evaluation and the kept model are always "
                          "fully binary. 0: binary from the first step")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
+    eval_packed: bool = _f(False, "with a 1-bit --bi student: score the dev evaluations with the packed "
+                           "runtime, as the exported .bibert file scores (several times faster than "
+                           "Paddle's float forward; equal up to float rounding)")
     recipe: str = _f("bibert", "binarization recipe with --bi: bibert, baseline, bibert_elastic, bit, "
                      "binarybert (paddle_bibert.surgery.RECIPES)")
     act_bits: int = _f(1, "activation bits of the recipe: 1, or 2 / 4 for bit and binarybert")

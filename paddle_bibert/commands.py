@@ -215,6 +215,8 @@ def _task_distill(args: DistillArgs, log):
         raise ValueError(f"--act_ramp must be in [0, 1] (0 = binary from the first step), got {args.act_ramp}")
     if args.act_ramp and not args.bi:
         raise ValueError("--act_ramp ramps a binarized student's activations: pass --bi too")
+    if args.eval_packed and not args.bi:
+        raise ValueError("--eval_packed scores a binarized student as its packed file: pass --bi too")
     if args.teacher_model_type != "bert":
         raise SystemExit(f"--teacher_model_type {args.teacher_model_type}: only 'bert' is supported")
     from .data.glue import get_task, write_task_file
@@ -247,6 +249,12 @@ def _task_distill(args: DistillArgs, log):
         from .quant.ramp import ActivationRamp
 
         ramp = ActivationRamp(student, args.act_ramp)
+    evaluator = None  # the Trainer's: Paddle's forward
+    if args.eval_packed:
+        from .training.packed_eval import check_packed_eval, evaluate_packed
+
+        check_packed_eval(student)
+        evaluator = evaluate_packed
     if args.freeze_word_embeddings:
         student.get_input_embeddings().weight.stop_gradient = True  # no gradient, update or average
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
@@ -269,7 +277,7 @@ def _task_distill(args: DistillArgs, log):
     if args.teacher_prefetch and world_size() == 1:  # (ranks pad their batches after the loader)
         train_loader = TeacherPrefetch(train_loader, distiller)
     result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log,
-                     ramp=ramp).train()
+                     ramp=ramp, evaluator=evaluator).train()
     t_val = teacher_metrics[metric]
     summary = {"command": "task_distill", "task": info.name, "bi": args.bi,
                "teacher_metric": t_val, "student_metric": result["best_metric"],
@@ -325,7 +333,8 @@ def multistep_distill(argv=None, log=None):
             log(f"[stage {n}] W1A{b}: teacher {teacher}, student from {student_init}")
             s = _task_distill(dataclasses.replace(
                 base, bi=True, act_bits=b, teacher_path=teacher, student_model_name_or_path=student_init,
-                output_dir=out, resume=os.path.isdir(out) and args.resume), log)
+                output_dir=out, resume=os.path.isdir(out) and args.resume,
+                eval_packed=args.eval_packed and b == 1), log)  # (only 1-bit stages pack)
         stages.append({"stage": n, "act_bits": b, "output_dir": out, "metric": s["metric"],
                        "teacher_metric": s["teacher_metric"], "student_metric": s["student_metric"],
                        "global_step": s["global_step"], "finished": s["finished"]})

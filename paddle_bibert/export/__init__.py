@@ -8,12 +8,12 @@ binarized model. Importing the package does not import Paddle; ``export_packed``
 ``paddle_bibert.export.cost``.
 """
 
-from .exporter import export_packed
+from .exporter import check_exportable, export_packed, pack_model
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedFile, PackedFormatError, read_packed, write_packed
 from .pack import nwords, pack_bits, pack_signs, unpack_bits, unpack_signs
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "PackedFile", "PackedFormatError",
-    "export_packed", "nwords", "pack_bits", "pack_signs", "read_packed", "unpack_bits",
-    "unpack_signs", "write_packed",
+    "FORMAT_NAME", "FORMAT_VERSION", "PackedFile", "PackedFormatError", "check_exportable",
+    "export_packed", "nwords", "pack_bits", "pack_model", "pack_signs", "read_packed",
+    "unpack_bits", "unpack_signs", "write_packed",
 ]

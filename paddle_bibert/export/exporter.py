@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, QKV_QUANTIZERS, SUPPORTED_ATTENTION,
-                     VOCAB_TENSOR, encode_vocab, required_version, write_packed)
+                     VOCAB_TENSOR, PackedFile, encode_vocab, required_version, write_packed)
 from .pack import nwords, pack_bits
 
-__all__ = ["export_packed"]
+__all__ = ["check_exportable", "export_packed", "pack_model"]
 
 _ROLES = {"act_quantizer": "input quantizer", "weight_quantizer": "weight quantizer",
           "q_quantizer": "Q quantizer", "k_quantizer": "K quantizer",
@@ -43,7 +43,7 @@ def _multibit_quantizers(model):
     return found
 
 
-def _check_exportable(model):
+def check_exportable(model):
     """The model's binarization config and its ``bert`` and ``classifier``, or a ValueError."""
     bcfg = getattr(model, "bibert_config", None)
     if bcfg is None:
@@ -320,9 +320,17 @@ def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=No
     ``predict`` then takes sentences and returns label names. Such a file keeps the first
     ``max_seq_length`` rows of the position table only (the longest input it takes).
     """
+    packed = pack_model(model, tokenizer, task, max_seq_length, labels)
+    version = required_version(packed.config)
+    size = write_packed(path, packed.tensors, packed.config, version)
+    return {"path": path, "bytes": size, "config": packed.config, "version": version}
+
+
+def pack_model(model, tokenizer=None, task=None, max_seq_length=None, labels=None) -> PackedFile:
+    """What :func:`export_packed` writes, in memory (the runtime's ``PackedBert`` takes it)."""
     import paddle
 
-    bcfg, bert, classifier = _check_exportable(model)
+    bcfg, bert, classifier = check_exportable(model)
     packer = _Packer()
     layers = list(bert.encoder.layers)
     with paddle.no_grad():
@@ -351,6 +359,4 @@ def export_packed(model, path: str, tokenizer=None, task=None, max_seq_length=No
                          "input; pass the tokenizer too")
     if t["embeddings.word.bits"].shape[1] != nwords(h):
         raise AssertionError("word embedding bits do not match the hidden size")
-    version = required_version(cfg)
-    size = write_packed(path, t, cfg, version)
-    return {"path": path, "bytes": size, "config": cfg, "version": version}
+    return PackedFile(config=cfg, tensors=t, metadata={})

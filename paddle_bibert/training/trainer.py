@@ -2,9 +2,10 @@
 
 AdamW (or the authors' BertAdam, ``optim.py``) with PaddleNLP's linear warm-up then decay, weight
 decay off for biases, LayerNorms and quantizer parameters; a progress bar with the live loss
-terms, a log line every ``logging_steps``, dev evaluation every ``save_steps`` (and at the end)
-keeping the best model in ``output_dir/best_model/``, and checkpoints (``checkpoint.py``) that
-resume to the same result. With ``ema_decay > 0`` the dev evaluations score, and
+terms, a log line every ``logging_steps``, dev evaluation every ``save_steps`` or at each epoch's
+end (``evaluation_strategy``; and at the last step) keeping the best model in
+``output_dir/best_model/``, and checkpoints (``checkpoint.py``) every ``save_steps`` that resume
+to the same result. With ``ema_decay > 0`` the dev evaluations score, and
 ``best_model/`` keeps, an exponential moving average of the weights (``ema.py``); the training
 steps are the same either way. Under data parallelism rank 0 alone writes.
 
@@ -28,7 +29,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import paddle
@@ -40,11 +41,12 @@ from .checkpoint import (atomic_dir, check_output_dir, latest_checkpoint, load_p
 from .ema import ParamEMA
 from .optim import BertAdam
 
-__all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate"]
+__all__ = ["TrainArgs", "Trainer", "set_seed", "evaluate", "score_batches"]
 
 logger = logging.getLogger("paddle_bibert")
 
 OPTIMIZERS = ("adamw", "bertadam")
+EVALUATION_STRATEGIES = ("steps", "epoch")
 BEST = "best_model"
 
 
@@ -65,6 +67,7 @@ class TrainArgs:
     warmup_proportion: float = 0.1
     logging_steps: int = 50
     save_steps: int = 500
+    evaluation_strategy: str = "steps"  # dev evaluation every save_steps, or at each epoch's end
     seed: int = 42
     max_steps: int = -1  # > 0: stop after this many steps (the schedule is sized to it)
     resume: bool = False
@@ -86,6 +89,9 @@ class TrainArgs:
             raise ValueError(f"--warmup_proportion must be in [0, 1), got {self.warmup_proportion}; e.g. 0.1")
         if self.logging_steps <= 0 or self.save_steps <= 0:
             raise ValueError("--logging_steps and --save_steps must be > 0")
+        if self.evaluation_strategy not in EVALUATION_STRATEGIES:
+            raise ValueError(f"--evaluation_strategy must be one of {', '.join(EVALUATION_STRATEGIES)}, "
+                             f"got {self.evaluation_strategy!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.ema_decay < 1:
@@ -98,15 +104,22 @@ def evaluate(model, loader, task) -> Dict[str, float]:
     and the predictions of all ranks are gathered, so every rank gets the full-dev-set metrics."""
     was_training = model.training
     model.eval()
+    try:
+        return score_batches(lambda b: model(b["input_ids"], token_type_ids=b["token_type_ids"]).numpy(),
+                             loader, task)
+    finally:
+        if was_training:
+            model.train()
+
+
+def score_batches(logits_of, loader, task) -> Dict[str, float]:
+    """Metrics of ``logits_of(batch) -> [B, labels] array`` over ``loader`` (see ``evaluate``)."""
     world, rank = dist.world_size(), dist.rank()
     parts = []
     for i, batch in enumerate(loader):
         if i % world != rank:
             continue
-        logits = model(batch["input_ids"], token_type_ids=batch["token_type_ids"])
-        parts.append((i, logits.numpy(), batch["labels"].numpy()))
-    if was_training:
-        model.train()
+        parts.append((i, logits_of(batch), batch["labels"].numpy()))
     if world > 1:
         parts = sorted((p for rank_parts in dist.gather_objects(parts) for p in rank_parts), key=lambda p: p[0])
     return compute_metrics(task, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
@@ -125,13 +138,15 @@ class Trainer:
     """Run ``loss_fn(batch) -> (loss, {term: value})`` over ``train_loader``.
 
     ``model`` holds the parameters being trained (the student when distilling) and is what
-    ``evaluate`` scores; ``save_model(model, dir)`` writes the best model.
+    ``evaluator(model, dev_loader, task) -> metrics`` scores (default ``evaluate``; e.g.
+    ``packed_eval.evaluate_packed``); ``save_model(model, dir)`` writes the best model.
     """
 
     def __init__(self, model, loss_fn, train_loader, dev_loader, args: TrainArgs,
-                 save_model: Callable, log=None, ramp=None):
+                 save_model: Callable, log=None, ramp=None, evaluator: Optional[Callable] = None):
         args.validate()
         self.model, self.loss_fn, self.args = model, loss_fn, args
+        self.evaluator = evaluator
         # an ActivationRamp (quant/ramp.py): set for each step; evaluation sees the binary model
         self.ramp = ramp
         self.train_loader, self.dev_loader = train_loader, dev_loader
@@ -229,7 +244,7 @@ class Trainer:
         return metrics
 
     def _evaluate_and_keep_best_now(self, training_seconds):
-        metrics = evaluate(self.model, self.dev_loader, self.args.task_name)
+        metrics = (self.evaluator or evaluate)(self.model, self.dev_loader, self.args.task_name)
         step = self.state["global_step"]
         value = metrics[self.metric]
         if not math.isfinite(value):  # e.g. a correlation of constant predictions
@@ -293,8 +308,10 @@ class Trainer:
                                     refresh=False)
                 self._log_terms(step, terms, loss_value)
                 last = step >= self.total_steps
-                if step % args.save_steps == 0 or last:
-                    self._evaluate_and_checkpoint(clock)
+                every = self.steps_per_epoch if args.evaluation_strategy == "epoch" else args.save_steps
+                evaluate_now, save_now = last or step % every == 0, last or step % args.save_steps == 0
+                if evaluate_now or save_now:
+                    self._evaluate_and_checkpoint(clock, evaluate_now, save_now)
                 if last or step == args.stop_at_step:
                     break
             if step == args.stop_at_step:
@@ -358,14 +375,16 @@ class Trainer:
                      f"lr {self.scheduler.get_lr():.2e}: {shown}")
             self._running = {}
 
-    def _evaluate_and_checkpoint(self, clock):
+    def _evaluate_and_checkpoint(self, clock, evaluate_now=True, save_now=True):
         start, earlier = clock
         elapsed = earlier + time.time() - start
-        self._evaluate_and_keep_best(elapsed - self.state["eval_seconds"] - self.state["checkpoint_seconds"])
+        if evaluate_now:
+            self._evaluate_and_keep_best(elapsed - self.state["eval_seconds"] - self.state["checkpoint_seconds"])
         t0 = time.time()
         self.state["train_seconds"] = earlier + t0 - start
-        self._write_checkpoint()
-        self.state["checkpoint_seconds"] += time.time() - t0
+        if save_now:
+            self._write_checkpoint()
+            self.state["checkpoint_seconds"] += time.time() - t0
 
     def _summary(self, step) -> dict:
         st = self.state
