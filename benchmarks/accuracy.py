@@ -35,11 +35,14 @@ prediction only}: bibert,baseline,bibert_pred,baseline_pred. A variant takes mod
 (``--group_by_length``), ``+gold`` (``--gold_weight 0.5``: the gold labels' cross-entropy beside the
 soft one, for a recipe whose loss has none), ``+drop0`` (``--student_dropout 0``), ``+frozen``
 (``--freeze_word_embeddings``), ``+ramp`` (``--act_ramp 0.5``: activations go from full precision
-to binary over the first half of the steps), ``+fppool`` (the pooler kept in full precision), and the
+to binary over the first half of the steps), ``+fppool`` (the pooler kept in full precision),
+``+meaninit`` (the binarized linears' input scales start at mean|x|), ``+gelu`` (the teacher's
+GELU kept in the FFN), ``+chanw`` (a weight scale per output channel instead of per matrix), and the
 ablations ``+fpact`` (every activation, Q/K/V and the attention map in full precision: binary
 weights only), ``+fpweights`` (full-precision weights and word embeddings: binary activations
 only) and ``+fpmap`` (the attention map alone in full precision), and ``+lr<rate>`` (the
-variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), e.g.
+variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), ``+aug<N>`` (``--augment
+N``: N perturbed copies of each training example, labelled by the teacher), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -113,6 +116,8 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "fppool": {"pooler": False},
              # every binarized linear's input scale starts at mean|x| (least squares), not BiT's 2 mean|x|
              "meaninit": {"act_quantizer": "elastic_sign_mean"},
+             # one weight scale per output channel (mean_0 |W|, BiBERT's) instead of BiT's one per matrix
+             "chanw": {"weight_quantizer": "channel_mean_sign"},
              # the teacher's GELU kept in the student's FFN instead of BiT's ReLU: with every
              # quantizer off, the ReLU alone leaves an untrained student little of a GELU teacher
              "gelu": {"ffn_activation": "gelu"},
@@ -133,6 +138,8 @@ def modifier(m):
     different rates share one invocation and one table. None if ``m`` is neither."""
     if m in MODIFIERS:
         return MODIFIERS[m]
+    if m.startswith("aug") and m[3:].isdigit():  # +aug4: four perturbed copies of each example
+        return ["--augment", m[3:]]
     if m.startswith("lr"):
         try:
             if float(m[2:]) > 0:

@@ -99,6 +99,9 @@ class DistillArgs(CommonArgs):
                          "activations go from full precision to binary (x + m (q(x) - x), m from 0 "
                          "to 1; weights binary throughout); evaluation and the kept model are always "
                          "fully binary. 0: binary from the first step")
+    augment: int = _f(0, "train on N perturbed copies of each training example besides it (words "
+                      "deleted, replaced or swapped; the teacher labels them, so with --gold_weight 0): "
+                      "more inputs for a small task at the same steps (paddle_bibert/data/augment.py)")
     bi: bool = _f(False, "binarize the student before training (--recipe, --act_bits)")
     eval_packed: bool = _f(False, "with a 1-bit --bi student: score the dev evaluations with the packed "
                            "runtime, as the exported .bibert file scores (several times faster than "

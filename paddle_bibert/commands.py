@@ -77,6 +77,10 @@ def _data(args, tokenizer):
 
     info = get_task(args.task_name)  # raises naming the known tasks
     train = load_glue(info.name, args.data_dir, "train")
+    if getattr(args, "augment", 0):  # (task_distill's) perturbed copies, labelled by the teacher
+        from .data.augment import perturbed_copies
+
+        train = train + perturbed_copies(train, info.text_fields, args.augment, args.seed)
     dev = load_glue(info.name, args.data_dir, info.dev_splits[0])
     enc = lambda ex: encode_examples(ex, tokenizer, info.name, args.max_seq_length)
     collate = Collator(tokenizer, info.name, args.max_seq_length if args.pad_to_max_length else None)
@@ -227,6 +231,11 @@ def _task_distill(args: DistillArgs, log):
     from .surgery import BinarizeConfig, binarize_model, save_binarized
 
     info = get_task(args.task_name)
+    if args.augment < 0:
+        raise ValueError(f"--augment must be >= 0 (copies of each training example), got {args.augment}")
+    if args.augment and args.pred_distill and args.gold_weight and not info.is_regression:
+        raise ValueError("--augment's copies have no gold label (the teacher's is their only one): "
+                         "pass --gold_weight 0")
     teacher, t_tok, t_path = _load_for_distill(args.teacher_path, info, "teacher_path")
     student, s_tok, s_path = _load_for_distill(args.student_model_name_or_path or args.teacher_path,
                                                info, "student_model_name_or_path", **_dropout(args))
