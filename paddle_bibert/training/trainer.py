@@ -13,7 +13,7 @@ Time: ``train_seconds`` is the loop's wall time (summed over resumes), of which
 ``eval_seconds`` went to dev evaluations and ``checkpoint_seconds`` to checkpoint writes;
 ``training_seconds`` is the rest, and each dev evaluation in the history records it as it stood.
 
-(About 370 lines: the loop, evaluation, best-model keeping and resume share one run's state, so
+(About 400 lines: the loop, evaluation, best-model keeping and resume share one run's state, so
 they stay one class; checkpoint files, the average and the optimizers live beside it.)
 """
 
