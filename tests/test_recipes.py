@@ -292,6 +292,19 @@ def test_multistep_chain_w1a2_then_w1a1(slice_and_teacher, tmp_path):
         multistep_distill(argv + ["--stages", "2,4"], log=log.append)
 
 
+def test_multistep_eval_packed_scores_only_the_1bit_stage_packed(slice_and_teacher, tmp_path):
+    from paddle_bibert.commands import multistep_distill
+
+    glue, teachers = slice_and_teacher
+    out = tmp_path / "chain"
+    s = multistep_distill(_distill_args(glue, teachers["mrpc"], out, "mrpc", "--recipe", "bit", "--stages", "2,1",
+                                        "--pred_distill", "--eval_packed"), log=lambda m: None)
+    assert s["finished"]
+    packed = [json.loads((out / d / "summary.json").read_text())["arguments"]["eval_packed"]
+              for d in ("stage1-w1a2", "stage2-w1a1")]
+    assert packed == [False, True]  # a W1A2 student has no packed form
+
+
 def test_zero_shift_keeps_the_sign_of_gelu_underflow():
     """sign(gelu(h) + b) with b = 0 must stay sign(h) where float32 GELU returns -0.0 (spec
     section 1); plain float addition would make it -0.0 + 0.0 = +0.0 -> +1."""
