@@ -3,11 +3,14 @@
     python benchmarks/runtime_profile.py student.bibert             # a trained file
     python benchmarks/runtime_profile.py --shape bert-base          # random weights, BiBERT's recipe
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --threads 1,2
+    python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --compare_tables
 
 Batch ``--batch`` of ``--seq_len`` random token ids; after ``--warmup`` forwards, ``--repeats``
 forwards are timed and each kernel's share is its summed wall time per forward. What no kernel
 accounts for (Python between the calls, numpy glue) is the last row. Thread counts run one after
-the other in this process (the kernels' pool is resized between them).
+the other in this process (the kernels' pool is resized between them). ``--compare_tables``
+profiles each thread count twice, the binary products by table lookup (AVX2's default) and by
+XOR and popcount, in alternating rounds, and prints the ratio of the two forwards.
 """
 
 import argparse
@@ -45,13 +48,14 @@ def timed_kernels(model):
     return seconds, calls
 
 
-def profile(path, batch, seq_len, isa, threads, warmup, repeats):
+def profile(path, batch, seq_len, isa, threads, warmup, repeats, tables=True):
     """{kernel: (ms per forward, calls per forward)} and the forward's ms, at one thread count."""
     import numpy as np
 
     from paddle_bibert.runtime import load_packed
 
     model = load_packed(path, isa=isa, num_threads=threads)
+    model.kernels.tables = tables
     seconds, calls = timed_kernels(model)
     ids = np.random.default_rng(0).integers(1, int(model.config["vocab_size"]), (batch, seq_len))
     for _ in range(warmup):
@@ -85,6 +89,9 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--compare_tables", action="store_true",
+                    help="also time the products without table lookup (AVX2), in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --compare_tables")
     args = ap.parse_args(argv)
     if bool(args.path) == bool(args.shape):
         ap.error("give a .bibert file or --shape, not both and not neither")
@@ -94,15 +101,48 @@ def main(argv=None):
         ap.error(f"--threads takes comma-separated integers, got {args.threads!r}")
     if min(threads) < 1 or min(args.batch, args.seq_len, args.repeats) < 1 or args.warmup < 0:
         ap.error("--threads, --batch, --seq_len and --repeats must be >= 1, --warmup >= 0")
+    if args.compare_tables:
+        from paddle_bibert.runtime import available_isas
+        from paddle_bibert.runtime.kernels import NIBBLE_ISAS
+
+        isa = args.isa or (available_isas() or ["numpy"])[0]
+        if isa not in NIBBLE_ISAS:
+            ap.error(f"--compare_tables: the {isa} kernels have no table lookup; pass --isa "
+                     f"{NIBBLE_ISAS[0]} (on a CPU that has it)")
+        if args.rounds < 1:
+            ap.error("--rounds must be >= 1")
     if args.path and not os.path.isfile(args.path):
         ap.error(f"{args.path}: no such file; pass a .bibert file written by paddle_bibert.export")
     print(header(argv) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.path or random_file(args.shape, os.path.join(tmp, "model.bibert"))
         for t in threads:
+            if args.compare_tables:
+                compare_tables(path, args, t)
+                continue
             rows, total, backend = profile(path, args.batch, args.seq_len, args.isa, t, args.warmup,
                                            args.repeats)
             print(table(rows, total, backend, t) + "\n")
+
+
+def compare_tables(path, args, threads):
+    """The forward with and without table lookup, ``--rounds`` times each, alternating: the
+    last round's per-kernel tables, then every round's forward times and the median ratio."""
+    import statistics
+
+    totals, last = {True: [], False: []}, {}
+    for _ in range(args.rounds):
+        for tables in (True, False):
+            last[tables] = profile(path, args.batch, args.seq_len, args.isa, threads, args.warmup,
+                                   args.repeats, tables)
+            totals[tables].append(last[tables][1])
+    for tables, name in ((True, "table lookup"), (False, "XOR and popcount")):
+        print(f"{name}, last round: " + table(*last[tables], threads) + "\n")
+    on, off = (statistics.median(totals[k]) for k in (True, False))
+    print(f"{threads} thread(s), ms a forward by round: table lookup "
+          f"{', '.join(f'{x:.2f}' for x in totals[True])}; XOR and popcount "
+          f"{', '.join(f'{x:.2f}' for x in totals[False])}. Medians {on:.2f} and {off:.2f}: "
+          f"table lookup {off / on:.2f}x as fast.\n")
 
 
 def header(argv):

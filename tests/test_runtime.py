@@ -572,3 +572,81 @@ def test_bit_hidden_states_and_sign_decisions_match_paddle(tmp_path):
             / np.float32(float(q.alpha)) > 0.5
         np.testing.assert_array_equal(mine, want)
         assert 0.02 < want.mean() < 0.98  # both values occur
+
+
+def test_nibble_panels_hold_each_channels_nibbles_in_order(rng):
+    """[p, k, c] = bits 4k..4k+3 of channel 32p + c, read off the unpacked bits; zero channels
+    past N."""
+    n, k = 37, 130
+    bits = rng.random((n, k)) > 0.5
+    nib = Kernels.prepare_nibbles(pack_bits(bits))
+    assert nib.shape == (2, 16 * 3, 32) and nib.dtype == np.uint8
+    padded = np.zeros((n, 3 * 64), bool)
+    padded[:, :k] = bits
+    want = (padded.reshape(n, -1, 4) * [1, 2, 4, 8]).sum(2)  # [n, 48]
+    got = nib.transpose(0, 2, 1).reshape(64, 48)
+    np.testing.assert_array_equal(got[:n], want)
+    assert not got[n:].any()
+
+
+# rows not a multiple of the 4-row tile, channels not a multiple of the 32-channel panels or of
+# their pairs, inputs that end mid-word, and more than 63 nibbles (the byte sums' limit)
+TABLE_SHAPES = [(1, 1, 1), (3, 33, 70), (5, 64, 64), (7, 100, 260), (9, 96, 768), (4, 160, 1100),
+                (13, 200, 3072)]
+
+
+@pytest.mark.parametrize("m, n, k", TABLE_SHAPES)
+def test_table_lookup_products_match_numpy(kern, rng, m, n, k):
+    """With the weights' nibble panels, every product gives what numpy gives: the counts of both
+    operations, the float and sign outputs, the unsigned ({0,1} input) form, the bits through a
+    quantizer and through sign_cut. On kernel sets without table lookup the panels are unused."""
+    a = pack_signs(rng.standard_normal((m, k)))
+    a01 = pack_bits(rng.random((m, k)) > 0.6)
+    w = pack_signs(rng.standard_normal((n, k)))
+    w_il, nib = kern.prepare(w), kern.prepare_nibbles(w)
+    alpha = (rng.random(n) + 0.1).astype(np.float32)
+    bias = (rng.standard_normal(n) * 0.3).astype(np.float32)
+    for op in (0, 1):
+        np.testing.assert_array_equal(kern.popcount_gemm(a, w_il, n, op, nibbles=nib),
+                                      NUMPY.popcount_gemm(a, w_il, n, op))
+    for x, unsigned in ((a, False), (a01, True)):
+        for signs in (False, True):
+            np.testing.assert_array_equal(
+                kern.bin_linear(x, w_il, n, k, alpha, bias, signs=signs, unsigned=unsigned, nibbles=nib),
+                NUMPY.bin_linear(x, w_il, n, k, alpha, bias, signs=signs, unsigned=unsigned))
+        quant = (np.full(n, 0.05, np.float32), 0.7, ref.Q_UNSIGNED, ref.ACT_RELU)
+        np.testing.assert_array_equal(
+            kern.bin_linear(x, w_il, n, k, alpha, bias, unsigned=unsigned, quant=quant, nibbles=nib),
+            NUMPY.bin_linear(x, w_il, n, k, alpha, bias, unsigned=unsigned, quant=quant))
+    cut = ref.sign_cut(k, alpha, bias)
+    np.testing.assert_array_equal(kern.bin_linear_cut(a, w_il, n, k, alpha, bias, cut, nibbles=nib),
+                                  NUMPY.bin_linear_cut(a, w_il, n, k, alpha, bias, cut))
+
+
+def test_nibbles_of_another_shape_rejected(rng):
+    a = pack_signs(rng.standard_normal((4, 130)))
+    w = pack_signs(rng.standard_normal((40, 130)))
+    wrong = Kernels.prepare_nibbles(pack_signs(rng.standard_normal((40, 64))))
+    for kern in (NUMPY, *([Kernels("c")] if compiled_available() else [])):
+        with pytest.raises(ValueError, match="nibble panels"):
+            kern.popcount_gemm(a, kern.prepare(w), 40, nibbles=wrong)
+
+
+@pytest.mark.parametrize("recipe", ["bibert", "bit"])
+def test_every_instruction_set_gives_the_same_logits(rng, tmp_path, recipe, kern):
+    """The whole forward on each kernel set (AVX2: the table-lookup products, whose nibble
+    panels the model makes on first use) equals the portable C kernels' bit for bit, and the
+    numpy backend's to float rounding."""
+    model = trained_1bit_model(recipe, seed=4)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    ids = padded_ids(rng, 9, 70)
+    isa = kern.name[2:]
+    np_logits = load_packed(path, backend="numpy")(ids)
+    want = load_packed(path, backend="c", isa="generic")(ids)  # sets the process's kernel set
+    runtime = load_packed(path, backend="c", isa=isa)
+    np.testing.assert_allclose(want, np_logits, atol=1e-5)
+    np.testing.assert_array_equal(runtime(ids), want)
+    looked_up = [lin._nibbles is not None for layer in runtime.layers for lin in layer.values()
+                 if hasattr(lin, "_nibbles")]
+    assert any(looked_up) == kern.uses_nibbles, looked_up

@@ -41,8 +41,26 @@ def test_every_kernel_call_of_a_forward_is_counted(tmp_path):
     (["--shape", "bert-base", "x.bibert"], "give a .bibert file or --shape"),
     (["--shape", "bert-base", "--threads", "1,two"], "comma-separated integers"),
     (["--shape", "bert-base", "--threads", "0"], "must be >= 1"),
-    (["no-such-file.bibert"], "no such file")])
+    (["no-such-file.bibert"], "no such file"),
+    (["--shape", "bert-base", "--compare_tables", "--isa", "generic"], "no table lookup")])
 def test_bad_arguments_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         _tool().main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_compare_tables_times_both_product_kernels(tmp_path, capsys):
+    from paddle_bibert.runtime import available_isas
+
+    if "avx2" not in available_isas():
+        pytest.skip("the CPU has no AVX2: no table lookup to compare")
+    model = make_model(seed=3)
+    binarize_model(model)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    _tool().main([path, "--isa", "avx2", "--threads", "1", "--compare_tables", "--rounds", "2",
+                  "--repeats", "2", "--warmup", "1", "--batch", "2", "--seq_len", "8"])
+    out = capsys.readouterr().out
+    assert "table lookup, last round: **c-avx2, 1 thread(s)**" in out
+    assert "XOR and popcount, last round: **c-avx2, 1 thread(s)**" in out
+    assert "1 thread(s), ms a forward by round: table lookup" in out and "x as fast" in out

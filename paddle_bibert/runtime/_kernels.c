@@ -18,12 +18,13 @@
  * again (Q/K/V, FFN-in) writes just the sign bits of its float result, and the attention
  * reads those bits: at batch 32 the float outputs would cost more memory traffic than the
  * popcounts cost time. The instruction set is chosen at run time
- * (__builtin_cpu_supports): AVX-512 VPOPCNTDQ, AVX2 (nibble-table popcount), scalar POPCNT,
- * or portable C. Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off)
+ * (__builtin_cpu_supports): AVX-512 VPOPCNTDQ, AVX2 (nibble-table popcount; a binary linear
+ * whose caller passes its weights' nibble panels looks its counts up in tables instead: see
+ * nib_body), scalar POPCNT, or portable C. Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off)
  * so that the epilogues give the same bits as the numpy reference. Threads: a small pthread
  * pool (see "thread pool" below), sized by BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else the
  * number of CPUs.
- * (One file of ~1,400 lines: each operation has a kernel per instruction set, and keeping them
+ * (One file of ~1,900 lines: each operation has a kernel per instruction set, and keeping them
  * beside the shared bit layout and dispatch lets one reading check that they agree.)
  */
 #define PY_SSIZE_T_CLEAN
@@ -165,6 +166,17 @@ static size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *k
     return j0;
 }
 
+/* popcount(a OP w) of two nibbles, the tables of the table-lookup products (see nib_body) */
+static uint8_t NIB_TABLES[2][16][16] __attribute__((aligned(16))); /* [op][a][w] */
+
+static void nib_tables_init(void) {
+    for (int a = 0; a < 16; a++)
+        for (int w = 0; w < 16; w++) {
+            NIB_TABLES[OP_XOR][a][w] = (uint8_t)__builtin_popcount((unsigned)(a ^ w));
+            NIB_TABLES[OP_AND][a][w] = (uint8_t)__builtin_popcount((unsigned)(a & w));
+        }
+}
+
 #ifdef BB_X86
 /* Same C as tile_generic; inlined here __builtin_popcountll becomes the POPCNT instruction. */
 __attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *a, size_t kw,
@@ -266,16 +278,14 @@ static T256 void tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int 
 /* Full 4 x 32 tile with the binary-linear epilogue, 4 channels at a time in double: the same
  * operations as popc_gemm's scalar epilogue ((K - 2 count) * alpha + bias, no FMA, rounded once
  * to float), so the same bits. */
-static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, float *o,
-                               size_t ldo, const float *alpha, const float *bias, long K,
-                               const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
-    int32_t loc[TM * TN * 8];
-    tile_avx2(a, kw, b, op, loc, TN * 8, TM, TN);
+static T256 void lin_epi_avx2(const int32_t *loc, size_t ldl, float *o, size_t ldo,
+                              const float *alpha, const float *bias, long K, const long *Krow,
+                              uint32_t *bits, size_t ldb, const outq_t *q) {
     if (bits && q && q->lo) {
         for (int r = 0; r < TM; r++) {
             uint32_t sg = 0;
             for (int c = 0; c < TN * 8; c += 8) {
-                const __m256i n = _mm256_loadu_si256((const __m256i *)(loc + r * TN * 8 + c));
+                const __m256i n = _mm256_loadu_si256((const __m256i *)(loc + r * ldl + c));
                 const __m256i out = _mm256_or_si256(
                     _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(q->lo + c)), n),
                     _mm256_cmpgt_epi32(n, _mm256_loadu_si256((const __m256i *)(q->hi + c))));
@@ -292,7 +302,7 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
             __m128 y[2];
             for (int h = 0; h < 2; h++) {
                 const int c4 = c + 4 * h;
-                const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * TN * 8 + c4));
+                const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * ldl + c4));
                 const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
                 y[h] = _mm256_cvtpd_ps(_mm256_add_pd(
                     _mm256_mul_pd(d, _mm256_cvtps_pd(_mm_loadu_ps(alpha + c4))),
@@ -310,6 +320,142 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
         }
         if (bits) bits[(size_t)r * ldb] = sg;
     }
+}
+
+static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, float *o,
+                               size_t ldo, const float *alpha, const float *bias, long K,
+                               const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
+    int32_t loc[TM * TN * 8];
+    tile_avx2(a, kw, b, op, loc, TN * 8, TM, TN);
+    lin_epi_avx2(loc, TN * 8, o, ldo, alpha, bias, K, Krow, bits, ldb, q);
+}
+
+/* Binary products by table lookup (the AVX2 path of bin_linear / bin_linear_cut). Four bits at
+ * a time, popcount(a OP w) for a fixed activation nibble a is one of 16 counts, T_a[w]: a
+ * 16-byte vpshufb table, so one vpshufb counts a nibble of 32 channels at once, and a vector add
+ * sums it: 2 vector instructions per 128 bit products, against 8 for XOR and a nibble-lookup
+ * popcount of the bits (mk256). The price is a second copy of the weights, one nibble per byte
+ * ("nibble panels", twice the packed bits): W4[p][k][c] = nibble k of channel 32 p + c
+ * (nibble k = bits 4k..4k+3 of the row). The activation rows become table offsets, 16 times
+ * each nibble (nib_rows). Counts add up in bytes for 63 nibbles (63 * 4 = 252), then in 16 bits
+ * (so K < 65536), and are exact: the same integers as the other kernels. */
+/* a4[m * 16 kw + k] = 16 * (nibble k of row m), for the M rows of a [M, kw]. */
+static T256 void nib_rows_avx2(const uint64_t *a, size_t M, size_t kw, uint8_t *a4) {
+    const __m128i high = _mm_set1_epi8((char)0xf0);
+    for (size_t i = 0; i < M * kw; i++) { /* a word's 8 bytes -> its 16 nibbles, low first */
+        const __m128i x = _mm_loadl_epi64((const __m128i *)(a + i));
+        const __m128i lo = _mm_and_si128(_mm_slli_epi16(x, 4), high), hi = _mm_and_si128(x, high);
+        _mm_storeu_si128((__m128i *)(a4 + 16 * i), _mm_unpacklo_epi8(lo, hi));
+    }
+}
+
+/* The tables of a tile's rows: tab[(k * TM + r) * 16 ..] = the table of row r's nibble k, for
+ * r < mr (a4: the rows' offsets, nk each). Built once per tile of rows and read by every panel:
+ * a table loaded from here is one vector load, where looking the offset up first costs a
+ * dependent scalar load in the inner loop. */
+static T256 void nib_tile_tables(const uint8_t *a4, size_t nk, int mr, const uint8_t *tables,
+                                 uint8_t *tab) {
+    for (size_t k = 0; k < nk; k++)
+        for (int r = 0; r < mr; r++)
+            _mm_store_si128((__m128i *)(tab + (k * TM + r) * 16),
+                            _mm_load_si128((const __m128i *)(tables + a4[(size_t)r * nk + k])));
+}
+
+/* Byte sums -> the 16-bit sums: lanes hold channels [0..8) [16..24) (lo) and [8..16) [24..32)
+ * (hi); and those, at the end, -> the 32 int32 counts in channel order. */
+static AI T256 void nib_widen(__m256i byt, __m256i s16[2]) {
+    const __m256i zero = _mm256_setzero_si256();
+    s16[0] = _mm256_add_epi16(s16[0], _mm256_unpacklo_epi8(byt, zero));
+    s16[1] = _mm256_add_epi16(s16[1], _mm256_unpackhi_epi8(byt, zero));
+}
+
+static AI T256 void nib_store(const __m256i s16[2], int32_t *o) {
+    const __m256i lo = s16[0], hi = s16[1];
+    _mm256_storeu_si256((__m256i *)o, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(lo)));
+    _mm256_storeu_si256((__m256i *)(o + 8), _mm256_cvtepu16_epi32(_mm256_castsi256_si128(hi)));
+    _mm256_storeu_si256((__m256i *)(o + 16), _mm256_cvtepu16_epi32(_mm256_extracti128_si256(lo, 1)));
+    _mm256_storeu_si256((__m256i *)(o + 24), _mm256_cvtepu16_epi32(_mm256_extracti128_si256(hi, 1)));
+}
+
+static AI T256 __m256i nib_table(const uint8_t *tab, size_t k, int r) {
+    return _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(tab + (k * TM + r) * 16)));
+}
+
+/* Counts of MR rows (tab: nib_tile_tables) x NV panels of 32 channels (w4, pstride bytes
+ * apart): c[r * ldc + 32 v + l]. Constant MR/NV calls are fully unrolled. */
+static AI T256 void nib_body(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+                             int32_t *c, size_t ldc, const int MR, const int NV) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i byt[TM][2], s16[TM][2][2];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) s16[r][v][0] = s16[r][v][1] = zero;
+    for (size_t k0 = 0; k0 < nk; k0 += 63) {
+        const size_t k1 = k0 + 63 < nk ? k0 + 63 : nk;
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < NV; v++) byt[r][v] = zero;
+        for (size_t k = k0; k < k1; k++)
+            for (int v = 0; v < NV; v++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(w4 + v * pstride + k * 32));
+                for (int r = 0; r < MR; r++)
+                    byt[r][v] = _mm256_add_epi8(byt[r][v], _mm256_shuffle_epi8(nib_table(tab, k, r), w));
+            }
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < NV; v++) nib_widen(byt[r][v], s16[r][v]);
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) nib_store(s16[r][v], c + (size_t)r * ldc + 32 * v);
+}
+
+/* The full tile, 4 rows x 2 panels, written out: 8 byte sums, a table and the two weight
+ * vectors fill the 16 registers; the empty asm keeps each sum in its register (GCC otherwise
+ * adds into a temporary and copies it back, 8 extra instructions in a loop of ~25). */
+static T256 void nib_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+                         int32_t *c, size_t ldc) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i s16[8][2];
+    for (int i = 0; i < 8; i++) s16[i][0] = s16[i][1] = zero;
+    for (size_t k0 = 0; k0 < nk; k0 += 63) {
+        const size_t k1 = k0 + 63 < nk ? k0 + 63 : nk;
+        __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero, b4 = zero, b5 = zero, b6 = zero, b7 = zero;
+        for (size_t k = k0; k < k1; k++) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w4 + k * 32));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w4 + pstride + k * 32));
+            __m256i t = nib_table(tab, k, 0);
+            b0 = _mm256_add_epi8(b0, _mm256_shuffle_epi8(t, w0));
+            b1 = _mm256_add_epi8(b1, _mm256_shuffle_epi8(t, w1));
+            t = nib_table(tab, k, 1);
+            b2 = _mm256_add_epi8(b2, _mm256_shuffle_epi8(t, w0));
+            b3 = _mm256_add_epi8(b3, _mm256_shuffle_epi8(t, w1));
+            t = nib_table(tab, k, 2);
+            b4 = _mm256_add_epi8(b4, _mm256_shuffle_epi8(t, w0));
+            b5 = _mm256_add_epi8(b5, _mm256_shuffle_epi8(t, w1));
+            t = nib_table(tab, k, 3);
+            b6 = _mm256_add_epi8(b6, _mm256_shuffle_epi8(t, w0));
+            b7 = _mm256_add_epi8(b7, _mm256_shuffle_epi8(t, w1));
+            __asm__("" : "+x"(b0), "+x"(b1), "+x"(b2), "+x"(b3), "+x"(b4), "+x"(b5), "+x"(b6), "+x"(b7));
+        }
+        const __m256i byt[8] = {b0, b1, b2, b3, b4, b5, b6, b7};
+        for (int i = 0; i < 8; i++) nib_widen(byt[i], s16[i]);
+    }
+    for (int i = 0; i < 8; i++) nib_store(s16[i], c + (size_t)(i / 2) * ldc + 32 * (i % 2));
+}
+
+/* mr (<= TM) rows x nv (<= 2) panels of counts from a tile's tables; see nib_body. */
+static T256 void nib_tile_avx2(const uint8_t *tab, size_t nk, const uint8_t *w4, int32_t *c,
+                               size_t ldc, int mr, int nv) {
+    const size_t ps = nk * 32;
+    if (mr == 4 && nv == 2) {
+        nib_4x2(tab, nk, w4, ps, c, ldc);
+        return;
+    }
+#define NIB_CASE(R, V)                                                                            \
+    if (mr == R && nv == V) {                                                                     \
+        nib_body(tab, nk, w4, ps, c, ldc, R, V);                                                  \
+        return;                                                                                   \
+    }
+    NIB_CASE(4, 1) NIB_CASE(3, 2) NIB_CASE(3, 1)
+    NIB_CASE(2, 2) NIB_CASE(2, 1) NIB_CASE(1, 2) NIB_CASE(1, 1)
+#undef NIB_CASE
 }
 
 /* Bi-Attention scores of one query against 8 keys at a time (see scores_fn). */
@@ -806,19 +952,30 @@ typedef struct {
                       float *o);
     size_t (*table_lanes)(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                           const double *e, double lane[8]);
+    /* the table-lookup products (NULL: this set has none) and their rows' offsets */
+    void (*nib_tile)(const uint8_t *tab, size_t nk, const uint8_t *w4, int32_t *c, size_t ldc,
+                     int mr, int nv);
+    void (*nib_rows)(const uint64_t *a, size_t M, size_t kw, uint8_t *a4);
+    void (*nib_tile_tables)(const uint8_t *a4, size_t nk, int mr, const uint8_t *tables,
+                            uint8_t *tab);
+    /* the fused binary-linear epilogue of a full TM x 32 tile of counts (see lin_tile_fn) */
+    void (*lin_epi)(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
+                    const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
+                    const outq_t *q);
 } isa_t;
 
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512},
+     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
-     pack_act_row_avx2, embed_row_avx2, table_lanes_generic},
+     pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
+     nib_tile_tables, lin_epi_avx2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -994,6 +1151,7 @@ typedef struct {
     int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
     const long *ones; /* unsig: popcount(a_m) of each row, counted once */
     const outq_t *q;  /* out_bits through this quantizer instead of the sign (NULL: the sign) */
+    const uint8_t *w4, *a4; /* the table-lookup path: nibble panels and row offsets, or NULL */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
 } gemm_job;
 
@@ -1003,6 +1161,77 @@ typedef struct {
  * write each output line in 128-byte pieces at a stride of 4N bytes, which at batch 32 costs
  * more than the popcounts.) */
 enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
+
+/* The outputs of one tile's counts loc[r * ldl + l] (rows m0 + r < m0 + mr, channels n0 + l in nb
+ * blocks of 8, those below N): raw counts, or the binary linear epilogue (see popc_gemm). */
+static void tile_out(const gemm_job *g, const int32_t *loc, size_t ldl, size_t m0, int mr,
+                     size_t n0, int nb) {
+    const size_t N = g->N, ldb = 2 * nwords(N); /* uint32 per output row */
+    const outq_t *q = g->out_bits ? g->q : NULL;
+    const size_t nn = N - n0 < (size_t)nb * 8 ? N - n0 : (size_t)nb * 8;
+    for (int r = 0; r < mr; r++) {
+        const int32_t *lr = loc + r * ldl;
+        if (g->out_f || g->out_bits) {
+            uint32_t sg = 0;
+            long K = g->K;
+            if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
+            for (size_t l = 0; l < nn; l++) {
+                double d = (double)(K - 2 * (long)lr[l]);
+                float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
+                if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
+                uint32_t bit;
+                if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
+                else if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
+                else memcpy(&bit, &y, 4), bit >>= 31;
+                sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
+            }
+            if (g->out_bits) g->out_bits[(m0 + r) * ldb + n0 / 32] = sg;
+        } else {
+            memcpy(g->cnt + (m0 + r) * N + n0, lr, nn * sizeof(int32_t));
+        }
+    }
+}
+
+/* The quantizer of the 32 channels from n0 (a fused epilogue's view of g->q), or NULL. */
+static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
+    const outq_t *q = g->out_bits ? g->q : NULL;
+    if (!q) return NULL;
+    *qt = (outq_t){q->shift ? q->shift + n0 : NULL, q->scale, q->kind, q->act,
+                   q->lo ? q->lo + n0 : NULL, q->hi ? q->hi + n0 : NULL};
+    return qt;
+}
+
+/* A chunk on the table-lookup path: per tile of TM rows, its tables, then pairs of panels of 32
+ * channels. */
+static void nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
+    const size_t M = g->M, N = g->N, nk = 16 * g->kw, ldb = 2 * nwords(N);
+    const int linear = g->out_f || g->out_bits;
+    uint8_t *tab = aligned_alloc(64, nk * TM * 16);
+    if (!tab) return;
+    for (long it = it0; it < it1; it++) {
+        const size_t m0 = (size_t)it * TM;
+        const int mr = (int)(M - m0 < TM ? M - m0 : TM);
+        g_isa->nib_tile_tables(g->a4 + m0 * nk, nk, mr, &NIB_TABLES[g->op][0][0], tab);
+        for (long jt = jt0; jt < jt1; jt += 2) {
+            int32_t loc[TM * 2 * 32];
+            const int nv = jt + 1 < jt1 ? 2 : 1;
+            g_isa->nib_tile(tab, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
+            for (int v = 0; v < nv; v++) {
+                const size_t n0 = (size_t)(jt + v) * 32;
+                const int nb = (int)(g->NB - (jt + v) * TN < TN ? g->NB - (jt + v) * TN : TN);
+                outq_t qt;
+                const outq_t *q = panel_q(g, n0, &qt);
+                if (linear && mr == TM && n0 + 32 <= N && !(q && q->act == ACT_GELU))
+                    g_isa->lin_epi(loc + 32 * v, 64, g->out_f ? g->out_f + m0 * N + n0 : NULL, N,
+                                   g->alpha + n0, g->bias + n0, g->K, g->unsig ? g->ones + m0 : NULL,
+                                   g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, q);
+                else
+                    tile_out(g, loc + 32 * v, 64, m0, mr, n0, nb);
+            }
+        }
+    }
+    free(tab);
+}
 
 static void gemm_chunk(void *vctx, long chunk, int tid) {
     const gemm_job *g = vctx;
@@ -1014,6 +1243,10 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
     const long jt1 = jt0 + GEMM_PANELS < g->nnt ? jt0 + GEMM_PANELS : g->nnt;
     const size_t M = g->M, kw = g->kw, N = g->N;
     (void)tid;
+    if (g->a4) {
+        nib_chunk(g, it0, it1, jt0, jt1);
+        return;
+    }
     for (long jt = jt0; jt < jt1; jt++) {
         const size_t n0 = (size_t)jt * TN * 8;
         const int nb = (int)(g->NB - jt * TN < TN ? g->NB - jt * TN : TN);
@@ -1026,38 +1259,15 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
             const outq_t *q = g->out_bits ? g->q : NULL;
             if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N &&
                 !(q && q->act == ACT_GELU)) {
-                const outq_t qt = {q && q->shift ? q->shift + n0 : NULL, q ? q->scale : 1.0f,
-                                   q ? q->kind : Q_SIGN, q ? q->act : ACT_NONE,
-                                   q && q->lo ? q->lo + n0 : NULL, q && q->hi ? q->hi + n0 : NULL};
+                outq_t qt;
                 lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
                     g->out_f ? g->out_f + m0 * N + n0 : NULL, N, g->alpha + n0, g->bias + n0, g->K,
                     g->unsig ? g->ones + m0 : NULL,
-                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, q ? &qt : NULL);
+                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, panel_q(g, n0, &qt));
                 continue;
             }
             tile(g->a + m0 * kw, kw, g->b + n0 * kw, g->op, loc, TN * 8, mr, nb);
-            size_t nn = N - n0 < (size_t)nb * 8 ? N - n0 : (size_t)nb * 8;
-            for (int r = 0; r < mr; r++) {
-                const int32_t *lr = loc + r * TN * 8;
-                if (linear) {
-                    uint32_t sg = 0;
-                    long K = g->K;
-                    if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
-                    for (size_t l = 0; l < nn; l++) {
-                        double d = (double)(K - 2 * (long)lr[l]);
-                        float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
-                        if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
-                        uint32_t bit;
-                        if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
-                        else if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
-                        else memcpy(&bit, &y, 4), bit >>= 31;
-                        sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
-                    }
-                    if (g->out_bits) g->out_bits[(m0 + r) * ldb + n0 / 32] = sg;
-                } else {
-                    memcpy(g->cnt + (m0 + r) * N + n0, lr, nn * sizeof(int32_t));
-                }
-            }
+            tile_out(g, loc, TN * 8, m0, mr, n0, nb);
         }
     }
 }
@@ -1077,15 +1287,24 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
  */
 static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
                       int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
-                      const float *bias, long K, int unsig, const outq_t *q) {
+                      const float *bias, long K, int unsig, const outq_t *q, const uint8_t *w4) {
     long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
     for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
     gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};
+    uint8_t *a4 = NULL;
+    /* the table-lookup path where the set has one, the caller gave the nibble panels and the
+     * 16-bit sums cannot overflow (64 kw < 65536) */
+    if (w4 && g_isa->nib_tile && kw < 1024 && (a4 = malloc(M * kw * 16 + 16))) {
+        g_isa->nib_rows(a, M, kw, a4);
+        g.a4 = a4;
+        g.w4 = w4;
+    }
     g.NB = (long)((N + 7) / 8);
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
     g.groups = (g.nmt + GEMM_TILES - 1) / GEMM_TILES;
     pool_run(gemm_chunk, &g, g.groups * ((g.nnt + GEMM_PANELS - 1) / GEMM_PANELS));
+    free(a4);
 }
 
 typedef struct {
@@ -1422,6 +1641,24 @@ static int need(Py_buffer *b, size_t bytes, const char *what) {
     return 1;
 }
 
+/* The optional nibble panels of an N-channel operand of kw words (see nib_body): a buffer of
+ * ceil(N / 32) * 32 * 16 kw bytes, or None (b->buf stays NULL). 0 with an exception set. */
+static int nibbles_arg(PyObject *obj, Py_buffer *b, size_t N, size_t kw) {
+    b->buf = NULL;
+    if (obj == Py_None) return 1;
+    if (PyObject_GetBuffer(obj, b, PyBUF_SIMPLE) < 0) return 0;
+    if (!need(b, (N + 31) / 32 * 32 * 16 * kw, "nibbles")) {
+        PyBuffer_Release(b);
+        b->buf = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+static void release_nibbles(Py_buffer *b) {
+    if (b->buf) PyBuffer_Release(b);
+}
+
 static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
     Py_buffer x, out;
     Py_ssize_t rows, n;
@@ -1439,18 +1676,21 @@ static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
 
 /* popcount_gemm(a, M, kw, b_il, N, op, out_i32) or bin_linear(a, M, kw, b_il, N, K, alpha, bias, out) */
 static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
-    Py_buffer a, b, out;
+    Py_buffer a, b, out, nib;
     Py_ssize_t M, kw, N;
     int op;
-    if (!PyArg_ParseTuple(args, "y*nny*niw*", &a, &M, &kw, &b, &N, &op, &out)) return NULL;
+    PyObject *nib_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nny*niw*|O", &a, &M, &kw, &b, &N, &op, &out, &nib_obj))
+        return NULL;
     PyObject *ret = NULL;
     size_t nb = ((size_t)N + 7) / 8;
     if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "b") &&
-        need(&out, (size_t)M * N * 4, "out")) {
+        need(&out, (size_t)M * N * 4, "out") && nibbles_arg(nib_obj, &nib, N, kw)) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, op ? OP_AND : OP_XOR, out.buf,
-                                         NULL, NULL, NULL, NULL, 0, 0, NULL);
+                                         NULL, NULL, NULL, NULL, 0, 0, NULL, nib.buf);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
+        release_nibbles(&nib);
     }
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
@@ -1459,13 +1699,13 @@ static PyObject *py_popcount_gemm(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
-    Py_buffer a, b, al, bi, out, sh = {0};
+    Py_buffer a, b, al, bi, out, sh = {0}, nib;
     Py_ssize_t M, kw, N, K;
     int signs, unsig = 0, kind = -1, act = ACT_NONE;
-    PyObject *sh_obj = Py_None;
+    PyObject *sh_obj = Py_None, *nib_obj = Py_None;
     float scale = 1.0f;
-    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p|pOfii", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
-                          &signs, &unsig, &sh_obj, &scale, &kind, &act))
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*w*p|pOfiiO", &a, &M, &kw, &b, &N, &K, &al, &bi, &out,
+                          &signs, &unsig, &sh_obj, &scale, &kind, &act, &nib_obj))
         return NULL;
     const int has_sh = sh_obj != Py_None;
     if (has_sh && PyObject_GetBuffer(sh_obj, &sh, PyBUF_SIMPLE) < 0) {
@@ -1483,12 +1723,14 @@ static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
     } else if (need(&a, (size_t)M * kw * 8, "a") && need(&b, nb * kw * 64, "w") &&
                need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
                (!has_sh || need(&sh, (size_t)N * 4, "shift")) &&
-               need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out")) {
+               need(&out, signs ? (size_t)M * nwords(N) * 8 : (size_t)M * N * 4, "out") &&
+               nibbles_arg(nib_obj, &nib, N, kw)) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, unsig ? OP_AND : OP_XOR, NULL,
                                          signs ? NULL : out.buf, signs ? out.buf : NULL, al.buf,
-                                         bi.buf, (long)K, unsig, kind == -1 ? NULL : &q);
+                                         bi.buf, (long)K, unsig, kind == -1 ? NULL : &q, nib.buf);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
+        release_nibbles(&nib);
     }
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
@@ -1500,21 +1742,23 @@ static PyObject *py_bin_linear(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_bin_linear_cut(PyObject *self, PyObject *args) {
-    Py_buffer a, b, al, bi, lo, hi, out;
+    Py_buffer a, b, al, bi, lo, hi, out, nib;
     Py_ssize_t M, kw, N, K;
-    if (!PyArg_ParseTuple(args, "y*nny*nny*y*y*y*w*", &a, &M, &kw, &b, &N, &K, &al, &bi, &lo, &hi,
-                          &out))
+    PyObject *nib_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nny*nny*y*y*y*w*|O", &a, &M, &kw, &b, &N, &K, &al, &bi, &lo, &hi,
+                          &out, &nib_obj))
         return NULL;
     PyObject *ret = NULL;
     const outq_t q = {NULL, 1.0f, Q_SIGN, ACT_NONE, lo.buf, hi.buf};
     if (need(&a, (size_t)M * kw * 8, "a") && need(&b, ((size_t)N + 7) / 8 * kw * 64, "w") &&
         need(&al, (size_t)N * 4, "alpha") && need(&bi, (size_t)N * 4, "bias") &&
         need(&lo, (size_t)N * 4, "lo") && need(&hi, (size_t)N * 4, "hi") &&
-        need(&out, (size_t)M * nwords(N) * 8, "out")) {
+        need(&out, (size_t)M * nwords(N) * 8, "out") && nibbles_arg(nib_obj, &nib, N, kw)) {
         Py_BEGIN_ALLOW_THREADS popc_gemm(a.buf, M, kw, b.buf, N, OP_XOR, NULL, NULL, out.buf, al.buf,
-                                         bi.buf, (long)K, 0, &q);
+                                         bi.buf, (long)K, 0, &q, nib.buf);
         Py_END_ALLOW_THREADS ret = Py_None;
         Py_INCREF(ret);
+        release_nibbles(&nib);
     }
     Py_buffer *bufs[] = {&a, &b, &al, &bi, &lo, &hi, &out};
     for (int i = 0; i < 7; i++) PyBuffer_Release(bufs[i]);
@@ -1689,13 +1933,14 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"pack_signs", py_pack_signs, METH_VARARGS, "pack_signs(x, rows, n, out)"},
-    {"popcount_gemm", py_popcount_gemm, METH_VARARGS, "popcount_gemm(a, M, kw, b_il, N, op, out)"},
+    {"popcount_gemm", py_popcount_gemm, METH_VARARGS, "popcount_gemm(a, M, kw, b_il, N, op, out, nibbles=None)"},
     {"bin_linear", py_bin_linear, METH_VARARGS,
      "bin_linear(a, M, kw, w_il, N, K, alpha, bias, out, signs, unsigned=False, shift=None, "
-     "scale=1, kind=-1, act=0): out = y, or its sign bits, or (kind >= 0) the bits of pack_act(y, "
-     "shift, scale, kind, act); unsigned: a holds {0,1} inputs"},
+     "scale=1, kind=-1, act=0, nibbles=None): out = y, or its sign bits, or (kind >= 0) the bits of "
+     "pack_act(y, shift, scale, kind, act); unsigned: a holds {0,1} inputs; nibbles: the weights' "
+     "nibble panels, for the kernel sets that look counts up in tables"},
     {"bin_linear_cut", py_bin_linear_cut, METH_VARARGS,
-     "bin_linear_cut(a, M, kw, w_il, N, K, alpha, bias, lo, hi, out): the bits 1[lo <= count <= hi] "
+     "bin_linear_cut(a, M, kw, w_il, N, K, alpha, bias, lo, hi, out, nibbles=None): the bits 1[lo <= count <= hi] "
      "per channel (int32 lo, hi), count = popcount(a XOR w): a sign layer's bits by sign_cut"},
     {"pack_act", py_pack_act, METH_VARARGS,
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
@@ -1721,6 +1966,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
             break;
         }
     P.want = default_threads();
+    nib_tables_init();
     pthread_atfork(NULL, NULL, pool_atfork_child);
     PyObject *m = PyModule_Create(&moddef);
     if (m) {

@@ -31,6 +31,10 @@ OP_XOR, OP_AND = ref.OP_XOR, ref.OP_AND
 MODE_BOOL, MODE_KEEP, MODE_SOFTMAX = ref.MODE_BOOL, ref.MODE_KEEP, ref.MODE_SOFTMAX
 Q_SIGN, Q_UNSIGNED = ref.Q_SIGN, ref.Q_UNSIGNED
 ACT_NONE, ACT_RELU, ACT_GELU = ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU
+#: kernel sets whose binary products look counts up in tables, from the weights' nibble panels
+#: (without AVX-512's vector popcount, a table lookup counts 4 bits of 32 channels in 2
+#: instructions)
+NIBBLE_ISAS = ("avx2",)
 
 
 def compiled_available() -> bool:
@@ -74,6 +78,8 @@ class Kernels:
             raise RuntimeError(f"the compiled kernels are not built ({_IMPORT_ERROR}); run "
                                "`pip install -e .` with a C compiler, or use backend='numpy'")
         self.compiled = backend != "numpy" and _C is not None
+        #: False keeps AVX2's products on XOR and popcount instead of table lookup (to compare)
+        self.tables = True
         if self.compiled:
             isa = isa or os.environ.get("BIBERT_ISA")
             if isa:
@@ -85,6 +91,12 @@ class Kernels:
     def name(self) -> str:
         """``c-<isa>`` (e.g. ``c-avx512``) or ``numpy``."""
         return f"c-{_C.get_isa()}" if self.compiled else "numpy"
+
+    @property
+    def uses_nibbles(self) -> bool:
+        """Whether the kernel set in use counts binary products by table lookup, from the
+        weights' nibble panels (:meth:`prepare_nibbles`, passed as ``nibbles=``)."""
+        return self.tables and self.compiled and _C.get_isa() in NIBBLE_ISAS
 
     @property
     def num_threads(self) -> int:
@@ -130,21 +142,30 @@ class Kernels:
         """Packed ``[N, kw]`` right-hand operand -> the kernels' interleaved ``[N/8, kw, 8]``."""
         return ref.interleave8(_u64(bits))
 
+    @staticmethod
+    def prepare_nibbles(bits: np.ndarray) -> np.ndarray:
+        """Packed ``[N, kw]`` right-hand operand -> its nibble panels (see
+        :func:`reference.nibble_panels`): twice the packed bits, for :attr:`uses_nibbles`."""
+        return ref.nibble_panels(_u64(bits))
+
     # -- products --------------------------------------------------------------------------
 
-    def popcount_gemm(self, a, b_il, n: int, op: int = OP_XOR) -> np.ndarray:
-        """``C[m, j] = sum_w popcount(a[m, w] OP b[j, w])`` as int32 ``[M, n]``."""
+    def popcount_gemm(self, a, b_il, n: int, op: int = OP_XOR, nibbles=None) -> np.ndarray:
+        """``C[m, j] = sum_w popcount(a[m, w] OP b[j, w])`` as int32 ``[M, n]``. ``nibbles``:
+        b's :meth:`prepare_nibbles`, used where the kernel set looks counts up (here and below)."""
         a = _rows(_u64(a), "popcount_gemm")
         b_il = _u64(b_il)
         self._check_rhs(a, b_il, n)
+        nibbles = self._check_nibbles(a, n, nibbles)
         if not self.compiled:
             return ref.popcount_gemm(a, b_il, n, op)
         out = np.empty((a.shape[0], n), np.int32)
-        _C.popcount_gemm(a, a.shape[0], a.shape[1], b_il, n, op, out)
+        _C.popcount_gemm(a, a.shape[0], a.shape[1], b_il, n, op, out, nibbles)
         return out
 
     def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False,
-                   unsigned: bool = False, quant: Optional[tuple] = None) -> np.ndarray:
+                   unsigned: bool = False, quant: Optional[tuple] = None,
+                   nibbles=None) -> np.ndarray:
         """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
         float32: its sign is the exact one), float32 ``[M, n]``; with
         ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
@@ -156,6 +177,7 @@ class Kernels:
         a = _rows(_u64(a), "bin_linear")
         w_il = _u64(w_il)
         self._check_rhs(a, w_il, n)
+        nibbles = self._check_nibbles(a, n, nibbles)
         if a.shape[1] != nwords(k):
             raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
         alpha, bias = _f32(alpha), _f32(bias)
@@ -172,18 +194,20 @@ class Kernels:
         else:
             out = np.empty((a.shape[0], n), np.float32)
         if quant is None:
-            _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs, unsigned)
+            _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, signs, unsigned,
+                          None, 1.0, -1, ACT_NONE, nibbles)
         else:
             _C.bin_linear(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, out, True, unsigned,
-                          shift, float(scale), int(kind), int(act))
+                          shift, float(scale), int(kind), int(act), nibbles)
         return out
 
-    def bin_linear_cut(self, a, w_il, n: int, k: int, alpha, bias, cut) -> np.ndarray:
+    def bin_linear_cut(self, a, w_il, n: int, k: int, alpha, bias, cut, nibbles=None) -> np.ndarray:
         """``bin_linear(..., signs=True)`` from ``cut = reference.sign_cut(k, alpha, bias)``: the
         same bits, the count compared with two integers per channel instead of y computed."""
         a = _rows(_u64(a), "bin_linear_cut")
         w_il = _u64(w_il)
         self._check_rhs(a, w_il, n)
+        nibbles = self._check_nibbles(a, n, nibbles)
         lo, hi = (np.ascontiguousarray(x, np.int32) for x in cut)
         if a.shape[1] != nwords(k) or lo.shape != (n,) or hi.shape != (n,):
             raise ValueError(f"bin_linear_cut: {a.shape[1]} words for k={k}, cut of shapes "
@@ -193,8 +217,19 @@ class Kernels:
             return ref.pack_bits((lo <= cnt) & (cnt <= hi))
         out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
         _C.bin_linear_cut(a, a.shape[0], a.shape[1], w_il, n, k, _f32(alpha), _f32(bias), lo, hi,
-                          out)
+                          out, nibbles)
         return out
+
+    @staticmethod
+    def _check_nibbles(a, n, nibbles):
+        if nibbles is None:
+            return None
+        shape = ((n + 31) // 32, 16 * a.shape[1], 32)
+        if nibbles.dtype != np.uint8 or nibbles.shape != shape or not nibbles.flags.c_contiguous:
+            raise ValueError(f"nibbles of shape {nibbles.shape} ({nibbles.dtype}) are not the nibble "
+                             f"panels {shape} of {n} rows of {a.shape[1]} words "
+                             "(use Kernels.prepare_nibbles)")
+        return nibbles
 
     @staticmethod
     def _check_rhs(a, b_il, n):

@@ -116,6 +116,15 @@ class _Linear:
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
         self._cut = None  # reference.sign_cut of alpha, bias
+        self._nibbles = None  # Kernels.prepare_nibbles of the bits, made on first use
+
+    def nibbles(self, kern: Kernels):
+        """The weights' nibble panels where kern's kernel set looks counts up, else None."""
+        if not kern.uses_nibbles:
+            return None
+        if self._nibbles is None:
+            self._nibbles = Kernels.prepare_nibbles(self.w_bits)
+        return self._nibbles
 
     def __call__(self, kern: Kernels, xb, signs=False, then: "_Quantizer" = None,
                  act: int = ACT_NONE, shift=None):
@@ -126,12 +135,12 @@ class _Linear:
             if self._cut is None:  # worked out on first use: only sign-fed products need it
                 self._cut = ref.sign_cut(self.k, self.alpha, self.bias)
             return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
-                                       self._cut)
+                                       self._cut, nibbles=self.nibbles(kern))
         quant = None
         if then is not None:
             quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
-                               unsigned=unsigned, quant=quant)
+                               unsigned=unsigned, quant=quant, nibbles=self.nibbles(kern))
 
 
 class PackedBert(TextModel):

@@ -38,6 +38,18 @@ def interleave8(words: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pad.reshape(nb, 8, kw).transpose(0, 2, 1))
 
 
+def nibble_panels(words: np.ndarray) -> np.ndarray:
+    """``[N, kw]`` packed rows -> ``[ceil(N/32), 16 kw, 32]`` uint8: ``[p, k, c]`` is nibble k
+    (bits 4k..4k+3) of channel 32p + c, one per byte: the operand of the kernels that count
+    four bits at a time by table lookup. Channels past N are zero."""
+    n, kw = words.shape
+    npn = (n + 31) // 32
+    b = np.zeros((npn * 32, kw * 8), np.uint8)
+    b[:n] = np.ascontiguousarray(words, np.uint64).view(np.uint8).reshape(n, kw * 8)
+    nib = np.stack([b & 15, b >> 4], axis=2).reshape(npn, 32, kw * 16)  # low nibble first
+    return np.ascontiguousarray(nib.transpose(0, 2, 1))
+
+
 def deinterleave8(il: np.ndarray, n: int) -> np.ndarray:
     """Inverse of :func:`interleave8`."""
     return np.ascontiguousarray(il.transpose(0, 2, 1)).reshape(-1, il.shape[1])[:n]
