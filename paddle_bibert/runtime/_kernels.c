@@ -1161,6 +1161,10 @@ typedef struct {
  * write each output line in 128-byte pieces at a stride of 4N bytes, which at batch 32 costs
  * more than the popcounts.) */
 enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
+/* On the table-lookup path a chunk's rows build their tables once for all its panels: wider
+ * chunks spread that cost (about 3 instructions per table against ~3 per table and panel pair
+ * in the products) over more panels. */
+enum { NIB_PANELS = 24 };
 
 /* The outputs of one tile's counts loc[r * ldl + l] (rows m0 + r < m0 + mr, channels n0 + l in nb
  * blocks of 8, those below N): raw counts, or the binary linear epilogue (see popc_gemm). */
@@ -1237,10 +1241,11 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
     const gemm_job *g = vctx;
     const tile_fn tile = g_isa->tile;
     const lin_tile_fn lin = g_isa->lin_tile;
-    const long npg = (g->nnt + GEMM_PANELS - 1) / GEMM_PANELS;
-    const long it0 = (chunk / npg) * GEMM_TILES, jt0 = (chunk % npg) * GEMM_PANELS;
+    const long panels = g->a4 ? NIB_PANELS : GEMM_PANELS;
+    const long npg = (g->nnt + panels - 1) / panels;
+    const long it0 = (chunk / npg) * GEMM_TILES, jt0 = (chunk % npg) * panels;
     const long it1 = it0 + GEMM_TILES < g->nmt ? it0 + GEMM_TILES : g->nmt;
-    const long jt1 = jt0 + GEMM_PANELS < g->nnt ? jt0 + GEMM_PANELS : g->nnt;
+    const long jt1 = jt0 + panels < g->nnt ? jt0 + panels : g->nnt;
     const size_t M = g->M, kw = g->kw, N = g->N;
     (void)tid;
     if (g->a4) {
@@ -1303,7 +1308,8 @@ static void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b,
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
     g.groups = (g.nmt + GEMM_TILES - 1) / GEMM_TILES;
-    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + GEMM_PANELS - 1) / GEMM_PANELS));
+    const long panels = g.a4 ? NIB_PANELS : GEMM_PANELS;
+    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + panels - 1) / panels));
     free(a4);
 }
 
