@@ -333,12 +333,13 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
 /* Binary products by table lookup (the AVX2 path of bin_linear / bin_linear_cut). Four bits at
  * a time, popcount(a OP w) for a fixed activation nibble a is one of 16 counts, T_a[w]: a
  * 16-byte vpshufb table, so one vpshufb counts a nibble of 32 channels at once, and a vector add
- * sums it: 2 vector instructions per 128 bit products, against 8 for XOR and a nibble-lookup
- * popcount of the bits (mk256). The price is a second copy of the weights, one nibble per byte
+ * sums it: 2 vector instructions per 128 bit products, where XOR and a nibble-lookup popcount
+ * of the bits (mk256) take 8 per 256. The price is a second copy of the weights, one nibble per byte
  * ("nibble panels", twice the packed bits): W4[p][k][c] = nibble k of channel 32 p + c
  * (nibble k = bits 4k..4k+3 of the row). The activation rows become table offsets, 16 times
  * each nibble (nib_rows). Counts add up in bytes for 63 nibbles (63 * 4 = 252), then in 16 bits
  * (so K < 65536), and are exact: the same integers as the other kernels. */
+
 /* a4[m * 16 kw + k] = 16 * (nibble k of row m), for the M rows of a [M, kw]. */
 static T256 void nib_rows_avx2(const uint64_t *a, size_t M, size_t kw, uint8_t *a4) {
     const __m128i high = _mm_set1_epi8((char)0xf0);
