@@ -55,6 +55,9 @@ def profile(path, batch, seq_len, isa, threads, warmup, repeats, tables=True):
     from paddle_bibert.runtime import load_packed
 
     model = load_packed(path, isa=isa, num_threads=threads)
+    if seq_len > model.pos.shape[0]:
+        sys.exit(f"error: --seq_len {seq_len} exceeds the file's {model.pos.shape[0]} positions; "
+                 f"pass --seq_len {model.pos.shape[0]} or less")
     model.kernels.tables = tables
     seconds, calls = timed_kernels(model)
     ids = np.random.default_rng(0).integers(1, int(model.config["vocab_size"]), (batch, seq_len))

@@ -64,3 +64,12 @@ def test_compare_tables_times_both_product_kernels(tmp_path, capsys):
     assert "table lookup, last round: **c-avx2, 1 thread(s)**" in out
     assert "XOR and popcount, last round: **c-avx2, 1 thread(s)**" in out
     assert "1 thread(s), ms a forward by round: table lookup" in out and "x as fast" in out
+
+
+def test_a_length_beyond_the_files_positions_is_a_one_line_error(tmp_path, capsys):
+    model = make_model(seed=3)  # 64 positions
+    binarize_model(model)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    with pytest.raises(SystemExit, match="exceeds the file's 64 positions; pass --seq_len 64 or less"):
+        _tool().main([path, "--threads", "1", "--seq_len", "65"])
