@@ -650,3 +650,16 @@ def test_every_instruction_set_gives_the_same_logits(rng, tmp_path, recipe, kern
     looked_up = [lin._nibbles is not None for layer in runtime.layers for lin in layer.values()
                  if hasattr(lin, "_nibbles")]
     assert any(looked_up) == kern.uses_nibbles, looked_up
+
+
+def test_table_lookup_counts_past_16_bits_stay_exact(kern):
+    """The table path sums counts in 16 bits; an input of 65,600 bits whose every bit differs from
+    the weights' (count 65,600 > 65,535) must still come out exact (it takes XOR and popcount)."""
+    k, n = 65600, 8
+    a = pack_signs(-np.ones((2, k), np.float32))
+    w = pack_signs(np.ones((n, k), np.float32))
+    w[3, :10] = ~np.uint64(0)  # channel 3 agrees on 640 bits
+    counts = kern.popcount_gemm(a, kern.prepare(w), n, nibbles=kern.prepare_nibbles(w))
+    want = np.full((2, n), k, np.int32)
+    want[:, 3] = k - 640
+    np.testing.assert_array_equal(counts, want)

@@ -1207,12 +1207,13 @@ static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
 }
 
 /* A chunk on the table-lookup path: per tile of TM rows, its tables, then pairs of panels of 32
- * channels. */
-static void nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
+ * channels. 0 (nothing done) if the tables' memory is not there: the caller counts the chunk by
+ * XOR and popcount instead. */
+static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
     const size_t M = g->M, N = g->N, nk = 16 * g->kw, ldb = 2 * nwords(N);
     const int linear = g->out_f || g->out_bits;
     uint8_t *tab = aligned_alloc(64, nk * TM * 16);
-    if (!tab) return;
+    if (!tab) return 0;
     for (long it = it0; it < it1; it++) {
         const size_t m0 = (size_t)it * TM;
         const int mr = (int)(M - m0 < TM ? M - m0 : TM);
@@ -1236,6 +1237,7 @@ static void nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1)
         }
     }
     free(tab);
+    return 1;
 }
 
 static void gemm_chunk(void *vctx, long chunk, int tid) {
@@ -1249,10 +1251,7 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
     const long jt1 = jt0 + panels < g->nnt ? jt0 + panels : g->nnt;
     const size_t M = g->M, kw = g->kw, N = g->N;
     (void)tid;
-    if (g->a4) {
-        nib_chunk(g, it0, it1, jt0, jt1);
-        return;
-    }
+    if (g->a4 && nib_chunk(g, it0, it1, jt0, jt1)) return;
     for (long jt = jt0; jt < jt1; jt++) {
         const size_t n0 = (size_t)jt * TN * 8;
         const int nb = (int)(g->NB - jt * TN < TN ? g->NB - jt * TN : TN);
