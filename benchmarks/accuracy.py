@@ -42,7 +42,9 @@ ablations ``+fpact`` (every activation, Q/K/V and the attention map in full prec
 weights only), ``+fpweights`` (full-precision weights and word embeddings: binary activations
 only) and ``+fpmap`` (the attention map alone in full precision), and ``+lr<rate>`` (the
 variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), ``+aug<N>`` (``--augment
-N``: N perturbed copies of each training example, labelled by the teacher), e.g.
+N``: N perturbed copies of each training example, labelled by the teacher), ``+tf<F>``
+(``--teacher_forcing F``: the student's layers fed the teacher's hidden states, fading out over
+the first fraction F of the steps), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -140,6 +142,12 @@ def modifier(m):
         return MODIFIERS[m]
     if m.startswith("aug") and m[3:].isdigit():  # +aug4: four perturbed copies of each example
         return ["--augment", m[3:]]
+    if m.startswith("tf"):  # +tf0.5: teacher forcing over the first half of the steps
+        try:
+            if 0 < float(m[2:]) <= 1:
+                return ["--teacher_forcing", m[2:]]
+        except ValueError:
+            pass
     if m.startswith("lr"):
         try:
             if float(m[2:]) > 0:
@@ -483,7 +491,7 @@ def main(argv=None):
         for m in mods:
             if modifier(m) is None:
                 ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}"
-                         ", +lr<rate> (e.g. +lr1e-4)")
+                         ", +lr<rate> (e.g. +lr1e-4), +aug<N>, +tf<fraction in (0, 1]> (e.g. +tf0.5)")
             if isinstance(modifier(m), dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
             if m in ONE_BIT_MODIFIERS and VARIANTS[base][0].get("act_bits", 1) != 1:

@@ -99,6 +99,11 @@ class DistillArgs(CommonArgs):
                          "activations go from full precision to binary (x + m (q(x) - x), m from 0 "
                          "to 1; weights binary throughout); evaluation and the kept model are always "
                          "fully binary. 0: binary from the first step")
+    teacher_forcing: float = _f(0.0, "over this fraction of the training steps each student layer's input "
+                                "moves from the teacher's hidden state (the one the layer below is "
+                                "distilled against) to the student's own: w t + (1 - w) x, w from 1 to "
+                                "0, so all layers learn at once before they depend on each other; "
+                                "evaluation and the kept model are the plain student. 0: off")
     augment: int = _f(0, "train on N perturbed copies of each training example besides it (words "
                       "deleted, replaced or swapped; the teacher labels them, so with --gold_weight 0): "
                       "more inputs for a small task at the same steps (paddle_bibert/data/augment.py)")

@@ -219,6 +219,11 @@ def _task_distill(args: DistillArgs, log):
         raise ValueError(f"--act_ramp must be in [0, 1] (0 = binary from the first step), got {args.act_ramp}")
     if args.act_ramp and not args.bi:
         raise ValueError("--act_ramp ramps a binarized student's activations: pass --bi too")
+    forcing = None
+    if args.teacher_forcing:  # (checked before the models load)
+        from .distill.forcing import TeacherForcing
+
+        forcing = TeacherForcing(args.teacher_forcing)
     if args.eval_packed and not args.bi:
         raise ValueError("--eval_packed scores a binarized student as its packed file: pass --bi too")
     if args.teacher_model_type != "bert":
@@ -269,7 +274,7 @@ def _task_distill(args: DistillArgs, log):
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
                           temperature=args.temperature, gold_weight=args.gold_weight,
                           hidden_loss=args.hidden_loss)
-    distiller = Distiller(student, teacher, dconf, info.is_regression)
+    distiller = Distiller(student, teacher, dconf, info.is_regression, forcing=forcing)
     distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher
     _after_model_init(args)
     teacher_metrics = evaluate(teacher, dev_loader, info.name)
@@ -286,7 +291,7 @@ def _task_distill(args: DistillArgs, log):
     if args.teacher_prefetch and world_size() == 1:  # (ranks pad their batches after the loader)
         train_loader = TeacherPrefetch(train_loader, distiller)
     result = Trainer(student, distiller.loss, train_loader, dev_loader, _train_args(args), save, log,
-                     ramp=ramp, evaluator=evaluator).train()
+                     ramp=ramp, evaluator=evaluator, forcing=forcing).train()
     t_val = teacher_metrics[metric]
     summary = {"command": "task_distill", "task": info.name, "bi": args.bi,
                "teacher_metric": t_val, "student_metric": result["best_metric"],

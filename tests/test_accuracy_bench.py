@@ -156,6 +156,15 @@ def test_lr_modifier_gives_a_variant_its_own_learning_rate(glue_slice, tiny_mode
         assert f"unknown modifier +{bad}" in capsys.readouterr().err
 
 
+def test_teacher_forcing_modifier(capsys):
+    bench = _bench()
+    assert bench.variant("bit_mse_ema+tf0.5")[1][-2:] == ["--teacher_forcing", "0.5"]
+    for bad in ("tf0", "tf1.5", "tfx"):
+        with pytest.raises(SystemExit):
+            bench.main(["--variants", f"bit_mse_ema+{bad}"])
+        assert f"unknown modifier +{bad}" in capsys.readouterr().err
+
+
 def test_per_task_budgets_parse_and_fail_early(capsys):
     bench = _bench()
     steps = bench.PerTask(int, "400,SST-2=1000, rte=240")

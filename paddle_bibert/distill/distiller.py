@@ -3,7 +3,9 @@
 Layer mapping when the student is shallower (k = teacher layers / student layers):
 attention (Q/K/V) of student layer i <- teacher layer i*k + k - 1; hidden state j (0 = the
 embedding output) <- teacher hidden state j*k. The total loss is the unweighted sum of the
-enabled terms; every enabled term appears in the returned dict (and so in the logs).
+enabled terms; every enabled term appears in the returned dict (and so in the logs). With a
+``TeacherForcing`` (forcing.py) the student's layers take the teacher's mapped hidden states as
+inputs while its weight is above 0.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class DistillConfig:
 class Distiller:
     """``loss(batch) -> (total, {term: value})`` for a student taught by a frozen teacher."""
 
-    def __init__(self, student, teacher, config: DistillConfig, is_regression: bool = False):
+    def __init__(self, student, teacher, config: DistillConfig, is_regression: bool = False,
+                 forcing=None):
         if not any(getattr(config, f) for f in DistillConfig.FLAGS):
             raise ValueError("no distillation loss is enabled: pass at least one of "
                              + ", ".join("--" + f for f in DistillConfig.FLAGS))
@@ -54,15 +57,19 @@ class Distiller:
         self.student_call = student
         self.global_batch = world_size() > 1  # DMD norms over all ranks' batches
         self.is_regression = is_regression
+        self.forcing = forcing  # a TeacherForcing, or None
         teacher.eval()
         for p in teacher.parameters():
             p.stop_gradient = True
         streams = config.streams()
+        # forcing feeds the student the teacher's hidden states, so the teacher records them
+        t_streams = streams + (("hidden",) if forcing is not None and "hidden" not in streams else ())
         self.student_taps = Taps(student, streams) if streams else None
-        self.teacher_taps = Taps(teacher, streams) if streams else None
+        self.teacher_taps = Taps(teacher, t_streams) if t_streams else None
+        self.student_layers = Taps(student, ()).layers if t_streams else None  # in order
         self.k = 1
-        if streams:
-            ls, lt = self.student_taps.num_layers, self.teacher_taps.num_layers
+        if t_streams:
+            ls, lt = len(self.student_layers), self.teacher_taps.num_layers
             if lt % ls:
                 raise ValueError(f"teacher has {lt} layers, student {ls}: the teacher's depth must be a "
                                  "multiple of the student's")
@@ -79,13 +86,16 @@ class Distiller:
         with paddle.no_grad():
             return self._forward(self.teacher, self.teacher_taps, batch)
 
-    def student_forward(self, batch):
-        return self._forward(self.student_call, self.student_taps, batch)
+    def student_forward(self, batch, t_rec=None):
+        if self.forcing is None:
+            return self._forward(self.student_call, self.student_taps, batch)
+        with self.forcing.applied(self.student_layers, t_rec["hidden"], self.k):
+            return self._forward(self.student_call, self.student_taps, batch)
 
     def loss(self, batch) -> Tuple[paddle.Tensor, Dict[str, paddle.Tensor]]:
         t_out = batch.get(TEACHER_OUTPUTS)  # computed ahead (TeacherPrefetch), else now
         t_logits, t_rec = t_out if t_out is not None else self.teacher_forward(batch)
-        s_logits, s_rec = self.student_forward(batch)
+        s_logits, s_rec = self.student_forward(batch, t_rec)
         return self.terms(s_logits, s_rec, t_logits, t_rec, batch.get("labels"))
 
     def terms(self, s_logits, s_rec, t_logits, t_rec, labels=None):

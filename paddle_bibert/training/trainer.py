@@ -143,12 +143,15 @@ class Trainer:
     """
 
     def __init__(self, model, loss_fn, train_loader, dev_loader, args: TrainArgs,
-                 save_model: Callable, log=None, ramp=None, evaluator: Optional[Callable] = None):
+                 save_model: Callable, log=None, ramp=None, evaluator: Optional[Callable] = None,
+                 forcing=None):
         args.validate()
         self.model, self.loss_fn, self.args = model, loss_fn, args
         self.evaluator = evaluator
         # an ActivationRamp (quant/ramp.py): set for each step; evaluation sees the binary model
         self.ramp = ramp
+        # a TeacherForcing (distill/forcing.py) the loss applies: its weight set for each step
+        self.forcing = forcing
         self.train_loader, self.dev_loader = train_loader, dev_loader
         self.save_model = save_model
         self.log = log if log is not None else (lambda msg: print(msg, flush=True))
@@ -343,8 +346,9 @@ class Trainer:
         """One optimizer step on ``batch``; returns the loss, its terms and the loss as logged."""
         if self.world > 1 and self.pad_to is not None:
             batch = self.pad_to(batch, int(dist.all_reduce_max(batch["input_ids"].shape[1])))
-        if self.ramp is not None:
-            self.ramp.at(step, self.total_steps)
+        for schedule in (self.ramp, self.forcing):
+            if schedule is not None:
+                schedule.at(step, self.total_steps)
         loss, terms = self.loss_fn(batch)
         loss_value = float(loss)
         if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
