@@ -44,7 +44,8 @@ only) and ``+fpmap`` (the attention map alone in full precision), and ``+lr<rate
 variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), ``+aug<N>`` (``--augment
 N``: N perturbed copies of each training example, labelled by the teacher), ``+tf<F>``
 (``--teacher_forcing F``: the student's layers fed the teacher's hidden states, fading out over
-the first fraction F of the steps), e.g.
+the first fraction F of the steps), ``+budget<F>`` (F times the task's student budget, epochs or
+steps: ``+budget0.5`` gives a recipe whose step costs twice as much the same minutes), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -154,7 +155,22 @@ def modifier(m):
                 return ["--learning_rate", m[2:]]
         except ValueError:
             pass
+    if m.startswith("budget"):  # a float: neither flags nor config, read by budget_scale()
+        try:
+            if float(m[6:]) > 0:
+                return float(m[6:])
+        except ValueError:
+            pass
     return None
+
+
+def budget_scale(name) -> float:
+    """The factor a variant's ``+budget<F>`` modifiers put on its task's student budget (1 if none)."""
+    scale = 1.0
+    for m in name.split("+")[1:]:
+        if isinstance(modifier(m), float):
+            scale *= modifier(m)
+    return scale
 
 
 def variant(name):
@@ -262,21 +278,22 @@ def run_task(task, args, log):
         init = ["--student_model_name_or_path", teacher_dir] if dep else []
         rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir,
                                                   "--learning_rate", str(args.student_lr[task])]
-                          + _student_length(args, task, second_step=bool(dep))
+                          + _student_length(args, task, second_step=bool(dep), scale=budget_scale(name))
                           + init + flags,
                           out, log)
     return rows
 
 
-def _student_length(args, task, second_step=False):
+def _student_length(args, task, second_step=False, scale=1.0):
     """``--num_train_epochs E`` where ``--student_epochs`` gives the task E > 0, else ``--max_steps``;
-    a two-step variant's second step takes ``--second_step_epochs`` where that is > 0."""
+    a two-step variant's second step takes ``--second_step_epochs`` where that is > 0. Either is
+    multiplied by ``scale`` (a variant's ``+budget<F>``)."""
     epochs = args.student_epochs[task]
     if second_step and args.second_step_epochs[task] > 0:
         epochs = args.second_step_epochs[task]
     if epochs > 0:
-        return ["--num_train_epochs", str(epochs), "--max_steps", "-1"]
-    return ["--max_steps", str(args.student_steps[task])]
+        return ["--num_train_epochs", f"{epochs * scale:g}", "--max_steps", "-1"]
+    return ["--max_steps", str(max(1, round(args.student_steps[task] * scale)))]
 
 
 def constant_metric(task, data_dir):
@@ -491,7 +508,8 @@ def main(argv=None):
         for m in mods:
             if modifier(m) is None:
                 ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}"
-                         ", +lr<rate> (e.g. +lr1e-4), +aug<N>, +tf<fraction in (0, 1]> (e.g. +tf0.5)")
+                         ", +lr<rate> (e.g. +lr1e-4), +aug<N>, +tf<fraction in (0, 1]> (e.g. +tf0.5), "
+                         "+budget<factor> (e.g. +budget0.5)")
             if isinstance(modifier(m), dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
             if m in ONE_BIT_MODIFIERS and VARIANTS[base][0].get("act_bits", 1) != 1:

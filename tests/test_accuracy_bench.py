@@ -156,6 +156,21 @@ def test_lr_modifier_gives_a_variant_its_own_learning_rate(glue_slice, tiny_mode
         assert f"unknown modifier +{bad}" in capsys.readouterr().err
 
 
+def test_budget_modifier_scales_a_variants_steps_or_epochs(glue_slice, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    bench = _bench()
+    argv = ["--tasks", "sst-2,mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "4",
+            "--student_epochs", "0,mrpc=2", "--save_steps", "100", "--variants", "baseline,baseline+budget0.5"]
+    results = bench.main(argv)
+    steps = {t: (r["baseline"]["global_step"], r["baseline+budget0.5"]["global_step"]) for t, r in results.items()}
+    # sst-2 by steps: 4 and 2; mrpc by epochs (40 pairs at batch 8, 5 steps each): 2 and 1 epoch
+    assert steps == {"sst-2": (4, 2), "mrpc": (10, 5)}
+    assert bench.budget_scale("bit_mse+budget0.5+glen+budget0.5") == 0.25 and bench.budget_scale("bit_mse") == 1
+    for bad in ("budget0", "budget-1", "budgetx"):
+        with pytest.raises(SystemExit):
+            bench.main(["--variants", f"baseline+{bad}"])
+        assert f"unknown modifier +{bad}" in capsys.readouterr().err
+
+
 def test_teacher_forcing_modifier(capsys):
     bench = _bench()
     assert bench.variant("bit_mse_ema+tf0.5")[1][-2:] == ["--teacher_forcing", "0.5"]
