@@ -45,7 +45,8 @@ variant's own learning rate, e.g. ``+lr1e-4``, over ``--student_lr``), ``+aug<N>
 N``: N perturbed copies of each training example, labelled by the teacher), ``+tf<F>``
 (``--teacher_forcing F``: the student's layers fed the teacher's hidden states, fading out over
 the first fraction F of the steps), ``+budget<F>`` (F times the task's student budget, epochs or
-steps: ``+budget0.5`` gives a recipe whose step costs twice as much the same minutes), e.g.
+steps: ``+budget0.5`` gives a recipe whose step costs twice as much the same minutes),
+``+ema<decay>`` (``--ema_decay``: the weight average's decay, e.g. ``+ema0.999``), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -153,6 +154,12 @@ def modifier(m):
         try:
             if float(m[2:]) > 0:
                 return ["--learning_rate", m[2:]]
+        except ValueError:
+            pass
+    if m.startswith("ema"):  # +ema0.999: the weight average over ~1,000 steps instead of ~100
+        try:
+            if 0 < float(m[3:]) < 1:
+                return ["--ema_decay", m[3:]]
         except ValueError:
             pass
     if m.startswith("budget"):  # a float: neither flags nor config, read by budget_scale()
@@ -509,7 +516,7 @@ def main(argv=None):
             if modifier(m) is None:
                 ap.error(f"unknown modifier +{m} in {v!r}; known: {', '.join('+' + k for k in MODIFIERS)}"
                          ", +lr<rate> (e.g. +lr1e-4), +aug<N>, +tf<fraction in (0, 1]> (e.g. +tf0.5), "
-                         "+budget<factor> (e.g. +budget0.5)")
+                         "+budget<factor> (e.g. +budget0.5), +ema<decay in (0, 1)> (e.g. +ema0.999)")
             if isinstance(modifier(m), dict) and VARIANTS[base][0] is None:
                 ap.error(f"+{m} changes the binarization; {base} is a full-precision student")
             if m in ONE_BIT_MODIFIERS and VARIANTS[base][0].get("act_bits", 1) != 1:

@@ -171,6 +171,21 @@ def test_budget_modifier_scales_a_variants_steps_or_epochs(glue_slice, tiny_mode
         assert f"unknown modifier +{bad}" in capsys.readouterr().err
 
 
+def test_ema_modifier_sets_the_weight_average_decay(glue_slice, tiny_model_dir, tmp_path, capsys):  # noqa: F811
+    bench = _bench()
+    assert bench.variant("bit_mse_ema+ema0.999")[1][-2:] == ["--ema_decay", "0.999"]
+    argv = ["--tasks", "mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "2",
+            "--save_steps", "2", "--variants", "bit_mse_ema,bit_mse_ema+ema0.9"]
+    bench.main(argv)
+    decay = lambda n: json.loads((tmp_path / "runs" / "mrpc" / n / "checkpoint-2" / "trainer_state.json")
+                                 .read_text())["args"]["ema_decay"]
+    assert decay("bit_mse_ema") == 0.99 and decay("bit_mse_ema+ema0.9") == 0.9
+    for bad in ("ema1", "ema0", "emax"):
+        with pytest.raises(SystemExit):
+            bench.main(["--variants", f"bit_mse_ema+{bad}"])
+        assert f"unknown modifier +{bad}" in capsys.readouterr().err
+
+
 def test_teacher_forcing_modifier(capsys):
     bench = _bench()
     assert bench.variant("bit_mse_ema+tf0.5")[1][-2:] == ["--teacher_forcing", "0.5"]
