@@ -129,11 +129,18 @@ def main(command):
     """Entry point of the example scripts: run ``command`` (argv from the command line), then
     leave the process group (``shutdown``) once it has returned. A user error (``USER_ERRORS``:
     bad values, an occupied or full output folder, a loss that turned nan) ends the process with
-    its one-line message and exit status 1; ``PADDLE_BIBERT_TRACEBACK=1`` shows the traceback."""
+    its one-line message and exit status 1, as does a check that raises ``SystemExit(message)``;
+    ``PADDLE_BIBERT_TRACEBACK=1`` shows the traceback."""
     try:
         command()
     except USER_ERRORS as e:
         if os.environ.get("PADDLE_BIBERT_TRACEBACK") == "1":
             raise
         sys.exit(f"error: {e}")
+    except SystemExit as e:
+        # a check that stops with its message says it as every other user error does; a bare
+        # status (argparse's 2 after its usage lines, --help's 0) passes through
+        if isinstance(e.code, str) and not e.code.startswith("error: "):
+            sys.exit(f"error: {e.code}")
+        raise
     shutdown()

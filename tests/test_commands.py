@@ -375,6 +375,24 @@ def test_command_line_user_error_is_one_line_without_traceback(glue_slice, tiny_
         "empty --output_dir")
 
 
+def test_every_stopping_message_is_one_error_line_and_a_bare_status_passes_through():
+    from paddle_bibert import distributed
+
+    def stop(exc):
+        def command():
+            raise exc
+        with pytest.raises(SystemExit) as e:
+            distributed.main(command)
+        return e.value.code
+
+    assert stop(SystemExit("--teacher_path x: no such file or folder")) == (
+        "error: --teacher_path x: no such file or folder")
+    assert stop(ValueError("--learning_rate must be > 0")) == "error: --learning_rate must be > 0"
+    assert stop(SystemExit("error: said once")) == "error: said once"
+    assert stop(SystemExit(2)) == 2  # argparse, after its usage lines
+    assert stop(SystemExit(0)) == 0  # --help
+
+
 def test_learning_rate_warms_up_then_decays_linearly(glue_slice, tiny_model_dir, tmp_path):
     log = Log()
     run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir, "--max_steps", "10",
