@@ -46,7 +46,8 @@ N``: N perturbed copies of each training example, labelled by the teacher), ``+t
 (``--teacher_forcing F``: the student's layers fed the teacher's hidden states, fading out over
 the first fraction F of the steps), ``+budget<F>`` (F times the task's student budget, epochs or
 steps: ``+budget0.5`` gives a recipe whose step costs twice as much the same minutes),
-``+ema<decay>`` (``--ema_decay``: the weight average's decay, e.g. ``+ema0.999``), e.g.
+``+ema<decay>`` (``--ema_decay``: the weight average's decay, e.g. ``+ema0.999``), ``+reflr``
+(each task's student rate from ``configs/<task>.yaml``, BiBERT's authors' rates), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
 The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
 
@@ -116,6 +117,9 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
              "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"],
              "ramp": ["--act_ramp", "0.5"],
+             # the student learning rate of configs/<task>.yaml (BiBERT's authors' rate for the
+             # task), added per task where the student's arguments are made (reference_lr)
+             "reflr": [],
              # a dict changes the student's BinarizeConfig instead of its flags
              "fppool": {"pooler": False},
              # every binarized linear's input scale starts at mean|x| (least squares), not BiT's 2 mean|x|
@@ -286,9 +290,18 @@ def run_task(task, args, log):
         rows[name] = _run(task_distill, common + ["--config", cfg, "--teacher_path", teacher_dir,
                                                   "--learning_rate", str(args.student_lr[task])]
                           + _student_length(args, task, second_step=bool(dep), scale=budget_scale(name))
-                          + init + flags,
+                          + init + flags + reference_lr(name, task),
                           out, log)
     return rows
+
+
+def reference_lr(name, task) -> list:
+    """``--learning_rate`` of ``configs/<task>.yaml``'s student for a variant with ``+reflr``, else
+    nothing. Placed last, it wins over ``--student_lr`` and any ``+lr<rate>``."""
+    if "reflr" not in name.split("+")[1:]:
+        return []
+    with open(os.path.join(os.path.dirname(HERE), "configs", f"{task}.yaml")) as f:
+        return ["--learning_rate", str(yaml.safe_load(f)["student"]["learning_rate"])]
 
 
 def _student_length(args, task, second_step=False, scale=1.0):

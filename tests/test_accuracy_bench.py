@@ -186,6 +186,27 @@ def test_ema_modifier_sets_the_weight_average_decay(glue_slice, tiny_model_dir, 
         assert f"unknown modifier +{bad}" in capsys.readouterr().err
 
 
+def test_reflr_modifier_takes_each_tasks_rate_from_its_config(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    import yaml
+
+    bench = _bench()
+    tasks = ["mrpc", "sts-b"]
+    want = {}
+    for t in tasks:
+        with open(os.path.join(REPO, "configs", f"{t}.yaml")) as f:
+            want[t] = float(yaml.safe_load(f)["student"]["learning_rate"])
+    assert want["mrpc"] != want["sts-b"]  # else the test could not tell the tasks' rates apart
+    argv = ["--tasks", ",".join(tasks), *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"),
+            "--student_steps", "2", "--save_steps", "2", "--student_lr", "7e-4",
+            "--variants", "bit_mse_ema,bit_mse_ema+lr3e-4+reflr"]
+    bench.main(argv)
+    lr = lambda t, n: json.loads((tmp_path / "runs" / t / n / "checkpoint-2" / "trainer_state.json")
+                                 .read_text())["args"]["learning_rate"]
+    for t in tasks:
+        assert lr(t, "bit_mse_ema") == 7e-4
+        assert lr(t, "bit_mse_ema+lr3e-4+reflr") == pytest.approx(want[t])
+
+
 def test_teacher_forcing_modifier(capsys):
     bench = _bench()
     assert bench.variant("bit_mse_ema+tf0.5")[1][-2:] == ["--teacher_forcing", "0.5"]
