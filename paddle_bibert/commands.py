@@ -93,6 +93,24 @@ def _data(args, tokenizer):
     return info, train_loader, dev_loader, len(train), len(dev)
 
 
+def _teacher_cache(args, tokenizer):
+    """``--teacher_cache_gb``'s TeacherCache, or None."""
+    if not args.teacher_cache_gb:
+        return None
+    from .distill.cache import TeacherCache
+
+    return TeacherCache(tokenizer.pad_token_id, args.teacher_cache_gb * 1e9)
+
+
+def _report_cache(cache, summary, log):
+    if cache is None:
+        return
+    summary["teacher_cache"] = {"batches_from_memory": cache.hits, "batches_run": cache.misses,
+                                "gb": cache.nbytes / 1e9, "full": cache.full}
+    log(f"teacher cache: {cache.hits} of {cache.hits + cache.misses} batches from memory, "
+        f"{cache.nbytes / 1e9:.2f} GB" + (" (full: later examples ran the teacher)" if cache.full else ""))
+
+
 def _check_positions(args, model):
     limit = model.config.max_position_embeddings
     if args.max_seq_length > limit:
@@ -236,6 +254,9 @@ def _task_distill(args: DistillArgs, log):
     from .surgery import BinarizeConfig, binarize_model, save_binarized
 
     info = get_task(args.task_name)
+    if not args.teacher_cache_gb >= 0:  # (NaN too)
+        raise ValueError(f"--teacher_cache_gb must be >= 0 (GB of teacher outputs kept in memory; "
+                         f"0: off), got {args.teacher_cache_gb}")
     if args.augment < 0:
         raise ValueError(f"--augment must be >= 0 (copies of each training example), got {args.augment}")
     if args.augment and args.pred_distill and args.gold_weight and not info.is_regression:
@@ -274,7 +295,8 @@ def _task_distill(args: DistillArgs, log):
     dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
                           temperature=args.temperature, gold_weight=args.gold_weight,
                           hidden_loss=args.hidden_loss)
-    distiller = Distiller(student, teacher, dconf, info.is_regression, forcing=forcing)
+    distiller = Distiller(student, teacher, dconf, info.is_regression, forcing=forcing,
+                          teacher_cache=_teacher_cache(args, s_tok))
     distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher
     _after_model_init(args)
     teacher_metrics = evaluate(teacher, dev_loader, info.name)
@@ -296,6 +318,7 @@ def _task_distill(args: DistillArgs, log):
     summary = {"command": "task_distill", "task": info.name, "bi": args.bi,
                "teacher_metric": t_val, "student_metric": result["best_metric"],
                "retention": (result["best_metric"] / t_val) if t_val else None, **result}
+    _report_cache(distiller.teacher_cache, summary, log)
     _write_summary(args, summary, log)
     log(f"teacher {metric} {t_val:.4f} | student {metric} {result['best_metric']:.4f} | "
         f"student/teacher {summary['retention']:.3f}" if summary["retention"] is not None else "")

@@ -47,7 +47,7 @@ class Distiller:
     """``loss(batch) -> (total, {term: value})`` for a student taught by a frozen teacher."""
 
     def __init__(self, student, teacher, config: DistillConfig, is_regression: bool = False,
-                 forcing=None):
+                 forcing=None, teacher_cache=None):
         if not any(getattr(config, f) for f in DistillConfig.FLAGS):
             raise ValueError("no distillation loss is enabled: pass at least one of "
                              + ", ".join("--" + f for f in DistillConfig.FLAGS))
@@ -58,6 +58,7 @@ class Distiller:
         self.global_batch = world_size() > 1  # DMD norms over all ranks' batches
         self.is_regression = is_regression
         self.forcing = forcing  # a TeacherForcing, or None
+        self.teacher_cache = teacher_cache  # a TeacherCache (cache.py), or None: the teacher runs
         teacher.eval()
         for p in teacher.parameters():
             p.stop_gradient = True
@@ -83,6 +84,11 @@ class Distiller:
         return logits, dict(taps.records)
 
     def teacher_forward(self, batch):
+        if self.teacher_cache is not None:
+            return self.teacher_cache.outputs(batch, self.teacher_live)
+        return self.teacher_live(batch)
+
+    def teacher_live(self, batch):
         with paddle.no_grad():
             return self._forward(self.teacher, self.teacher_taps, batch)
 

@@ -1,0 +1,100 @@
+"""The teacher's outputs kept per training example and reused in later epochs.
+
+The frozen teacher (eval mode: a deterministic function of its input) scores the same training
+examples epoch after epoch. :class:`TeacherCache` keeps what the losses read of each example (its
+logits and tapped tensors, float32 arrays in memory) the first time the teacher scores it, and
+assembles a later batch's outputs from them when every example in the batch is kept at the
+batch's length or longer: the teacher then runs in the first epoch only (and for a batch longer
+than any its examples came in before).
+
+An entry is keyed by the example's tokens (input and token-type ids up to its last non-pad
+token): no example index is needed, any batch order works, identical examples share one entry.
+A batch is padded to its longest example, and the states at an example's padded positions do not
+depend on how many pads follow (the teacher's attention mask gives pad keys a weight of exactly
+0), so positions [0, L) of an entry kept from a batch of length L' >= L are what the teacher
+gives at length L, to float rounding (another matrix shape may sum in another order).
+
+Memory: a token costs (layers + 1) x hidden float32 for the hidden states (MiniLM-L6-H384: 10.8
+KB), and 3 x layers x hidden more with Q/K/V taps. Entries stop being added at ``max_bytes``;
+examples not kept by then run the teacher live in every epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import paddle
+
+__all__ = ["TeacherCache"]
+
+#: the axis of a kept tensor (one example's, without the batch axis) that runs over positions
+_LENGTH_AXIS = {"hidden": 0, "q": 1, "k": 1, "v": 1}  # hidden [L, H]; Q/K/V [heads, L, d_head]
+
+
+class _Entry:
+    __slots__ = ("length", "logits", "taps", "nbytes")
+
+    def __init__(self, length, logits, taps):
+        self.length, self.logits, self.taps = length, logits, taps
+        self.nbytes = logits.nbytes + sum(a.nbytes for arrays in taps.values() for a in arrays)
+
+
+class TeacherCache:
+    """``outputs(batch, teacher_forward)``: the teacher's ``(logits, taps)`` on ``batch``, from
+    memory where every example is kept at the batch's length, else from ``teacher_forward`` (whose
+    outputs are then kept). ``hits`` / ``misses`` count batches, ``nbytes`` the memory held."""
+
+    def __init__(self, pad_token_id: int, max_bytes: float):
+        if max_bytes <= 0:
+            raise ValueError(f"the teacher cache needs a positive size, got {max_bytes} bytes")
+        self.pad_token_id, self.max_bytes = int(pad_token_id), max_bytes
+        self.entries: Dict[Tuple[bytes, bytes], _Entry] = {}
+        self.nbytes = self.hits = self.misses = 0
+        self.full = False  # an entry was refused for want of room
+
+    def outputs(self, batch, teacher_forward: Callable):
+        keys = self._keys(batch)
+        length = int(batch["input_ids"].shape[1])
+        found = [self.entries.get(k) for k in keys]
+        if all(e is not None and e.length >= length for e in found):
+            self.hits += 1
+            return self._assemble(found, length)
+        self.misses += 1
+        logits, taps = teacher_forward(batch)
+        self._keep(keys, length, logits, taps)
+        return logits, taps
+
+    def _keys(self, batch):
+        ids, types = batch["input_ids"].numpy(), batch["token_type_ids"].numpy()
+        keys = []
+        for row, trow in zip(ids, types):
+            tokens = np.flatnonzero(row != self.pad_token_id)
+            n = int(tokens[-1]) + 1 if tokens.size else 0
+            keys.append((row[:n].tobytes(), trow[:n].tobytes()))
+        return keys
+
+    def _assemble(self, entries: List[_Entry], length: int):
+        logits = paddle.to_tensor(np.stack([e.logits for e in entries]))
+        taps = {}
+        for stream, axis in ((s, _LENGTH_AXIS[s]) for s in entries[0].taps):
+            cut = (slice(None),) * axis + (slice(0, length),)
+            taps[stream] = [paddle.to_tensor(np.stack([e.taps[stream][j][cut] for e in entries]))
+                            for j in range(len(entries[0].taps[stream]))]
+        return logits, taps or None  # (None: a teacher without taps, as its live forward gives)
+
+    def _keep(self, keys, length, logits, taps):
+        logits = logits.numpy()
+        taps = {s: [t.numpy() for t in tensors] for s, tensors in (taps or {}).items()}
+        for i, key in enumerate(keys):
+            old = self.entries.get(key)
+            if old is not None and old.length >= length:
+                continue
+            entry = _Entry(length, logits[i].copy(), {s: [a[i].copy() for a in arrays]
+                                                      for s, arrays in taps.items()})
+            grown = entry.nbytes - (old.nbytes if old is not None else 0)
+            if self.nbytes + grown > self.max_bytes:
+                self.full = True
+                continue
+            self.entries[key] = entry
+            self.nbytes += grown

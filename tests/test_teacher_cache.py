@@ -1,0 +1,164 @@
+"""The teacher's outputs kept per example (TeacherCache, --teacher_cache_gb): a batch assembled
+from memory gives the live teacher's outputs and loss without running it; a longer batch runs it;
+the size limit holds; a whole run trains the weights the live teacher trains."""
+
+import json
+
+import numpy as np
+import paddle
+import pytest
+from paddlenlp.transformers import BertForSequenceClassification
+
+from conftest import tiny_bert_config
+from paddle_bibert import BinarizeConfig, binarize_model
+from paddle_bibert.commands import run_glue, task_distill
+from paddle_bibert.distill import DistillConfig, Distiller, TeacherCache
+
+from test_commands import Log, common, glue_slice, tiny_model_dir  # noqa: F401  (fixtures)
+
+PAD = 0  # tiny_bert_config's pad token id
+
+
+def _examples(n=6, seed=0):
+    """n examples of 3..(n + 2) tokens: (ids, token types)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(1, 60, size=3 + i), (np.arange(3 + i) >= 2 + i // 2).astype("int64"))
+            for i in range(n)]
+
+
+def _batch(examples, length):
+    ids = np.full((len(examples), length), PAD, "int64")
+    types = np.zeros((len(examples), length), "int64")
+    for i, (x, t) in enumerate(examples):
+        ids[i, :len(x)], types[i, :len(t)] = x, t
+    return {"input_ids": paddle.to_tensor(ids), "token_type_ids": paddle.to_tensor(types),
+            "labels": paddle.to_tensor(np.arange(len(examples)) % 2)}
+
+
+@pytest.fixture
+def distiller():
+    paddle.seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    student = BertForSequenceClassification(tiny_bert_config())
+    binarize_model(student, BinarizeConfig.from_recipe("bit"))
+    return Distiller(student, teacher, DistillConfig(pred_distill=True, query_distill=True, intermediate_distill=True,
+                                                     hidden_loss="mse"),
+                     teacher_cache=TeacherCache(PAD, max_bytes=1e8))
+
+
+def _counting(distiller):
+    calls = []
+    live = distiller.teacher_live
+    distiller.teacher_live = lambda batch: calls.append(batch["input_ids"].shape) or live(batch)
+    return calls
+
+
+def _assert_same_outputs(got, want):
+    np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert got[1].keys() == want[1].keys() == {"q", "hidden"}
+    for stream in want[1]:
+        assert len(got[1][stream]) == len(want[1][stream])
+        for a, b in zip(got[1][stream], want[1][stream]):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_kept_batch_gives_the_live_teachers_outputs_and_loss_without_running_it(distiller):
+    ex = _examples()
+    calls = _counting(distiller)
+    distiller.teacher_forward(_batch(ex, 12))  # every example kept at length 12
+    assert calls == [[6, 12]]
+    # another batch of some of them, in another order, padded to 9: positions 0..8 of the kept states
+    later = _batch([ex[4], ex[1], ex[3]], 9)
+    got = distiller.teacher_forward(later)
+    assert calls == [[6, 12]] and distiller.teacher_cache.hits == 1  # the teacher did not run
+    _assert_same_outputs(got, distiller.teacher_live(later))
+    paddle.seed(1)  # the same student dropout masks in both losses
+    cached, terms = distiller.loss(later)
+    distiller.teacher_cache = None
+    paddle.seed(1)
+    live, _ = distiller.loss(later)
+    assert set(terms) == {"pred", "q", "hidden"}
+    np.testing.assert_allclose(float(cached), float(live), rtol=1e-5)
+
+
+def test_a_batch_longer_than_kept_runs_the_teacher_and_keeps_the_longer_states(distiller):
+    ex = _examples()
+    calls = _counting(distiller)
+    distiller.teacher_forward(_batch(ex[:3], 5))  # examples of 3-5 tokens, kept at length 5
+    longer = _batch([ex[0], ex[5]], 8)  # ex[0] kept at 5 < 8, ex[5] never seen
+    _assert_same_outputs(distiller.teacher_forward(longer), distiller.teacher_live(longer))
+    assert calls[:2] == [[3, 5], [2, 8]] and distiller.teacher_cache.misses == 2
+    del calls[:]
+    again = _batch([ex[5], ex[0]], 8)
+    _assert_same_outputs(distiller.teacher_forward(again), distiller.teacher_live(again))
+    assert calls == [[2, 8]]  # only the live reference ran: both are kept at 8 now
+    # an example's key is its tokens: the same ids under other token types are another example
+    other = _batch([(ex[0][0], 1 - ex[0][1])], 5)
+    distiller.teacher_forward(other)
+    assert calls[-1] == [1, 5] and distiller.teacher_cache.misses == 3
+
+
+def test_nothing_is_kept_past_the_size_limit_and_the_outputs_stay_the_teachers(distiller):
+    ex = _examples()
+    first = _batch(ex[:1], 6)
+    distiller.teacher_forward(first)
+    one = distiller.teacher_cache.nbytes
+    assert one > 0 and not distiller.teacher_cache.full
+    # room for one more example of this size, not for four
+    distiller.teacher_cache = cache = TeacherCache(PAD, max_bytes=2.5 * one)
+    calls = _counting(distiller)
+    batch = _batch([ex[0], ex[0], ex[0], ex[0]], 6)  # one example four times: one entry
+    distiller.teacher_forward(batch)
+    assert len(cache.entries) == 1 and cache.nbytes == one and not cache.full
+    wide = _batch(ex[:4], 6)
+    _assert_same_outputs(distiller.teacher_forward(wide), distiller.teacher_live(wide))
+    assert cache.full and len(cache.entries) == 2 and cache.nbytes <= cache.max_bytes
+    assert len(calls) == 3  # ex[0]'s batch, the wide batch (two examples not kept), the reference
+    with pytest.raises(ValueError, match="positive size"):
+        TeacherCache(PAD, max_bytes=0)
+
+
+def _distill(glue_slice, tiny_model_dir, tmp_path, name, *extra):  # noqa: F811
+    teacher = tmp_path / "t"
+    if not teacher.exists():
+        run_glue(common(glue_slice, "sst-2", teacher, "--model_name_or_path", tiny_model_dir, "--max_steps", "3"),
+                 log=Log())
+    log = Log()
+    summary = task_distill(common(glue_slice, "sst-2", tmp_path / name, "--teacher_path", str(teacher),
+                                  "--max_steps", "12", "--save_steps", "12", "--learning_rate", "5e-4", "--bi",
+                                  "--recipe", "bit", "--pred_distill", "--intermediate_distill",
+                                  "--hidden_loss", "mse", *extra), log=log)
+    return summary, paddle.load(str(tmp_path / name / "checkpoint-12" / "model.pdparams")), log
+
+
+@pytest.mark.parametrize("padding", [["--pad_to_max_length"], ["--group_by_length"]], ids=lambda p: p[0])
+def test_a_run_with_the_cache_trains_the_live_teachers_weights(glue_slice, tiny_model_dir, tmp_path,  # noqa: F811
+                                                              padding):
+    """12 steps = two epochs of the 48-example slice: the second from memory (every batch, when
+    all are padded to one length; where batches differ in length, those whose examples came in
+    batches at least as long before)."""
+    cached, w_cached, log = _distill(glue_slice, tiny_model_dir, tmp_path, "cached", "--teacher_cache_gb", "1",
+                                     *padding)
+    live, w_live, _ = _distill(glue_slice, tiny_model_dir, tmp_path, "live", *padding)
+    stats = cached["teacher_cache"]
+    assert stats["batches_from_memory"] + stats["batches_run"] == 12 and stats["gb"] > 0
+    if padding == ["--pad_to_max_length"]:
+        assert stats["batches_from_memory"] == 6
+    else:
+        assert 1 <= stats["batches_from_memory"] < 6
+    assert any(m.startswith(f"teacher cache: {stats['batches_from_memory']} of 12 batches from memory")
+               for m in log)
+    assert "teacher_cache" not in live
+    assert w_cached.keys() == w_live.keys()
+    for k in w_cached:
+        np.testing.assert_allclose(w_cached[k].numpy(), w_live[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    saved = json.loads((tmp_path / "cached" / "summary.json").read_text())
+    assert saved["teacher_cache"] == stats
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_cache_size_is_refused_before_training(glue_slice, tiny_model_dir, tmp_path, value):  # noqa: F811
+    with pytest.raises(ValueError, match=r"--teacher_cache_gb must be >= 0 .* got"):
+        _distill(glue_slice, tiny_model_dir, tmp_path, "bad", "--teacher_cache_gb", value)
+    assert not (tmp_path / "bad").exists()
