@@ -117,6 +117,8 @@ MODIFIERS = {"bertadam": ["--optimizer", "bertadam"], "padmax": ["--pad_to_max_l
              "glen": ["--group_by_length"], "gold": ["--gold_weight", "0.5"],
              "drop0": ["--student_dropout", "0"], "frozen": ["--freeze_word_embeddings"],
              "ramp": ["--act_ramp", "0.5"],
+             # the teacher's outputs kept in memory from the first epoch on (MiniLM: ~2 GB a task)
+             "tcache": ["--teacher_cache_gb", "8"],
              # the student learning rate of configs/<task>.yaml (BiBERT's authors' rate for the
              # task), added per task where the student's arguments are made (reference_lr)
              "reflr": [],

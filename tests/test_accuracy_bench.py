@@ -186,6 +186,17 @@ def test_ema_modifier_sets_the_weight_average_decay(glue_slice, tiny_model_dir, 
         assert f"unknown modifier +{bad}" in capsys.readouterr().err
 
 
+def test_tcache_modifier_runs_the_student_with_the_teacher_cache(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
+    bench = _bench()
+    argv = ["--tasks", "mrpc", *_tiny(glue_slice, tiny_model_dir, tmp_path / "runs"), "--student_steps", "2",
+            "--save_steps", "2", "--variants", "bit_mse_ema,bit_mse_ema+tcache"]
+    bench.main(argv)
+    summary = lambda n: json.loads((tmp_path / "runs" / "mrpc" / n / "summary.json").read_text())
+    assert summary("bit_mse_ema+tcache")["arguments"]["teacher_cache_gb"] == 8
+    assert summary("bit_mse_ema+tcache")["teacher_cache"]["batches_run"] == 2
+    assert "teacher_cache" not in summary("bit_mse_ema")
+
+
 def test_reflr_modifier_takes_each_tasks_rate_from_its_config(glue_slice, tiny_model_dir, tmp_path):  # noqa: F811
     import yaml
 
