@@ -72,7 +72,7 @@ def worker(args):
         unknown = set(losses) - set(DistillConfig.FLAGS)
         if unknown:
             sys.exit(f"--losses: unknown {sorted(unknown)}; choose from {', '.join(DistillConfig.FLAGS)}")
-        cache = TeacherCache(tok.pad_token_id, 1e11) if args.model == "distill-cached" else None
+        cache = TeacherCache(tok.pad_token_id, 1e11, args.max_seq_length) if args.model == "distill-cached" else None
         dist = Distiller(model, teacher, DistillConfig(**{f: f in losses for f in DistillConfig.FLAGS}),
                          teacher_cache=cache)
         for b in batches if cache else ():  # the first epoch: every batch's outputs kept

@@ -99,7 +99,8 @@ def _teacher_cache(args, tokenizer):
         return None
     from .distill.cache import TeacherCache
 
-    return TeacherCache(tokenizer.pad_token_id, args.teacher_cache_gb * 1e9)
+    return TeacherCache(tokenizer.pad_token_id, args.teacher_cache_gb * 1e9, args.max_seq_length,
+                        int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
 
 
 def _report_cache(cache, summary, log):
