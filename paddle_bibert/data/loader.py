@@ -114,16 +114,21 @@ class Collator:
     def pad_to(self, batch: dict, length: int) -> dict:
         """``batch`` padded on the right to ``length`` tokens (data parallel: every rank pads to
         the longest sequence across ranks, so each example's tensors equal a one-process run's)."""
-        extra = length - batch["input_ids"].shape[1]
-        if extra < 0:
-            raise ValueError(f"cannot pad a batch of length {batch['input_ids'].shape[1]} to {length}")
-        if extra == 0:
-            return batch
-        out = dict(batch)
-        for key, value in (("input_ids", self.pad_token_id), ("token_type_ids", self.pad_token_type_id)):
-            t = batch[key]
-            out[key] = paddle.concat([t, paddle.full([t.shape[0], extra], value, dtype=t.dtype)], axis=1)
-        return out
+        return pad_batch(batch, length, self.pad_token_id, self.pad_token_type_id)
+
+
+def pad_batch(batch: dict, length: int, pad_token_id: int, pad_token_type_id: int = 0) -> dict:
+    """A collated ``batch`` padded on the right to ``length`` tokens, as a longer batch's."""
+    extra = length - batch["input_ids"].shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad a batch of length {batch['input_ids'].shape[1]} to {length}")
+    if extra == 0:
+        return batch
+    out = dict(batch)
+    for key, value in (("input_ids", pad_token_id), ("token_type_ids", pad_token_type_id)):
+        t = batch[key]
+        out[key] = paddle.concat([t, paddle.full([t.shape[0], extra], value, dtype=t.dtype)], axis=1)
+    return out
 
 
 class SeededBatchSampler(paddle.io.BatchSampler):

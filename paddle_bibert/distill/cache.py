@@ -33,6 +33,8 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import paddle
 
+from ..data.loader import pad_batch
+
 __all__ = ["TeacherCache"]
 
 #: the axis of a kept tensor (one example's, without the batch axis) that runs over positions
@@ -73,23 +75,12 @@ class TeacherCache:
             return self._assemble(found, length)
         self.misses += 1
         run = max(length, min(self.max_length, math.ceil(length * self.HEADROOM)))
-        logits, taps = teacher_forward(self._padded(batch, run))
+        logits, taps = teacher_forward(pad_batch(batch, run, self.pad_token_id, self.pad_token_type_id))
         self._keep(keys, run, logits, taps)
         if run == length or not taps:
             return logits, taps
         return logits, {s: [paddle.slice(t, [_LENGTH_AXIS[s] + 1], [0], [length]) for t in tensors]
                         for s, tensors in taps.items()}
-
-    def _padded(self, batch, length):
-        """The teacher's inputs padded on the right to ``length`` tokens (as a longer batch's)."""
-        extra = length - int(batch["input_ids"].shape[1])
-        if extra == 0:
-            return batch
-        out = {}
-        for key, value in (("input_ids", self.pad_token_id), ("token_type_ids", self.pad_token_type_id)):
-            t = batch[key]
-            out[key] = paddle.concat([t, paddle.full([t.shape[0], extra], value, dtype=t.dtype)], axis=1)
-        return out
 
     def _keys(self, batch):
         ids, types = batch["input_ids"].numpy(), batch["token_type_ids"].numpy()
