@@ -91,9 +91,10 @@ class DistillArgs(CommonArgs):
                                 "losses): pays when Paddle runs one thread and a core is free")
     teacher_cache_gb: float = _f(0.0, "keep the teacher's outputs for each training example in memory, up to "
                                  "this many GB, and reuse them in later epochs instead of running the "
-                                 "teacher again (the same losses, to float rounding; 0: off). A token "
-                                 "costs (layers + 1) x hidden x 4 bytes (MiniLM-L6-H384: 10.8 KB): "
-                                 "about 2 GB for SST-2's 6,920 sentences")
+                                 "teacher again (the same losses, to float rounding; one process; 0: "
+                                 "off). A kept position costs (layers + 1) x hidden x 4 bytes of hidden "
+                                 "states (MiniLM-L6-H384: 10.8 KB; about 2 GB for SST-2's 6,920 "
+                                 "sentences), 3 x layers x hidden x 4 more with the Q/K/V losses")
     student_dropout: Optional[float] = _f(None, "dropout probability of the student's hidden, attention "
                                           "and classifier dropouts (default: its checkpoint's config)")
     freeze_word_embeddings: bool = _f(False, "keep the student's word embeddings at its initial (the "

@@ -93,14 +93,19 @@ def _data(args, tokenizer):
     return info, train_loader, dev_loader, len(train), len(dev)
 
 
-def _teacher_cache(args, tokenizer):
-    """``--teacher_cache_gb``'s TeacherCache, or None."""
+def _teacher_cache(args, teacher, collator):
+    """``--teacher_cache_gb``'s TeacherCache, or None. Its entries hold the states at padded
+    positions, which do not depend on the padding only where the teacher masks the collator's
+    pad token."""
     if not args.teacher_cache_gb:
         return None
+    if teacher.config.pad_token_id != collator.pad_token_id:
+        raise ValueError(f"--teacher_cache_gb: the teacher masks token {teacher.config.pad_token_id}, "
+                         f"the batches are padded with {collator.pad_token_id}; drop --teacher_cache_gb")
     from .distill.cache import TeacherCache
 
-    return TeacherCache(tokenizer.pad_token_id, args.teacher_cache_gb * 1e9, args.max_seq_length,
-                        int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
+    return TeacherCache(collator.pad_token_id, args.teacher_cache_gb * 1e9, args.max_seq_length,
+                        collator.pad_token_type_id)
 
 
 def _report_cache(cache, summary, log):
@@ -258,6 +263,9 @@ def _task_distill(args: DistillArgs, log):
     if not args.teacher_cache_gb >= 0:  # (NaN too)
         raise ValueError(f"--teacher_cache_gb must be >= 0 (GB of teacher outputs kept in memory; "
                          f"0: off), got {args.teacher_cache_gb}")
+    if args.teacher_cache_gb and world_size() > 1:
+        raise ValueError("--teacher_cache_gb keeps one process's examples, and under data parallel each "
+                         "rank sees other examples every epoch: drop --teacher_cache_gb")
     if args.augment < 0:
         raise ValueError(f"--augment must be >= 0 (copies of each training example), got {args.augment}")
     if args.augment and args.pred_distill and args.gold_weight and not info.is_regression:
@@ -297,7 +305,7 @@ def _task_distill(args: DistillArgs, log):
                           temperature=args.temperature, gold_weight=args.gold_weight,
                           hidden_loss=args.hidden_loss)
     distiller = Distiller(student, teacher, dconf, info.is_regression, forcing=forcing,
-                          teacher_cache=_teacher_cache(args, s_tok))
+                          teacher_cache=_teacher_cache(args, teacher, train_loader.collate_fn))
     distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher
     _after_model_init(args)
     teacher_metrics = evaluate(teacher, dev_loader, info.name)

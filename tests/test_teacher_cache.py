@@ -41,8 +41,8 @@ def distiller():
     teacher = BertForSequenceClassification(tiny_bert_config())
     student = BertForSequenceClassification(tiny_bert_config())
     binarize_model(student, BinarizeConfig.from_recipe("bit"))
-    return Distiller(student, teacher, DistillConfig(pred_distill=True, query_distill=True, intermediate_distill=True,
-                                                     hidden_loss="mse"),
+    return Distiller(student, teacher, DistillConfig(pred_distill=True, query_distill=True, key_distill=True,
+                                                     value_distill=True, intermediate_distill=True, hidden_loss="mse"),
                      teacher_cache=TeacherCache(PAD, max_bytes=1e8, max_length=64))
 
 
@@ -55,7 +55,7 @@ def _counting(distiller):
 
 def _assert_same_outputs(got, want):
     np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-6)
-    assert got[1].keys() == want[1].keys() == {"q", "hidden"}
+    assert got[1].keys() == want[1].keys() == {"q", "k", "v", "hidden"}
     for stream in want[1]:
         assert len(got[1][stream]) == len(want[1][stream])
         for a, b in zip(got[1][stream], want[1][stream]):
@@ -66,42 +66,46 @@ def _assert_same_outputs(got, want):
 def test_a_kept_batch_gives_the_live_teachers_outputs_and_loss_without_running_it(distiller):
     ex = _examples()
     calls = _counting(distiller)
-    distiller.teacher_forward(_batch(ex, 12))  # every example kept at length 15 (a quarter more)
-    assert calls == [[6, 15]]
+    distiller.teacher_forward(_batch(ex, 12))  # every example kept at length 14 (an eighth more)
+    assert calls == [[6, 14]]
     # another batch of some of them, in another order, padded to 9: positions 0..8 of the kept states
     later = _batch([ex[4], ex[1], ex[3]], 9)
     got = distiller.teacher_forward(later)
-    assert calls == [[6, 15]] and distiller.teacher_cache.hits == 1  # the teacher did not run
+    assert calls == [[6, 14]] and distiller.teacher_cache.hits == 1  # the teacher did not run
     _assert_same_outputs(got, distiller.teacher_live(later))
     paddle.seed(1)  # the same student dropout masks in both losses
     cached, terms = distiller.loss(later)
     distiller.teacher_cache = None
     paddle.seed(1)
     live, _ = distiller.loss(later)
-    assert set(terms) == {"pred", "q", "hidden"}
+    assert set(terms) == {"pred", "q", "k", "v", "hidden"}
     np.testing.assert_allclose(float(cached), float(live), rtol=1e-5)
 
 
 def test_a_batch_longer_than_kept_runs_the_teacher_and_keeps_the_longer_states(distiller):
     ex = _examples()
     calls = _counting(distiller)
-    distiller.teacher_forward(_batch(ex[:3], 5))  # examples of 3-5 tokens, kept at length 7
-    longer = _batch([ex[0], ex[5]], 8)  # ex[0] kept at 7 < 8, ex[5] never seen: run at 10
+    cache = distiller.teacher_cache
+    distiller.teacher_forward(_batch(ex[:3], 5))  # examples of 3-5 tokens, kept at length 6
+    held = cache.nbytes
+    longer = _batch([ex[0], ex[5]], 8)  # ex[0] kept at 6 < 8, ex[5] never seen: run at 9
     _assert_same_outputs(distiller.teacher_forward(longer), distiller.teacher_live(longer))
-    assert calls[:2] == [[3, 7], [2, 10]] and distiller.teacher_cache.misses == 2
+    assert calls[:2] == [[3, 6], [2, 9]] and cache.misses == 2
+    assert sorted(e.length for e in cache.entries.values()) == [6, 6, 9, 9]  # ex[0]'s entry replaced
+    assert cache.nbytes == sum(e.nbytes for e in cache.entries.values()) > held
     del calls[:]
     again = _batch([ex[5], ex[0]], 8)
     _assert_same_outputs(distiller.teacher_forward(again), distiller.teacher_live(again))
-    assert calls == [[2, 8]]  # only the live reference ran: both are kept at 10 now
+    assert calls == [[2, 8]]  # only the live reference ran: both are kept at 9 now
     # an example's key is its tokens: the same ids under other token types are another example
     other = _batch([(ex[0][0], 1 - ex[0][1])], 5)
     distiller.teacher_forward(other)
-    assert calls[-1] == [1, 7] and distiller.teacher_cache.misses == 3
+    assert calls[-1] == [1, 6] and distiller.teacher_cache.misses == 3
     # the headroom stops at the longest input the run has
     example = (np.arange(1, 56), np.zeros(55, "int64"))
     near = _batch([example], 60)
     _assert_same_outputs(distiller.teacher_forward(near), distiller.teacher_live(near))
-    assert calls[-2] == [1, 64]  # 60 x 1.25 = 75 > 64
+    assert calls[-2] == [1, 64]  # 60 x 1.125 = 67.5 > 64
     n = len(calls)
     full = _batch([example], 64)
     _assert_same_outputs(distiller.teacher_forward(full), distiller.teacher_live(full))
@@ -124,6 +128,11 @@ def test_nothing_is_kept_past_the_size_limit_and_the_outputs_stay_the_teachers(d
     _assert_same_outputs(distiller.teacher_forward(wide), distiller.teacher_live(wide))
     assert cache.full and len(cache.entries) == 2 and cache.nbytes <= cache.max_bytes
     assert len(calls) == 3  # ex[0]'s batch, the wide batch (two examples not kept), the reference
+    # full: a missed batch runs the teacher at its own length and keeps nothing
+    held = cache.nbytes
+    late = _batch([ex[5]], 8)
+    _assert_same_outputs(distiller.teacher_forward(late), distiller.teacher_live(late))
+    assert calls[-2] == [1, 8] and cache.nbytes == held and len(cache.entries) == 2
     with pytest.raises(ValueError, match="positive size"):
         TeacherCache(PAD, max_bytes=0, max_length=64)
 
@@ -192,3 +201,58 @@ def test_the_headroom_tool_counts_the_teachers_tokens():
     assert tool.teacher_tokens(mixed, 16, 3, 1.0, 64) == (16 * 20, 3 * 16 * 20)
     # in batches of 8 sorted by length, the 8 short examples come together: 8 x 5 + 8 x 20 an epoch
     assert tool.teacher_tokens(mixed, 8, 3, 1.0, 64) == (8 * 5 + 8 * 20, 3 * (8 * 5 + 8 * 20))
+
+
+def test_a_teacher_without_taps_and_a_nonzero_pad_token_type():
+    """Prediction loss only: the outputs are (logits, None), kept or not. Batches padded with token
+    type 1: the teacher's longer run pads with it too, so a later, longer batch finds the states of
+    its padded positions (with type 0 there, they would be another batch's)."""
+    paddle.seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    student = BertForSequenceClassification(tiny_bert_config())
+    ex = _examples(3)
+
+    def typed(examples, length):
+        batch = _batch(examples, length)
+        types = batch["token_type_ids"].numpy()
+        for i, (x, _) in enumerate(examples):
+            types[i, len(x):] = 1
+        batch["token_type_ids"] = paddle.to_tensor(types)
+        return batch
+
+    later = typed(ex[::-1], 7)
+    for config in (DistillConfig(pred_distill=True), DistillConfig(intermediate_distill=True)):
+        states = {}
+        for pad_type in (1, 0):
+            cache = TeacherCache(PAD, max_bytes=1e8, max_length=64, pad_token_type_id=pad_type)
+            distiller = Distiller(student, teacher, config, teacher_cache=cache)
+            distiller.teacher_forward(typed(ex, 6))  # kept at 7
+            got, want = distiller.teacher_forward(later), distiller.teacher_live(later)
+            assert cache.misses == 1 and cache.hits == 1
+            np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-6)
+            if config.pred_distill:
+                assert got[1] is None and want[1] is None
+            else:
+                states[pad_type] = (got[1]["hidden"][-1].numpy(), want[1]["hidden"][-1].numpy())
+        if states:
+            np.testing.assert_allclose(*states[1], rtol=1e-5, atol=1e-6)
+            assert not np.allclose(*states[0], rtol=1e-5, atol=1e-6)  # the padded positions differ
+
+
+def test_the_cache_is_refused_under_data_parallel_and_for_a_teacher_masking_another_pad(
+        glue_slice, tiny_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    from types import SimpleNamespace
+
+    from paddle_bibert import commands
+
+    monkeypatch.setattr(commands, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="under data parallel .* drop --teacher_cache_gb"):
+        _distill(glue_slice, tiny_model_dir, tmp_path, "dp", "--teacher_cache_gb", "1")
+    assert not (tmp_path / "dp").exists()
+    args = SimpleNamespace(teacher_cache_gb=1.0, max_seq_length=32)
+    teacher = SimpleNamespace(config=SimpleNamespace(pad_token_id=5))
+    collator = SimpleNamespace(pad_token_id=0, pad_token_type_id=0)
+    with pytest.raises(ValueError, match="the teacher masks token 5, the batches are padded with 0"):
+        commands._teacher_cache(args, teacher, collator)
+    teacher.config.pad_token_id = 0
+    assert commands._teacher_cache(args, teacher, collator).max_length == 32

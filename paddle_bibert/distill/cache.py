@@ -14,15 +14,18 @@ depend on how many pads follow (the teacher's attention mask gives pad keys a we
 0), so positions [0, L) of an entry kept from a batch of length L' >= L are what the teacher
 gives at length L, to float rounding (another matrix shape may sum in another order).
 
-A batch that misses runs the teacher padded a quarter longer (to at most ``max_length``) and its
+A batch that misses runs the teacher padded an eighth longer (to at most ``max_length``) and its
 examples are kept at that length, so that in later epochs, where length-grouped batches mix the
 examples anew, most batches find every example kept long enough: over 10 epochs of SST-2, CoLA,
-STS-B and MRPC in batches of 16 the teacher then scores 14-17% of the tokens it scores live,
-against 37-54% with no headroom (``benchmarks/cache_headroom.py`` counts them without a model).
+STS-B and MRPC in batches of 16 the teacher then scores 13-17% of the tokens it scores live,
+against 37-54% with no headroom and 14-18% with a quarter (``benchmarks/cache_headroom.py``
+counts them without a model). Once the cache is full a missed batch runs as it would without it.
 
-Memory: a token costs (layers + 1) x hidden float32 for the hidden states (MiniLM-L6-H384: 10.8
-KB), and 3 x layers x hidden more with Q/K/V taps. Entries stop being added at ``max_bytes``;
-examples not kept by then run the teacher live in every epoch.
+Memory: a kept position (an example's tokens, its batch's padding and the headroom) costs
+(layers + 1) x hidden float32 where the hidden states are tapped (MiniLM-L6-H384: 10.8 KB), and
+3 x layers x hidden where Q/K/V are. Entries stop being added at ``max_bytes``; examples not kept
+by then run the teacher live in every epoch. One process's cache: under data parallel each rank
+would see other examples every epoch, so ``task_distill`` refuses it there.
 """
 
 from __future__ import annotations
@@ -34,11 +37,10 @@ import numpy as np
 import paddle
 
 from ..data.loader import pad_batch
+from .taps import LENGTH_AXIS
 
 __all__ = ["TeacherCache"]
 
-#: the axis of a kept tensor (one example's, without the batch axis) that runs over positions
-_LENGTH_AXIS = {"hidden": 0, "q": 1, "k": 1, "v": 1}  # hidden [L, H]; Q/K/V [heads, L, d_head]
 
 
 class _Entry:
@@ -54,7 +56,7 @@ class TeacherCache:
     memory where every example is kept at the batch's length, else from ``teacher_forward`` (whose
     outputs are then kept). ``hits`` / ``misses`` count batches, ``nbytes`` the memory held."""
 
-    HEADROOM = 1.25  # a missed batch runs the teacher this much longer (see the module's text)
+    HEADROOM = 1.125  # a missed batch runs the teacher this much longer (see the module's text)
 
     def __init__(self, pad_token_id: int, max_bytes: float, max_length: int,
                  pad_token_type_id: int = 0):
@@ -74,12 +76,14 @@ class TeacherCache:
             self.hits += 1
             return self._assemble(found, length)
         self.misses += 1
+        if self.full:  # nothing more is kept: the teacher runs as it would without the cache
+            return teacher_forward(batch)
         run = max(length, min(self.max_length, math.ceil(length * self.HEADROOM)))
         logits, taps = teacher_forward(pad_batch(batch, run, self.pad_token_id, self.pad_token_type_id))
         self._keep(keys, run, logits, taps)
         if run == length or not taps:
             return logits, taps
-        return logits, {s: [paddle.slice(t, [_LENGTH_AXIS[s] + 1], [0], [length]) for t in tensors]
+        return logits, {s: [paddle.slice(t, [LENGTH_AXIS[s]], [0], [length]) for t in tensors]
                         for s, tensors in taps.items()}
 
     def _keys(self, batch):
@@ -94,7 +98,7 @@ class TeacherCache:
     def _assemble(self, entries: List[_Entry], length: int):
         logits = paddle.to_tensor(np.stack([e.logits for e in entries]))
         taps = {}
-        for stream, axis in ((s, _LENGTH_AXIS[s]) for s in entries[0].taps):
+        for stream, axis in ((s, LENGTH_AXIS[s] - 1) for s in entries[0].taps):  # (no batch axis)
             cut = (slice(None),) * axis + (slice(0, length),)
             taps[stream] = [paddle.to_tensor(np.stack([e.taps[stream][j][cut] for e in entries]))
                             for j in range(len(entries[0].taps[stream]))]

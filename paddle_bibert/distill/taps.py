@@ -15,7 +15,11 @@ from paddle import nn
 
 from ..quant.layers import BiMultiHeadAttention
 
-__all__ = ["Taps"]
+__all__ = ["LENGTH_AXIS", "Taps"]
+
+#: the axis of each stream's tensors that runs over token positions (hidden [B, L, H];
+#: Q/K/V [B, heads, L, d_head], as recorded below)
+LENGTH_AXIS = {"hidden": 1, "q": 2, "k": 2, "v": 2}
 
 
 def _first(out):
