@@ -271,6 +271,9 @@ def _task_distill(args: DistillArgs, log):
     if args.augment and args.pred_distill and args.gold_weight and not info.is_regression:
         raise ValueError("--augment's copies have no gold label (the teacher's is their only one): "
                          "pass --gold_weight 0")
+    dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
+                          temperature=args.temperature, gold_weight=args.gold_weight,
+                          hidden_loss=args.hidden_loss)
     teacher, t_tok, t_path = _load_for_distill(args.teacher_path, info, "teacher_path")
     student, s_tok, s_path = _load_for_distill(args.student_model_name_or_path or args.teacher_path,
                                                info, "student_model_name_or_path", **_dropout(args))
@@ -301,9 +304,6 @@ def _task_distill(args: DistillArgs, log):
         evaluator = evaluate_packed
     if args.freeze_word_embeddings:
         student.get_input_embeddings().weight.stop_gradient = True  # no gradient, update or average
-    dconf = DistillConfig(**{f: getattr(args, f) for f in DistillConfig.FLAGS},
-                          temperature=args.temperature, gold_weight=args.gold_weight,
-                          hidden_loss=args.hidden_loss)
     distiller = Distiller(student, teacher, dconf, info.is_regression, forcing=forcing,
                           teacher_cache=_teacher_cache(args, teacher, train_loader.collate_fn))
     distiller.student_call = wrap(student)  # paddle.DataParallel under the launcher

@@ -215,6 +215,10 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no such file or folder"):
         task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher",
                             "--pred_distill"), log=Log())
+    # no loss flag: refused before the teacher is looked for (that folder does not exist either)
+    with pytest.raises(ValueError, match="^no distillation loss is enabled: pass at least one of --pred_distill, "
+                                         "--query_distill, --key_distill, --value_distill, --intermediate_distill$"):
+        task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher"), log=Log())
     with pytest.raises(SystemExit):
         task_distill(["--task_name", "sst-2", "--output_dir", str(tmp_path / "x"), "--pred_distil"])
     assert "unrecognized arguments: --pred_distil" in capsys.readouterr().err

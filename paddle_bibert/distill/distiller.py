@@ -37,6 +37,11 @@ class DistillConfig:
 
     FLAGS = ("pred_distill", "query_distill", "key_distill", "value_distill", "intermediate_distill")
 
+    def __post_init__(self):  # a config without a loss is refused where it is made, before any model loads
+        if not any(getattr(self, f) for f in self.FLAGS):
+            raise ValueError("no distillation loss is enabled: pass at least one of "
+                             + ", ".join("--" + f for f in self.FLAGS))
+
     def streams(self):
         s = [x for x, f in (("q", self.query_distill), ("k", self.key_distill),
                             ("v", self.value_distill), ("hidden", self.intermediate_distill)) if f]
@@ -48,9 +53,6 @@ class Distiller:
 
     def __init__(self, student, teacher, config: DistillConfig, is_regression: bool = False,
                  forcing=None, teacher_cache=None):
-        if not any(getattr(config, f) for f in DistillConfig.FLAGS):
-            raise ValueError("no distillation loss is enabled: pass at least one of "
-                             + ", ".join("--" + f for f in DistillConfig.FLAGS))
         self.student, self.teacher, self.config = student, teacher, config
         # what the student's forward goes through: the student itself, or its paddle.DataParallel
         # wrapper under the launcher (set by the caller, see paddle_bibert.distributed.wrap)
