@@ -45,6 +45,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(glue_slice, ti
     assert all((a[k].numpy() == b[k].numpy()).all() for k in a)
 
 
+def test_non_finite_loss_before_any_checkpoint_says_to_start_again(glue_slice, tiny_model_dir, tmp_path,
+                                                                   monkeypatch):
+    import paddle.nn.functional as F
+
+    real_ce = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^loss is nan at step 1; stopping\. No checkpoint was written "
+                                                 r"before it: lower --learning_rate and start again$"):
+        run_glue(common(glue_slice, "sst-2", tmp_path / "t", "--model_name_or_path", tiny_model_dir,
+                        "--max_steps", "6"), log=Log())
+
+
 def test_unwritable_output_dir_fails_before_training(glue_slice, tiny_model_dir, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     log = Log()

@@ -354,9 +354,10 @@ class Trainer:
         if self.world > 1:  # the mean over ranks: logged, and checked by every rank alike
             loss_value = float(dist.all_reduce_sum(loss.reshape([1]))) / self.world
         if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss is {loss_value} at step {step + 1}; stopping. The last good "
-                f"checkpoint is {latest_checkpoint(self.args.output_dir)}; lower --learning_rate")
+            last = latest_checkpoint(self.args.output_dir)
+            fix = (f"The last good checkpoint is {last}; lower --learning_rate" if last else
+                   "No checkpoint was written before it: lower --learning_rate and start again")
+            raise FloatingPointError(f"loss is {loss_value} at step {step + 1}; stopping. {fix}")
         loss.backward()
         self.optimizer.step()
         if self.ema is not None:
