@@ -144,4 +144,6 @@ def export(student_dir, path, max_seq_length):
 
 
 if __name__ == "__main__":
-    main()
+    from paddle_bibert.distributed import main as run_command  # one-line errors, as the other scripts
+
+    run_command(main)

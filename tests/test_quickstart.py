@@ -4,6 +4,8 @@ what it prints, and the packed file it leaves, for each recipe."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import paddle
@@ -95,3 +97,14 @@ def test_quickstart_budget_flags(tiny_model_dir, tmp_path, capsys):  # noqa: F81
     with pytest.raises(SystemExit):
         qs.main(["--output_dir", str(out), "--student_epochs", "0"])
     assert "--student_epochs must be > 0, got 0.0" in capsys.readouterr().err
+
+
+def test_quickstart_user_error_is_one_line_without_traceback(tiny_model_dir, tmp_path):  # noqa: F811
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "qs"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "examples", "quickstart.py"), "--output_dir", str(out),
+                        "--model", tiny_model_dir, "--max_steps", "1", "--no_progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: output_dir {out / 'teacher'} is not writable (Not a directory); choose another --output_dir")
