@@ -49,7 +49,7 @@ steps: ``+budget0.5`` gives a recipe whose step costs twice as much the same min
 ``+ema<decay>`` (``--ema_decay``: the weight average's decay, e.g. ``+ema0.999``), ``+reflr``
 (each task's student rate from ``configs/<task>.yaml``, BiBERT's authors' rates), e.g.
 ``bibert+bertadam+padmax``; each such run has its own folder.
-The main job's student is ``bit_mse_ema+glen+drop0+frozen``.
+The main job's student is ``bit_mse_ema+glen+drop0+frozen+meaninit``.
 
 It writes a markdown table (task metric per cell, retention = student / teacher) with each
 run's budget, plus a PNG plot. Every run is resumable: a finished run is skipped, an interrupted

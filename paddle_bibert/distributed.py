@@ -22,7 +22,7 @@ import sys
 from typing import Any, List
 
 __all__ = ["world_size", "rank", "is_main", "init_if_launched", "wrap", "all_reduce_sum",
-           "all_reduce_max", "gather_objects", "barrier"]
+           "all_reduce_max", "gather_objects", "barrier", "shutdown", "main"]
 
 
 def world_size() -> int:

@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     e.add_argument("--task", help="GLUE task of the file's layout (default: the model's task)")
     for q in (p, e):
         q.add_argument("--batch_size", type=int, default=32)
-        q.add_argument("--num_threads", type=int, help="kernel threads (default: all cores)")
+        q.add_argument("--num_threads", type=int, help="kernel threads (default: BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else all cores)")
     args = ap.parse_args(argv)
 
     from ..export.format import PackedFormatError
