@@ -243,6 +243,9 @@ def _task_distill(args: DistillArgs, log):
         raise ValueError(f"--act_ramp must be in [0, 1] (0 = binary from the first step), got {args.act_ramp}")
     if args.act_ramp and not args.bi:
         raise ValueError("--act_ramp ramps a binarized student's activations: pass --bi too")
+    if not args.bi and (args.recipe != DistillArgs.recipe or args.act_bits != DistillArgs.act_bits or args.binarize):
+        raise ValueError("--recipe, --act_bits and --binarize choose how --bi binarizes the student: pass --bi "
+                         "too (without it the student trains in full precision)")
     forcing = None
     if args.teacher_forcing:  # (checked before the models load)
         from .distill.forcing import TeacherForcing

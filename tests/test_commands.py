@@ -215,6 +215,12 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no such file or folder"):
         task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher",
                             "--pred_distill"), log=Log())
+    for flags in (["--recipe", "bit"], ["--act_bits", "2"], ["--binarize", '{"act_quantizer": "elastic_sign"}']):
+        with pytest.raises(ValueError, match=r"^--recipe, --act_bits and --binarize choose how --bi binarizes "
+                                             r"the student: pass --bi too \(without it the student trains in "
+                                             r"full precision\)$"):
+            task_distill(common(glue_slice, "sst-2", tmp_path / "s", "--teacher_path", "./nowhere/teacher",
+                                "--pred_distill", *flags), log=Log())
     # no loss flag: refused before the teacher is looked for (that folder does not exist either)
     with pytest.raises(ValueError, match="^no distillation loss is enabled: pass at least one of --pred_distill, "
                                          "--query_distill, --key_distill, --value_distill, --intermediate_distill$"):
