@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -188,7 +189,11 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
                                    tiny_model_dir, "--max_steps", "1", *x)
     with pytest.raises(ValueError, match="unknown task.*sst-2"):
         run_glue(base("sst-3"), log=Log())
-    with pytest.raises(FileNotFoundError, match="CoLA"):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"cola train data not found: no file {os.path.join(glue_slice, 'CoLA', 'train.tsv')} (nor "
+            f"{os.path.join(glue_slice, 'train.tsv')}). Expected the standard GLUE layout "
+            "<data_dir>/CoLA/train.tsv (as unpacked from the GLUE download); pass the GLUE root or the "
+            "CoLA folder itself as data_dir.") + "$"):
         run_glue(base("cola"), log=Log())  # the slice has no CoLA folder
     bad = tmp_path / "bad" / "SST-2"
     os.makedirs(bad)
@@ -197,7 +202,9 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"train\.tsv.*line 3"):
         run_glue(common(str(tmp_path / "bad"), "sst-2", tmp_path / "o2", "--model_name_or_path",
                         tiny_model_dir), log=Log())
-    with pytest.raises(FileNotFoundError, match="does/not/exist"):
+    with pytest.raises(FileNotFoundError, match=r"^Model folder './does/not/exist' does not exist \(hub ids with "
+                                                r"'/' are not downloaded here: download the model to a local "
+                                                r"folder first\)\.$"):
         run_glue(base("sst-2") + ["--model_name_or_path", "./does/not/exist"], log=Log())
     with pytest.raises(SystemExit, match="exceeds the model's 128 positions"):
         run_glue(base("sst-2", "--max_seq_length", "512"), log=Log())
@@ -230,7 +237,7 @@ def test_bad_inputs_name_the_fix(glue_slice, tiny_model_dir, tmp_path, capsys):
     assert "unrecognized arguments: --pred_distil" in capsys.readouterr().err
 
 
-def test_config_file_and_flag_precedence(tmp_path):
+def test_config_file_and_flag_precedence(tmp_path, capsys):
     from paddle_bibert.commands import DistillArgs, parse_args
 
     cfg = tmp_path / "c.yaml"
@@ -249,6 +256,8 @@ def test_config_file_and_flag_precedence(tmp_path):
     (tmp_path / "bad.yaml").write_text("task_name: sst-2\nlerning_rate: 1\n")
     with pytest.raises(SystemExit):
         parse_args(DistillArgs, ["--config", str(tmp_path / "bad.yaml"), "--output_dir", "o"], "student")
+    assert (f"error: --config {tmp_path / 'bad.yaml'}: unknown setting 'lerning_rate' for this command; "
+            "valid: ['act_bits', ") in capsys.readouterr().err
 
 
 def test_example_scripts_run_as_commands(glue_slice, tiny_model_dir, tmp_path):
