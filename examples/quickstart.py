@@ -19,6 +19,7 @@ Recipes (all fully binarized: 1-bit weights, word embeddings and activations):
   bibert  BiBERT: Bi-Attention and the five direction-matching terms (prediction, Q, K, V, hidden)
 
 Both stages are resumable: each writes atomic checkpoints under --output_dir.
+Both run on every core this process may use (OMP_NUM_THREADS=N before the command sets N).
 """
 
 import argparse
@@ -26,8 +27,14 @@ import json
 import os
 import time
 
-import paddle_bibert  # noqa: F401  (CPU defaults before Paddle loads)
-from paddle_bibert.commands import run_glue, task_distill
+# Paddle runs its CPU math on one thread unless OMP_NUM_THREADS says otherwise (it sets 1 when the
+# variable is unset), so a plain run would leave the other cores idle; a student step took 0.74x
+# as long on two threads as on one (benchmarks/RESULTS.md, "Student step levers"). Before Paddle loads.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                               else os.cpu_count() or 1))
+
+import paddle_bibert  # noqa: E402,F401  (CPU defaults before Paddle loads)
+from paddle_bibert.commands import run_glue, task_distill  # noqa: E402
 
 RECIPES = {  # name -> (task_distill flags, student learning rate)
     # no dropout and the teacher's word embeddings kept: a step ~0.8x as long at the same accuracy
@@ -106,7 +113,7 @@ def main(argv=None):
               "student_minutes": (t2 - t1) / 60, "total_minutes": (t2 - t0) / 60,
               "budget": "full" if args.full else "short", "recipe": args.recipe,
               "teacher_epochs": b["teacher_epochs"], "student_epochs": b["student_epochs"],
-              "group_by_length": args.group_by_length,
+              "group_by_length": args.group_by_length, "threads": int(os.environ["OMP_NUM_THREADS"]),
               "packed_file": packed, "packed_bytes": info["bytes"], "fp_bytes": info["fp_bytes"]}
     with open(os.path.join(args.output_dir, "quickstart.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -117,8 +124,8 @@ def main(argv=None):
     print(f"student / teacher: {result['retention']:.3f}")
     print(f"packed 1-bit student: {packed} ({info['bytes'] / 2**20:.1f} MiB; float32 weights "
           f"{info['fp_bytes'] / 2**20:.1f} MiB)")
-    print(f"wall time: {result['total_minutes']:.1f} min (teacher {result['teacher_minutes']:.1f}, "
-          f"student {result['student_minutes']:.1f})")
+    print(f"wall time: {result['total_minutes']:.1f} min on {result['threads']} thread(s) (teacher "
+          f"{result['teacher_minutes']:.1f}, student {result['student_minutes']:.1f})")
     print(f"try it (no Paddle needed): python -m paddle_bibert.runtime predict {packed} "
           "\"a gripping, funny film\"")
     return result

@@ -108,3 +108,18 @@ def test_quickstart_user_error_is_one_line_without_traceback(tiny_model_dir, tmp
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == (
         f"error: output_dir {out / 'teacher'} is not writable (Not a directory); choose another --output_dir")
+
+
+@pytest.mark.parametrize("given", [None, "1"])
+def test_quickstart_uses_every_core_unless_told(given):
+    """Paddle alone would run the job's math on one thread (it sets OMP_NUM_THREADS=1 when unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if given:
+        env["OMP_NUM_THREADS"] = given
+    code = ("import importlib.util, os, sys; spec = importlib.util.spec_from_file_location('qs', sys.argv[1]); "
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
+            "import paddle; print(os.environ['OMP_NUM_THREADS'])")
+    r = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "examples", "quickstart.py")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == (given or str(len(os.sched_getaffinity(0))))
