@@ -652,6 +652,23 @@ def test_every_instruction_set_gives_the_same_logits(rng, tmp_path, recipe, kern
     assert any(looked_up) == kern.uses_nibbles, looked_up
 
 
+def test_table_lookup_sign_cut_past_15_bits_stays_exact(kern):
+    """A sign-fed product on the table path compares its 16-bit sums with sign_cut's interval; with
+    counts above 32,767 (signed 16 bits' end) the bits must still be numpy's."""
+    k, n = 40000, 64
+    a = pack_signs(-np.ones((4, k), np.float32))
+    signs = np.ones((n, k), np.float32)
+    for j in range(n):
+        signs[j, :320 * j] = -1  # channel j agrees on 320 j bits: count 40,000 - 320 j
+    w = pack_signs(signs)
+    alpha, bias = np.ones(n, np.float32), np.full(n, 20000, np.float32)  # sign bit set above 30,000
+    cut = ref.sign_cut(k, alpha, bias)
+    got = kern.bin_linear_cut(a, kern.prepare(w), n, k, alpha, bias, cut, nibbles=kern.prepare_nibbles(w))
+    want = NUMPY.bin_linear_cut(a, NUMPY.prepare(w), n, k, alpha, bias, cut)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < np.unpackbits(want.view(np.uint8)).sum() < 4 * n  # both signs occur
+
+
 def test_table_lookup_counts_past_16_bits_stay_exact(kern):
     """The table path sums counts in 16 bits; an input of 65,600 bits whose every bit differs from
     the weights' (count 65,600 > 65,535) must still come out exact (it takes XOR and popcount)."""

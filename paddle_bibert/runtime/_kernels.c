@@ -409,11 +409,11 @@ static AI T256 void nib_body(const uint8_t *tab, size_t nk, const uint8_t *w4, s
 
 /* The full tile, 4 rows x 2 panels, written out: 8 byte sums, a table and the two weight
  * vectors fill the 16 registers; the empty asm keeps each sum in its register (GCC otherwise
- * adds into a temporary and copies it back, 8 extra instructions in a loop of ~25). */
-static T256 void nib_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
-                         int32_t *c, size_t ldc) {
+ * adds into a temporary and copies it back, 8 extra instructions in a loop of ~25). The 16-bit
+ * sums of row i / 2, panel i % 2 end in s16[i] (nib_widen's lanes). */
+static AI T256 void nib_4x2_sums(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+                                 __m256i s16[8][2]) {
     const __m256i zero = _mm256_setzero_si256();
-    __m256i s16[8][2];
     for (int i = 0; i < 8; i++) s16[i][0] = s16[i][1] = zero;
     for (size_t k0 = 0; k0 < nk; k0 += 63) {
         const size_t k1 = k0 + 63 < nk ? k0 + 63 : nk;
@@ -438,7 +438,84 @@ static T256 void nib_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_
         const __m256i byt[8] = {b0, b1, b2, b3, b4, b5, b6, b7};
         for (int i = 0; i < 8; i++) nib_widen(byt[i], s16[i]);
     }
+}
+
+static T256 void nib_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+                         int32_t *c, size_t ldc) {
+    __m256i s16[8][2];
+    nib_4x2_sums(tab, nk, w4, pstride, s16);
     for (int i = 0; i < 8; i++) nib_store(s16[i], c + (size_t)(i / 2) * ldc + 32 * (i % 2));
+}
+
+/* 32 int32 values of channels [0, 32) -> int16 (saturated) in nib_widen's lanes. */
+static AI T256 void nib_lanes16(const int32_t *v, __m256i out[2]) {
+    const __m128i c0 = _mm_packs_epi32(_mm_loadu_si128((const __m128i *)v),
+                                       _mm_loadu_si128((const __m128i *)(v + 4)));
+    const __m128i c1 = _mm_packs_epi32(_mm_loadu_si128((const __m128i *)(v + 8)),
+                                       _mm_loadu_si128((const __m128i *)(v + 12)));
+    const __m128i c2 = _mm_packs_epi32(_mm_loadu_si128((const __m128i *)(v + 16)),
+                                       _mm_loadu_si128((const __m128i *)(v + 20)));
+    const __m128i c3 = _mm_packs_epi32(_mm_loadu_si128((const __m128i *)(v + 24)),
+                                       _mm_loadu_si128((const __m128i *)(v + 28)));
+    out[0] = _mm256_set_m128i(c2, c0);
+    out[1] = _mm256_set_m128i(c3, c1);
+}
+
+/* The 4 x 64 tile of a binary linear straight from its 16-bit sums, without the int32 counts
+ * in memory: the bits 1[lo <= count <= hi] of a sign-fed product (lo, hi: outq_t; compared in
+ * 16 bits, so K < 32767), or the float outputs (K - 2 count) * alpha + bias as lin_epi_avx2
+ * computes them (the same operations, so the same bits). Rows' outputs ldo floats / ldb uint32
+ * apart, from the tile's first channel. */
+static T256 void nib_lin_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+                             float *o, size_t ldo, const float *alpha, const float *bias, long K,
+                             const long *Krow, uint32_t *bits, size_t ldb, const int32_t *lo,
+                             const int32_t *hi) {
+    __m256i s16[8][2];
+    nib_4x2_sums(tab, nk, w4, pstride, s16);
+    if (bits) {
+        for (int v = 0; v < 2; v++) {
+            __m256i l16[2], h16[2];
+            nib_lanes16(lo + 32 * v, l16);
+            nib_lanes16(hi + 32 * v, h16);
+            for (int r = 0; r < TM; r++) {
+                const __m256i *c = s16[2 * r + v];
+                const __m256i out0 = _mm256_or_si256(_mm256_cmpgt_epi16(l16[0], c[0]),
+                                                     _mm256_cmpgt_epi16(c[0], h16[0]));
+                const __m256i out1 = _mm256_or_si256(_mm256_cmpgt_epi16(l16[1], c[1]),
+                                                     _mm256_cmpgt_epi16(c[1], h16[1]));
+                /* bytes in channel order: lanes [0..8) [8..16) | [16..24) [24..32) */
+                bits[(size_t)r * ldb + v] =
+                    ~(uint32_t)_mm256_movemask_epi8(_mm256_packs_epi16(out0, out1));
+            }
+        }
+        return;
+    }
+    double ad[64] __attribute__((aligned(32))), bd[64] __attribute__((aligned(32)));
+    for (int c = 0; c < 64; c += 4) {
+        _mm256_store_pd(ad + c, _mm256_cvtps_pd(_mm_loadu_ps(alpha + c)));
+        _mm256_store_pd(bd + c, _mm256_cvtps_pd(_mm_loadu_ps(bias + c)));
+    }
+    for (int r = 0; r < TM; r++) {
+        const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
+        for (int v = 0; v < 2; v++) {
+            const __m256i *c = s16[2 * r + v];
+            /* channels [0..8) [8..16) [16..24) [24..32) of the panel, as 4-lane halves */
+            const __m128i q16[4] = {_mm256_castsi256_si128(c[0]), _mm256_castsi256_si128(c[1]),
+                                    _mm256_extracti128_si256(c[0], 1),
+                                    _mm256_extracti128_si256(c[1], 1)};
+            for (int g = 0; g < 4; g++) {
+                const __m256i c32 = _mm256_cvtepu16_epi32(q16[g]);
+                for (int h = 0; h < 2; h++) {
+                    const int ch = 32 * v + 8 * g + 4 * h;
+                    const __m128i cnt = h ? _mm256_extracti128_si256(c32, 1) : _mm256_castsi256_si128(c32);
+                    const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
+                    _mm_storeu_ps(o + (size_t)r * ldo + ch,
+                                  _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(d, _mm256_load_pd(ad + ch)),
+                                                                _mm256_load_pd(bd + ch))));
+                }
+            }
+        }
+    }
 }
 
 /* mr (<= TM) rows x nv (<= 2) panels of counts from a tile's tables; see nib_body. */
@@ -963,20 +1040,24 @@ typedef struct {
     void (*lin_epi)(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
                     const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
                     const outq_t *q);
+    /* a full tile of the table-lookup products with that epilogue fused (see nib_lin_4x2) */
+    void (*nib_lin)(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride, float *o,
+                    size_t ldo, const float *alpha, const float *bias, long K, const long *Krow,
+                    uint32_t *bits, size_t ldb, const int32_t *lo, const int32_t *hi);
 } isa_t;
 
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL},
+     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
-     nib_tile_tables, lin_epi_avx2},
+     nib_tile_tables, lin_epi_avx2, nib_lin_4x2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -1212,6 +1293,9 @@ static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
 static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
     const size_t M = g->M, N = g->N, nk = 16 * g->kw, ldb = 2 * nwords(N);
     const int linear = g->out_f || g->out_bits;
+    /* the fused epilogues: float outputs, or a sign-fed product's interval (16-bit compares) */
+    const int fused = g_isa->nib_lin && (g->out_f ? !g->out_bits
+                                                  : g->out_bits && g->q && g->q->lo && g->K < 32767);
     uint8_t *tab = aligned_alloc(64, nk * TM * 16);
     if (!tab) return 0;
     for (long it = it0; it < it1; it++) {
@@ -1221,6 +1305,15 @@ static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) 
         for (long jt = jt0; jt < jt1; jt += 2) {
             int32_t loc[TM * 2 * 32];
             const int nv = jt + 1 < jt1 ? 2 : 1;
+            const size_t c0 = (size_t)jt * 32; /* the pair's first channel */
+            if (fused && mr == TM && nv == 2 && c0 + 64 <= N) {
+                g_isa->nib_lin(tab, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
+                               g->out_f ? g->out_f + m0 * N + c0 : NULL, N, g->alpha + c0,
+                               g->bias + c0, g->K, g->unsig ? g->ones + m0 : NULL,
+                               g->out_bits ? g->out_bits + m0 * ldb + c0 / 32 : NULL, ldb,
+                               g->out_bits ? g->q->lo + c0 : NULL, g->out_bits ? g->q->hi + c0 : NULL);
+                continue;
+            }
             g_isa->nib_tile(tab, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
             for (int v = 0; v < nv; v++) {
                 const size_t n0 = (size_t)(jt + v) * 32;
