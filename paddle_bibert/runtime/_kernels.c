@@ -462,21 +462,20 @@ static AI T256 void nib_lanes16(const int32_t *v, __m256i out[2]) {
 }
 
 /* The 4 x 64 tile of a binary linear straight from its 16-bit sums, without the int32 counts
- * in memory: the bits 1[lo <= count <= hi] of a sign-fed product (lo, hi: outq_t; compared in
- * 16 bits, so K < 32767), or the float outputs (K - 2 count) * alpha + bias as lin_epi_avx2
- * computes them (the same operations, so the same bits). Rows' outputs ldo floats / ldb uint32
- * apart, from the tile's first channel. */
+ * in memory, with lin_epi_avx2's outputs: a sign-fed product's bits 1[lo <= count <= hi] (q->lo;
+ * compared in 16 bits, so K < 32767), else y = (K - 2 count) * alpha + bias by the same
+ * operations (so the same bits), written out (bits NULL), or its bits through q (not GELU), or
+ * its sign bits. Rows' outputs ldo floats / ldb uint32 apart, from the tile's first channel. */
 static T256 void nib_lin_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
                              float *o, size_t ldo, const float *alpha, const float *bias, long K,
-                             const long *Krow, uint32_t *bits, size_t ldb, const int32_t *lo,
-                             const int32_t *hi) {
+                             const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
     __m256i s16[8][2];
     nib_4x2_sums(tab, nk, w4, pstride, s16);
-    if (bits) {
+    if (bits && q && q->lo) {
         for (int v = 0; v < 2; v++) {
             __m256i l16[2], h16[2];
-            nib_lanes16(lo + 32 * v, l16);
-            nib_lanes16(hi + 32 * v, h16);
+            nib_lanes16(q->lo + 32 * v, l16);
+            nib_lanes16(q->hi + 32 * v, h16);
             for (int r = 0; r < TM; r++) {
                 const __m256i *c = s16[2 * r + v];
                 const __m256i out0 = _mm256_or_si256(_mm256_cmpgt_epi16(l16[0], c[0]),
@@ -499,21 +498,32 @@ static T256 void nib_lin_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, s
         const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
         for (int v = 0; v < 2; v++) {
             const __m256i *c = s16[2 * r + v];
-            /* channels [0..8) [8..16) [16..24) [24..32) of the panel, as 4-lane halves */
+            /* channels [0..8) [8..16) [16..24) [24..32) of the panel */
             const __m128i q16[4] = {_mm256_castsi256_si128(c[0]), _mm256_castsi256_si128(c[1]),
                                     _mm256_extracti128_si256(c[0], 1),
                                     _mm256_extracti128_si256(c[1], 1)};
+            uint32_t sg = 0;
             for (int g = 0; g < 4; g++) {
                 const __m256i c32 = _mm256_cvtepu16_epi32(q16[g]);
+                const int ch = 32 * v + 8 * g;
+                __m128 y[2];
                 for (int h = 0; h < 2; h++) {
-                    const int ch = 32 * v + 8 * g + 4 * h;
                     const __m128i cnt = h ? _mm256_extracti128_si256(c32, 1) : _mm256_castsi256_si128(c32);
                     const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
-                    _mm_storeu_ps(o + (size_t)r * ldo + ch,
-                                  _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(d, _mm256_load_pd(ad + ch)),
-                                                                _mm256_load_pd(bd + ch))));
+                    y[h] = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(d, _mm256_load_pd(ad + ch + 4 * h)),
+                                                         _mm256_load_pd(bd + ch + 4 * h)));
+                }
+                if (!bits) {
+                    _mm_storeu_ps(o + (size_t)r * ldo + ch, y[0]);
+                    _mm_storeu_ps(o + (size_t)r * ldo + ch + 4, y[1]);
+                } else if (q) {
+                    sg |= act_bits8(_mm256_set_m128(y[1], y[0]), q->shift ? q->shift + ch : NULL,
+                                    q->scale, q->kind, q->act) << (8 * g);
+                } else { /* sign bits of y */
+                    sg |= (uint32_t)(_mm_movemask_ps(y[0]) | _mm_movemask_ps(y[1]) << 4) << (8 * g);
                 }
             }
+            if (bits) bits[(size_t)r * ldb + v] = sg;
         }
     }
 }
@@ -1043,7 +1053,7 @@ typedef struct {
     /* a full tile of the table-lookup products with that epilogue fused (see nib_lin_4x2) */
     void (*nib_lin)(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride, float *o,
                     size_t ldo, const float *alpha, const float *bias, long K, const long *Krow,
-                    uint32_t *bits, size_t ldb, const int32_t *lo, const int32_t *hi);
+                    uint32_t *bits, size_t ldb, const outq_t *q);
 } isa_t;
 
 static const isa_t ISAS[] = {
@@ -1293,9 +1303,10 @@ static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
 static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
     const size_t M = g->M, N = g->N, nk = 16 * g->kw, ldb = 2 * nwords(N);
     const int linear = g->out_f || g->out_bits;
-    /* the fused epilogues: float outputs, or a sign-fed product's interval (16-bit compares) */
-    const int fused = g_isa->nib_lin && (g->out_f ? !g->out_bits
-                                                  : g->out_bits && g->q && g->q->lo && g->K < 32767);
+    const outq_t *gq = g->out_bits ? g->q : NULL;
+    /* the fused epilogue (nib_lin): lin_epi's cases, sign_cut's 16-bit compares below 32767 */
+    const int fused = g_isa->nib_lin && linear && !(gq && gq->act == ACT_GELU) &&
+                      !(gq && gq->lo && g->K >= 32767);
     uint8_t *tab = aligned_alloc(64, nk * TM * 16);
     if (!tab) return 0;
     for (long it = it0; it < it1; it++) {
@@ -1307,11 +1318,12 @@ static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) 
             const int nv = jt + 1 < jt1 ? 2 : 1;
             const size_t c0 = (size_t)jt * 32; /* the pair's first channel */
             if (fused && mr == TM && nv == 2 && c0 + 64 <= N) {
+                outq_t qt;
                 g_isa->nib_lin(tab, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
                                g->out_f ? g->out_f + m0 * N + c0 : NULL, N, g->alpha + c0,
                                g->bias + c0, g->K, g->unsig ? g->ones + m0 : NULL,
                                g->out_bits ? g->out_bits + m0 * ldb + c0 / 32 : NULL, ldb,
-                               g->out_bits ? g->q->lo + c0 : NULL, g->out_bits ? g->q->hi + c0 : NULL);
+                               panel_q(g, c0, &qt));
                 continue;
             }
             g_isa->nib_tile(tab, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
