@@ -573,12 +573,34 @@ static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, 
 /* Attention context of one query, 8 head channels at a time (see context_fn). */
 static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
                               float *out) {
-    const long pa = popcount_words(A, Lw);
-    int32_t cnt[8];
+    /* 8 dimensions at a time, counts in bytes for up to 31 words, then in 64-bit lanes, and
+     * the 8 of them to float in registers (dimension d of a block in lane d) */
+    const __m256i zero = _mm256_setzero_si256(), lo32 = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i pa = _mm256_set1_epi32((int)popcount_words(A, Lw));
     for (size_t db = 0; db < (dh + 7) / 8; db++) {
-        mk256(A, Lw, vil + db * Lw * 8, OP_AND, cnt, 8, 1);
-        for (size_t l = 0; l < 8 && 8 * db + l < dh; l++)
-            out[8 * db + l] = (float)(pa - 2 * (long)cnt[l]);
+        __m256i c0 = zero, c1 = zero;
+        for (size_t w0 = 0; w0 < Lw; w0 += BYTE_WORDS) {
+            const size_t w1 = w0 + BYTE_WORDS < Lw ? w0 + BYTE_WORDS : Lw;
+            __m256i b0 = zero, b1 = zero;
+            for (size_t w = w0; w < w1; w++) {
+                const __m256i av = _mm256_set1_epi64x((long long)A[w]);
+                const uint64_t *v = vil + (db * Lw + w) * 8;
+                b0 = _mm256_add_epi8(b0, popcnt8_256(_mm256_and_si256(av, _mm256_loadu_si256((const __m256i *)v))));
+                b1 = _mm256_add_epi8(b1, popcnt8_256(_mm256_and_si256(av, _mm256_loadu_si256((const __m256i *)(v + 4)))));
+            }
+            c0 = _mm256_add_epi64(c0, _mm256_sad_epu8(b0, zero));
+            c1 = _mm256_add_epi64(c1, _mm256_sad_epu8(b1, zero));
+        }
+        const __m256i c = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(c0, lo32),
+                                                    _mm256_permutevar8x32_epi32(c1, lo32), 0x20);
+        const __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(pa, _mm256_add_epi32(c, c)));
+        if (8 * db + 8 <= dh) {
+            _mm256_storeu_ps(out + 8 * db, y);
+        } else {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, y);
+            memcpy(out + 8 * db, tmp, (dh - 8 * db) * sizeof(float));
+        }
     }
 }
 
