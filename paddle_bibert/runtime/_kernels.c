@@ -571,6 +571,17 @@ static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, 
 }
 
 /* Attention context of one query, 8 head channels at a time (see context_fn). */
+/* The first min(n, 8) floats of v to out (a context block at the head's last dimensions). */
+static AI T256 void store8(float *out, __m256 v, size_t n) {
+    if (n >= 8) {
+        _mm256_storeu_ps(out, v);
+    } else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(out, tmp, n * sizeof(float));
+    }
+}
+
 static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
                               float *out) {
     /* 8 dimensions at a time, counts in bytes for up to 31 words, then in 64-bit lanes, and
@@ -593,14 +604,8 @@ static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil,
         }
         const __m256i c = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(c0, lo32),
                                                     _mm256_permutevar8x32_epi32(c1, lo32), 0x20);
-        const __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(pa, _mm256_add_epi32(c, c)));
-        if (8 * db + 8 <= dh) {
-            _mm256_storeu_ps(out + 8 * db, y);
-        } else {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, y);
-            memcpy(out + 8 * db, tmp, (dh - 8 * db) * sizeof(float));
-        }
+        store8(out + 8 * db, _mm256_cvtepi32_ps(_mm256_sub_epi32(pa, _mm256_add_epi32(c, c))),
+               dh - 8 * db);
     }
 }
 
@@ -759,14 +764,8 @@ static T512 void context_avx512(const uint64_t *A, size_t Lw, const uint64_t *vi
         for (size_t w = 0; w < Lw; w++)
             acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_and_si512(
                       _mm512_set1_epi64((long long)A[w]), _mm512_loadu_si512(vil + (db * Lw + w) * 8))));
-        __m256 v = _mm512_cvtepi64_ps(_mm512_sub_epi64(p, _mm512_add_epi64(acc, acc)));
-        if (8 * db + 8 <= dh) {
-            _mm256_storeu_ps(out + 8 * db, v);
-        } else {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, v);
-            memcpy(out + 8 * db, tmp, (dh - 8 * db) * sizeof(float));
-        }
+        store8(out + 8 * db, _mm512_cvtepi64_ps(_mm512_sub_epi64(p, _mm512_add_epi64(acc, acc))),
+               dh - 8 * db);
     }
 }
 /* table_lanes_generic with a masked gather of 8 entries: lane r still adds key 8i + r's entry
