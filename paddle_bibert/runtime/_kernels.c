@@ -570,7 +570,6 @@ static T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, 
     }
 }
 
-/* Attention context of one query, 8 head channels at a time (see context_fn). */
 /* The first min(n, 8) floats of v to out (a context block at the head's last dimensions). */
 static AI T256 void store8(float *out, __m256 v, size_t n) {
     if (n >= 8) {
@@ -582,6 +581,7 @@ static AI T256 void store8(float *out, __m256 v, size_t n) {
     }
 }
 
+/* Attention context of one query, 8 head channels at a time (see context_fn). */
 static T256 void context_avx2(const uint64_t *A, size_t Lw, const uint64_t *vil, size_t dh,
                               float *out) {
     /* 8 dimensions at a time, counts in bytes for up to 31 words, then in 64-bit lanes, and
