@@ -168,6 +168,8 @@ static size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *k
 
 /* popcount(a OP w) of two nibbles, the tables of the table-lookup products (see nib_body) */
 static uint8_t NIB_TABLES[2][16][16] __attribute__((aligned(16))); /* [op][a][w] */
+/* two rows' tables in one, T_a[w] + 16 T_b[w] (see nib_4x2_sums) */
+static uint8_t NIB_PAIRS[2][16][16][16] __attribute__((aligned(16))); /* [op][a][b][w] */
 
 static void nib_tables_init(void) {
     for (int a = 0; a < 16; a++)
@@ -175,6 +177,11 @@ static void nib_tables_init(void) {
             NIB_TABLES[OP_XOR][a][w] = (uint8_t)__builtin_popcount((unsigned)(a ^ w));
             NIB_TABLES[OP_AND][a][w] = (uint8_t)__builtin_popcount((unsigned)(a & w));
         }
+    for (int op = 0; op < 2; op++)
+        for (int a = 0; a < 16; a++)
+            for (int b = 0; b < 16; b++)
+                for (int w = 0; w < 16; w++)
+                    NIB_PAIRS[op][a][b][w] = (uint8_t)(NIB_TABLES[op][a][w] + 16 * NIB_TABLES[op][b][w]);
 }
 
 #ifdef BB_X86
@@ -338,7 +345,9 @@ static T256 void lin_tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, 
  * ("nibble panels", twice the packed bits): W4[p][k][c] = nibble k of channel 32 p + c
  * (nibble k = bits 4k..4k+3 of the row). The activation rows become table offsets, 16 times
  * each nibble (nib_rows). Counts add up in bytes for 63 nibbles (63 * 4 = 252), then in 16 bits
- * (so K < 65536), and are exact: the same integers as the other kernels. */
+ * (so K < 65536), and are exact: the same integers as the other kernels. A full tile looks two
+ * rows up at once (nib_4x2_sums: one vpshufb, a table of both rows' counts in its two nibbles),
+ * halving the lookups, which share two of the vector units. */
 
 /* a4[m * 16 kw + k] = 16 * (nibble k of row m), for the M rows of a [M, kw]. */
 static T256 void nib_rows_avx2(const uint64_t *a, size_t M, size_t kw, uint8_t *a4) {
@@ -360,6 +369,18 @@ static T256 void nib_tile_tables(const uint8_t *a4, size_t nk, int mr, const uin
         for (int r = 0; r < mr; r++)
             _mm_store_si128((__m128i *)(tab + (k * TM + r) * 16),
                             _mm_load_si128((const __m128i *)(tables + a4[(size_t)r * nk + k])));
+}
+
+/* A full tile's pair tables: tab2[(k * 2 + p) * 16 ..] = the pair table (pairs: NIB_PAIRS) of
+ * rows 2p and 2p + 1 at nibble k (a4: the rows' offsets, nk each). */
+static T256 void nib_pair_tables(const uint8_t *a4, size_t nk, const uint8_t *pairs, uint8_t *tab2) {
+    for (size_t k = 0; k < nk; k++)
+        for (int p = 0; p < 2; p++) {
+            /* a4 holds 16 a: the pair (a, b)'s table is at 16 (16 a + b) */
+            const size_t at = 16 * (size_t)a4[2 * p * nk + k] + a4[(2 * p + 1) * nk + k];
+            _mm_store_si128((__m128i *)(tab2 + (k * 2 + p) * 16),
+                            _mm_load_si128((const __m128i *)(pairs + at)));
+        }
 }
 
 /* Byte sums -> the 16-bit sums: lanes hold channels [0..8) [16..24) (lo) and [8..16) [24..32)
@@ -407,43 +428,62 @@ static AI T256 void nib_body(const uint8_t *tab, size_t nk, const uint8_t *w4, s
         for (int v = 0; v < NV; v++) nib_store(s16[r][v], c + (size_t)r * ldc + 32 * v);
 }
 
-/* The full tile, 4 rows x 2 panels, written out: 8 byte sums, a table and the two weight
- * vectors fill the 16 registers; the empty asm keeps each sum in its register (GCC otherwise
- * adds into a temporary and copies it back, 8 extra instructions in a loop of ~25). The 16-bit
- * sums of row i / 2, panel i % 2 end in s16[i] (nib_widen's lanes). */
-static AI T256 void nib_4x2_sums(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+/* The full tile, 4 rows x 2 panels, from pair tables (nib_pair_tables): one vpshufb looks up
+ * two rows' counts, row 2p's in the low nibble of each byte and row 2p + 1's in the high one,
+ * so a tile takes 4 lookups a step where one table per row took 8. The nibbles hold 3 steps
+ * (3 * 4 = 12 < 16); then they are split (mask, shift) into the byte sums of single rows, 8 of
+ * them, which hold 63 steps as before. The sums of row i / 2, panel i % 2 end in s16[i]
+ * (nib_widen's lanes). */
+static AI T256 __m256i nib_pair(const uint8_t *tab2, size_t k, int p, const uint8_t *w) {
+    const __m256i t = _mm256_broadcastsi128_si256(
+        _mm_load_si128((const __m128i *)(tab2 + (k * 2 + p) * 16)));
+    return _mm256_shuffle_epi8(t, _mm256_loadu_si256((const __m256i *)(w + k * 32)));
+}
+
+static AI T256 void nib_split(__m256i pair, __m256i *lo, __m256i *hi) {
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    *lo = _mm256_add_epi8(*lo, _mm256_and_si256(pair, low));
+    *hi = _mm256_add_epi8(*hi, _mm256_and_si256(_mm256_srli_epi16(pair, 4), low));
+}
+
+static AI T256 void nib_4x2_sums(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t pstride,
                                  __m256i s16[8][2]) {
     const __m256i zero = _mm256_setzero_si256();
+    const uint8_t *w1 = w4 + pstride;
     for (int i = 0; i < 8; i++) s16[i][0] = s16[i][1] = zero;
     for (size_t k0 = 0; k0 < nk; k0 += 63) {
         const size_t k1 = k0 + 63 < nk ? k0 + 63 : nk;
         __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero, b4 = zero, b5 = zero, b6 = zero, b7 = zero;
-        for (size_t k = k0; k < k1; k++) {
-            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w4 + k * 32));
-            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w4 + pstride + k * 32));
-            __m256i t = nib_table(tab, k, 0);
-            b0 = _mm256_add_epi8(b0, _mm256_shuffle_epi8(t, w0));
-            b1 = _mm256_add_epi8(b1, _mm256_shuffle_epi8(t, w1));
-            t = nib_table(tab, k, 1);
-            b2 = _mm256_add_epi8(b2, _mm256_shuffle_epi8(t, w0));
-            b3 = _mm256_add_epi8(b3, _mm256_shuffle_epi8(t, w1));
-            t = nib_table(tab, k, 2);
-            b4 = _mm256_add_epi8(b4, _mm256_shuffle_epi8(t, w0));
-            b5 = _mm256_add_epi8(b5, _mm256_shuffle_epi8(t, w1));
-            t = nib_table(tab, k, 3);
-            b6 = _mm256_add_epi8(b6, _mm256_shuffle_epi8(t, w0));
-            b7 = _mm256_add_epi8(b7, _mm256_shuffle_epi8(t, w1));
-            __asm__("" : "+x"(b0), "+x"(b1), "+x"(b2), "+x"(b3), "+x"(b4), "+x"(b5), "+x"(b6), "+x"(b7));
+        size_t k = k0;
+        for (; k + 3 <= k1; k += 3) {
+            __m256i c00 = nib_pair(tab2, k, 0, w4), c01 = nib_pair(tab2, k, 0, w1);
+            __m256i c10 = nib_pair(tab2, k, 1, w4), c11 = nib_pair(tab2, k, 1, w1);
+            for (size_t j = k + 1; j < k + 3; j++) {
+                c00 = _mm256_add_epi8(c00, nib_pair(tab2, j, 0, w4));
+                c01 = _mm256_add_epi8(c01, nib_pair(tab2, j, 0, w1));
+                c10 = _mm256_add_epi8(c10, nib_pair(tab2, j, 1, w4));
+                c11 = _mm256_add_epi8(c11, nib_pair(tab2, j, 1, w1));
+            }
+            nib_split(c00, &b0, &b2);
+            nib_split(c01, &b1, &b3);
+            nib_split(c10, &b4, &b6);
+            nib_split(c11, &b5, &b7);
+        }
+        for (; k < k1; k++) { /* the last one or two steps */
+            nib_split(nib_pair(tab2, k, 0, w4), &b0, &b2);
+            nib_split(nib_pair(tab2, k, 0, w1), &b1, &b3);
+            nib_split(nib_pair(tab2, k, 1, w4), &b4, &b6);
+            nib_split(nib_pair(tab2, k, 1, w1), &b5, &b7);
         }
         const __m256i byt[8] = {b0, b1, b2, b3, b4, b5, b6, b7};
         for (int i = 0; i < 8; i++) nib_widen(byt[i], s16[i]);
     }
 }
 
-static T256 void nib_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+static T256 void nib_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t pstride,
                          int32_t *c, size_t ldc) {
     __m256i s16[8][2];
-    nib_4x2_sums(tab, nk, w4, pstride, s16);
+    nib_4x2_sums(tab2, nk, w4, pstride, s16);
     for (int i = 0; i < 8; i++) nib_store(s16[i], c + (size_t)(i / 2) * ldc + 32 * (i % 2));
 }
 
@@ -466,11 +506,11 @@ static AI T256 void nib_lanes16(const int32_t *v, __m256i out[2]) {
  * compared in 16 bits, so K < 32767), else y = (K - 2 count) * alpha + bias by the same
  * operations (so the same bits), written out (bits NULL), or its bits through q (not GELU), or
  * its sign bits. Rows' outputs ldo floats / ldb uint32 apart, from the tile's first channel. */
-static T256 void nib_lin_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, size_t pstride,
+static T256 void nib_lin_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t pstride,
                              float *o, size_t ldo, const float *alpha, const float *bias, long K,
                              const long *Krow, uint32_t *bits, size_t ldb, const outq_t *q) {
     __m256i s16[8][2];
-    nib_4x2_sums(tab, nk, w4, pstride, s16);
+    nib_4x2_sums(tab2, nk, w4, pstride, s16);
     if (bits && q && q->lo) {
         for (int v = 0; v < 2; v++) {
             __m256i l16[2], h16[2];
@@ -528,12 +568,13 @@ static T256 void nib_lin_4x2(const uint8_t *tab, size_t nk, const uint8_t *w4, s
     }
 }
 
-/* mr (<= TM) rows x nv (<= 2) panels of counts from a tile's tables; see nib_body. */
-static T256 void nib_tile_avx2(const uint8_t *tab, size_t nk, const uint8_t *w4, int32_t *c,
-                               size_t ldc, int mr, int nv) {
+/* mr (<= TM) rows x nv (<= 2) panels of counts from a tile's tables: the pair tables for the
+ * full tile, else the tables of single rows; see nib_body. */
+static T256 void nib_tile_avx2(const uint8_t *tab, const uint8_t *tab2, size_t nk,
+                               const uint8_t *w4, int32_t *c, size_t ldc, int mr, int nv) {
     const size_t ps = nk * 32;
     if (mr == 4 && nv == 2) {
-        nib_4x2(tab, nk, w4, ps, c, ldc);
+        nib_4x2(tab2, nk, w4, ps, c, ldc);
         return;
     }
 #define NIB_CASE(R, V)                                                                            \
@@ -1062,11 +1103,12 @@ typedef struct {
     size_t (*table_lanes)(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                           const double *e, double lane[8]);
     /* the table-lookup products (NULL: this set has none) and their rows' offsets */
-    void (*nib_tile)(const uint8_t *tab, size_t nk, const uint8_t *w4, int32_t *c, size_t ldc,
-                     int mr, int nv);
+    void (*nib_tile)(const uint8_t *tab, const uint8_t *tab2, size_t nk, const uint8_t *w4,
+                     int32_t *c, size_t ldc, int mr, int nv);
     void (*nib_rows)(const uint64_t *a, size_t M, size_t kw, uint8_t *a4);
     void (*nib_tile_tables)(const uint8_t *a4, size_t nk, int mr, const uint8_t *tables,
                             uint8_t *tab);
+    void (*nib_pair_tables)(const uint8_t *a4, size_t nk, const uint8_t *pairs, uint8_t *tab2);
     /* the fused binary-linear epilogue of a full TM x 32 tile of counts (see lin_tile_fn) */
     void (*lin_epi)(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
                     const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
@@ -1080,15 +1122,15 @@ typedef struct {
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL},
+     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
-     nib_tile_tables, lin_epi_avx2, nib_lin_4x2},
+     nib_tile_tables, nib_pair_tables, lin_epi_avx2, nib_lin_4x2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -1275,8 +1317,8 @@ typedef struct {
  * more than the popcounts.) */
 enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
 /* On the table-lookup path a chunk's rows build their tables once for all its panels: wider
- * chunks spread that cost (about 3 instructions per table against ~3 per table and panel pair
- * in the products) over more panels. */
+ * chunks spread that cost (about 6 instructions per pair table against ~3 per pair table and
+ * panel in the products) over more panels. */
 enum { NIB_PANELS = 24 };
 
 /* The outputs of one tile's counts loc[r * ldl + l] (rows m0 + r < m0 + mr, channels n0 + l in nb
@@ -1328,26 +1370,30 @@ static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) 
     /* the fused epilogue (nib_lin): lin_epi's cases, sign_cut's 16-bit compares below 32767 */
     const int fused = g_isa->nib_lin && linear && !(gq && gq->act == ACT_GELU) &&
                       !(gq && gq->lo && g->K >= 32767);
-    uint8_t *tab = aligned_alloc(64, nk * TM * 16);
+    uint8_t *tab = aligned_alloc(64, nk * TM * 16 + nk * 32), *tab2 = tab + nk * TM * 16;
     if (!tab) return 0;
     for (long it = it0; it < it1; it++) {
         const size_t m0 = (size_t)it * TM;
         const int mr = (int)(M - m0 < TM ? M - m0 : TM);
-        g_isa->nib_tile_tables(g->a4 + m0 * nk, nk, mr, &NIB_TABLES[g->op][0][0], tab);
+        /* a full tile's pairs of panels read the pair tables; a lone panel or short tile the
+         * single rows' */
+        if (mr == TM) g_isa->nib_pair_tables(g->a4 + m0 * nk, nk, &NIB_PAIRS[g->op][0][0][0], tab2);
+        if (mr < TM || (jt1 - jt0) % 2)
+            g_isa->nib_tile_tables(g->a4 + m0 * nk, nk, mr, &NIB_TABLES[g->op][0][0], tab);
         for (long jt = jt0; jt < jt1; jt += 2) {
             int32_t loc[TM * 2 * 32];
             const int nv = jt + 1 < jt1 ? 2 : 1;
             const size_t c0 = (size_t)jt * 32; /* the pair's first channel */
             if (fused && mr == TM && nv == 2 && c0 + 64 <= N) {
                 outq_t qt;
-                g_isa->nib_lin(tab, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
+                g_isa->nib_lin(tab2, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
                                g->out_f ? g->out_f + m0 * N + c0 : NULL, N, g->alpha + c0,
                                g->bias + c0, g->K, g->unsig ? g->ones + m0 : NULL,
                                g->out_bits ? g->out_bits + m0 * ldb + c0 / 32 : NULL, ldb,
                                panel_q(g, c0, &qt));
                 continue;
             }
-            g_isa->nib_tile(tab, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
+            g_isa->nib_tile(tab, tab2, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
             for (int v = 0; v < nv; v++) {
                 const size_t n0 = (size_t)(jt + v) * 32;
                 const int nb = (int)(g->NB - (jt + v) * TN < TN ? g->NB - (jt + v) * TN : TN);
