@@ -455,20 +455,17 @@ static AI T256 void nib_4x2_sums(const uint8_t *tab2, size_t nk, const uint8_t *
         const size_t k1 = k0 + 63 < nk ? k0 + 63 : nk;
         __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero, b4 = zero, b5 = zero, b6 = zero, b7 = zero;
         size_t k = k0;
-        for (; k + 3 <= k1; k += 3) {
-            __m256i c00 = nib_pair(tab2, k, 0, w4), c01 = nib_pair(tab2, k, 0, w1);
-            __m256i c10 = nib_pair(tab2, k, 1, w4), c11 = nib_pair(tab2, k, 1, w1);
-            for (size_t j = k + 1; j < k + 3; j++) {
-                c00 = _mm256_add_epi8(c00, nib_pair(tab2, j, 0, w4));
-                c01 = _mm256_add_epi8(c01, nib_pair(tab2, j, 0, w1));
-                c10 = _mm256_add_epi8(c10, nib_pair(tab2, j, 1, w4));
-                c11 = _mm256_add_epi8(c11, nib_pair(tab2, j, 1, w1));
+        for (; k + 3 <= k1; k += 3) /* a pair at a time: 2 sums live, the 8 byte sums in registers */
+            for (int p = 0; p < 2; p++) {
+                const __m256i c0 = _mm256_add_epi8(
+                    _mm256_add_epi8(nib_pair(tab2, k, p, w4), nib_pair(tab2, k + 1, p, w4)),
+                    nib_pair(tab2, k + 2, p, w4));
+                const __m256i c1 = _mm256_add_epi8(
+                    _mm256_add_epi8(nib_pair(tab2, k, p, w1), nib_pair(tab2, k + 1, p, w1)),
+                    nib_pair(tab2, k + 2, p, w1));
+                nib_split(c0, p ? &b4 : &b0, p ? &b6 : &b2);
+                nib_split(c1, p ? &b5 : &b1, p ? &b7 : &b3);
             }
-            nib_split(c00, &b0, &b2);
-            nib_split(c01, &b1, &b3);
-            nib_split(c10, &b4, &b6);
-            nib_split(c11, &b5, &b7);
-        }
         for (; k < k1; k++) { /* the last one or two steps */
             nib_split(nib_pair(tab2, k, 0, w4), &b0, &b2);
             nib_split(nib_pair(tab2, k, 0, w1), &b1, &b3);
