@@ -12,7 +12,8 @@ batch 1 and 32:
 * its binarized twin is written as a packed ``.bibert`` file with its vocabulary;
 * every backend runs in processes of its own, once per setting (threads 1 and 2; Paddle also
   with MKL's other code path; ONNX Runtime with the plain and the fused graph), and is scored
-  at its best setting per batch size: median latency, throughput, peak RSS of the process;
+  at its best setting per batch size: median latency (after half a second of untimed calls),
+  throughput, peak RSS of the process;
 * then, since a shared host drifts over the minutes one pass takes, each backend's best batch-1
   setting is timed again in ``--rounds`` interleaved rounds (a process per backend per round,
   the order rotated), and the batch-1 ratios are given per round;

@@ -59,10 +59,21 @@ def matmul_shapes(shape):
     return [(SEQ_LEN, h, 3 * h), (SEQ_LEN, h, f), (SEQ_LEN, f, h)]
 
 
+#: seconds of untimed calls before timing: the first calls of a process touch new memory and
+#: start thread pools, and on a 2-vCPU virtual machine the first ~0.1 s of two busy threads
+#: ran up to 2x slower (the packed runtime's forward: 3-10 calls), enough to move a median of 20
+WARMUP_S = 0.5
+
+
 def _median_ms(fn, reps, budget_s):
+    """Median ms of up to ``reps`` timed calls of ``fn`` (at least 3, more only within
+    ``budget_s``), after ``WARMUP_S`` of untimed ones (at least one); and the calls timed."""
     import numpy as np
 
-    fn()  # warm-up (thread pools, first-touch)
+    t_warm = time.perf_counter() + WARMUP_S
+    fn()
+    while time.perf_counter() < t_warm:
+        fn()
     times, t_end = [], time.perf_counter() + budget_s
     while len(times) < reps and (len(times) < 3 or time.perf_counter() < t_end):
         t = time.perf_counter()
