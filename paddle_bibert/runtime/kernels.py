@@ -32,8 +32,8 @@ MODE_BOOL, MODE_KEEP, MODE_SOFTMAX = ref.MODE_BOOL, ref.MODE_KEEP, ref.MODE_SOFT
 Q_SIGN, Q_UNSIGNED = ref.Q_SIGN, ref.Q_UNSIGNED
 ACT_NONE, ACT_RELU, ACT_GELU = ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU
 #: kernel sets whose binary products look counts up in tables, from the weights' nibble panels
-#: (without AVX-512's vector popcount, a table lookup counts 4 bits of 32 channels in 2
-#: instructions)
+#: (without AVX-512's vector popcount, one table lookup counts 4 bits of 32 channels for two
+#: rows at once)
 NIBBLE_ISAS = ("avx2",)
 
 
