@@ -14,8 +14,11 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def busy(cpu, seconds, min_gap, out):
@@ -50,6 +53,20 @@ def row(label, cpu, gaps, seconds):
             f"{max(gaps, default=0) * 1e3:.1f} | {lost * 1e3:.0f} ({100 * lost / seconds:.1f}%) |")
 
 
+def header(argv, ncpu, args):
+    """Date, machine, commit, the load before the passes and the command line."""
+    sys.path.insert(0, HERE)
+    from deploy import cpu_name
+
+    commit = subprocess.run(["git", "-C", os.path.dirname(HERE), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    cmd = " ".join(["python benchmarks/host_stalls.py", *(sys.argv[1:] if argv is None else argv)])
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    return (f"Date {datetime.date.today()}, machine {cpu_name()} ({ncpu} CPUs usable), commit "
+            f"{commit or 'unknown'}; {args.seconds:g} s a pass, gaps over {args.min_gap_ms:g} ms; "
+            f"load average at start {load}.\nCommand: `{cmd}`")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each pass")
@@ -59,10 +76,7 @@ def main(argv=None):
         sys.exit("error: --seconds and --min_gap_ms must be > 0, e.g. --seconds 10 "
                  "--min_gap_ms 0.1")
     cpus = sorted(os.sched_getaffinity(0))
-    print(f"Date {datetime.date.today()}, {len(cpus)} CPUs usable, {args.seconds:g} s a pass, "
-          f"gaps over {args.min_gap_ms:g} ms; load average at start "
-          f"{' '.join(open('/proc/loadavg').read().split()[:3])}.")
-    print(f"Command: `python benchmarks/host_stalls.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    print(header(argv, len(cpus), args) + "\n")
     print("| cores busy | core | gaps | over 1 ms | over 10 ms | longest ms | time lost ms |")
     print("|---|---|---|---|---|---|---|")
     min_gap = args.min_gap_ms / 1e3
