@@ -304,7 +304,8 @@ def interleaved_rounds(rows, rounds, quick, log):
 
 
 def rounds_text(rows):
-    """The batch-1 comparison of the interleaved rounds: medians and per-round ratios."""
+    """The batch-1 comparison of the interleaved rounds: medians (and ranges) and per-round
+    ratios."""
     import numpy as np
 
     ms = {k: r["rounds_ms"] for k, r in rows.items() if r.get("rounds_ms")}
@@ -314,9 +315,9 @@ def rounds_text(rows):
     p = np.array(ms[lead])
     fp32 = min(("paddle fp32", "onnxruntime fp32"), key=lambda k: np.median(ms[k]))
     ratios = lambda k: ", ".join(f"{v:.1f}x" for v in np.array(ms[k]) / p)
-    med = "; ".join(f"{k} {np.median(v):.2f}" for k, v in ms.items())
+    med = "; ".join(f"{k} {np.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for k, v in ms.items())
     return (f"Batch 1 again, each backend at its best setting, {len(p)} interleaved rounds (a "
-            f"process per backend per round): median ms {med}. Packed 1-bit ({isa}) against "
+            f"process per backend per round): median ms (range) {med}. Packed 1-bit ({isa}) against "
             f"ONNX Runtime INT8, round by round: {ratios('onnxruntime int8')}; against the best "
             f"FP32 ({fp32}): {ratios(fp32)}.")
 

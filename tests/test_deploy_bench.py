@@ -47,7 +47,7 @@ def test_rounds_rotate_the_order_and_time_each_best_setting_at_batch_one(monkeyp
     fp32 = ", ".join(f"{v:.1f}x" for v in np.array(MS["onnxruntime fp32"]) / p)  # median 60 < 90
     assert f"ONNX Runtime INT8, round by round: {int8};" in text
     assert f"best FP32 (onnxruntime fp32): {fp32}." in text
-    assert "3 interleaved rounds" in text and "packed 1-bit avx512 5.00" in text
+    assert "3 interleaved rounds" in text and "packed 1-bit avx512 5.00 (4.00-6.00)" in text
 
 
 def test_no_rounds_no_paragraph():
