@@ -1643,6 +1643,15 @@ static void softmax_table(long dh, double sscale, double *E) {
  * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw],
  * then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag per count value [dh + 1].
  */
+/* Word w of a map row the scores kernel has just stored one word at a time, read as one word:
+ * GCC would otherwise read two at once, a load that waits for both stores to retire (no store
+ * forwarding across two stores), once per query row. */
+static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
+    uint64_t v = Ai[w];
+    __asm__("" : "+r"(v));
+    return v;
+}
+
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
                          size_t dh, size_t b, size_t h, int mode, double sscale, const double *E,
                          float mscale, float *ctx, uint64_t *scratch) {
@@ -1695,12 +1704,13 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             const long cut = softmax_map_row(cnt, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
             if (cut != NO_CUT) { /* scores: 1[count < thr]; then the kept (or all) keys < L */
                 g_isa->scores(Qb + i * dw, dw, Kil, LB, sscale >= 0.0 ? cut + 1 : cut, Ai);
-                for (size_t w = 0; w < Lw; w++) Ai[w] = (sscale >= 0.0 ? Ai[w] : ~Ai[w]) & sbits[w];
+                for (size_t w = 0; w < Lw; w++)
+                    Ai[w] = (sscale >= 0.0 ? map_word(Ai, w) : ~map_word(Ai, w)) & sbits[w];
             }
         } else {
             memset(Ai, 0, Lw * sizeof(uint64_t));
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
-            for (size_t w = 0; w < Lw; w++) Ai[w] &= kbits[w]; /* also clears keys j >= L */
+            for (size_t w = 0; w < Lw; w++) Ai[w] = map_word(Ai, w) & kbits[w]; /* also clears keys j >= L */
         }
         g_isa->context(Ai, Lw, Vil, dh, ctx + (b * L + i) * H + h * dh);
     }
