@@ -9,6 +9,12 @@ it, while a long one (ONNX Runtime's FP32 BERT-base) averages over several.
 
     python benchmarks/host_stalls.py                 # 10 s per pass
     python benchmarks/host_stalls.py --seconds 30 --min_gap_ms 0.5
+
+Then, with two cores or more, the round trip of a byte between the first two (one process
+writes it, the other answers, each pinned), in several samples: where the host places the two
+vCPUs on one core complex they share a cache and it is short; across complexes every line the
+threads hand each other (a kernel's output read by the other thread) costs several times more.
+The loop is Python's, so read the samples against each other, not as the hardware's latency.
 """
 import argparse
 import datetime
@@ -17,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from multiprocessing import shared_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,6 +40,45 @@ def busy(cpu, seconds, min_gap, out):
             gaps.append(t - last)
         last = t
     out.put((cpu, gaps))
+
+
+def answer(cpu, name, n):
+    """Pinned to ``cpu``: n times, wait for byte 0 of shared memory ``name`` to be 1, set it
+    to 2."""
+    os.sched_setaffinity(0, {cpu})
+    shm = shared_memory.SharedMemory(name=name)
+    flag = shm.buf
+    for _ in range(n):
+        while flag[0] != 1:
+            pass
+        flag[0] = 2
+    del flag
+    shm.close()
+
+
+def round_trip(cpus, n):
+    """Mean ns of n round trips of a byte from ``cpus[0]`` to ``cpus[1]`` and back."""
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    flag = shm.buf
+    flag[0] = 0
+    peer = mp.Process(target=answer, args=(cpus[1], shm.name, n))
+    peer.start()
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            flag[0] = 1
+            while flag[0] != 2:
+                pass
+        ns = (time.perf_counter() - t0) / n * 1e9
+    finally:
+        os.sched_setaffinity(0, mask)
+        peer.join()
+        del flag
+        shm.close()
+        shm.unlink()
+    return ns
 
 
 def run_pass(cpus, seconds, min_gap):
@@ -71,10 +117,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each pass")
     ap.add_argument("--min_gap_ms", type=float, default=0.1, help="shortest gap counted")
+    ap.add_argument("--round_trips", type=int, default=100_000,
+                    help="round trips a sample between the first two cores (0: none)")
+    ap.add_argument("--samples", type=int, default=10, help="samples of round trips")
     args = ap.parse_args(argv)
     if args.seconds <= 0 or args.min_gap_ms <= 0:
         sys.exit("error: --seconds and --min_gap_ms must be > 0, e.g. --seconds 10 "
                  "--min_gap_ms 0.1")
+    if args.round_trips < 0 or args.samples < 1:
+        sys.exit("error: --round_trips must be >= 0 and --samples >= 1, e.g. --round_trips "
+                 "100000 --samples 10")
     cpus = sorted(os.sched_getaffinity(0))
     print(header(argv, len(cpus), args) + "\n")
     print("| cores busy | core | gaps | over 1 ms | over 10 ms | longest ms | time lost ms |")
@@ -86,6 +138,11 @@ def main(argv=None):
     if len(cpus) > 1:
         for cpu, gaps in sorted(run_pass(cpus, args.seconds, min_gap).items()):
             print(row("all", cpu, gaps, args.seconds), flush=True)
+    if len(cpus) > 1 and args.round_trips:
+        samples = [round_trip(cpus[:2], args.round_trips) for _ in range(args.samples)]
+        print(f"\nRound trip of a byte between cores {cpus[0]} and {cpus[1]} (Python loop), "
+              f"{args.samples} samples of {args.round_trips}: "
+              + ", ".join(f"{ns:.0f}" for ns in samples) + " ns")
 
 
 if __name__ == "__main__":

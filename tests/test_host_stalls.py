@@ -44,3 +44,25 @@ def test_bad_arguments_get_a_one_line_error():
     assert res.returncode != 0
     assert res.stderr.strip().splitlines() == [
         "error: --seconds and --min_gap_ms must be > 0, e.g. --seconds 10 --min_gap_ms 0.1"]
+
+
+def test_round_trip_is_answered_by_the_other_core():
+    """Each of the round trips waits for the pinned peer's answer: a peer that does not answer
+    leaves the loop waiting (the subprocess times out), one that answers ends it with a time."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pair = cpus[:2] if len(cpus) > 1 else cpus * 2  # on one CPU the two take turns
+    code = (f"import importlib.util as u; s = u.spec_from_file_location('h', {TOOL!r}); "
+            f"m = u.module_from_spec(s); s.loader.exec_module(m); "
+            f"print(m.round_trip({pair!r}, 200))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    ns = float(res.stdout.strip())
+    assert 0 < ns < 1e9
+
+
+def test_round_trip_arguments_get_a_one_line_error():
+    res = subprocess.run([sys.executable, TOOL, "--samples", "0"], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [
+        "error: --round_trips must be >= 0 and --samples >= 1, e.g. --round_trips 100000 "
+        "--samples 10"]
