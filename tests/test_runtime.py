@@ -509,6 +509,36 @@ def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):
         np.testing.assert_array_equal(ctx[i, :, -dh:], a @ s[i, :, 2])
 
 
+@needs_c
+@pytest.mark.parametrize("threads", [1, 3])
+def test_kernels_match_numpy_at_any_thread_count(rng, threads):
+    """The threads split every kernel by rows (the attention by blocks of 64 queries, a whole
+    sequence at one thread) and take each other's chunks when done: three threads on fewer
+    cores, with chunk counts that do not divide among them, still give numpy's numbers."""
+    before = Kernels("c").num_threads
+    kern = Kernels("c", num_threads=threads)
+    try:
+        b, l, h, heads = 3, 130, 48, 2
+        qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
+        keep = rng.random((b, l)) > 0.3
+        for mode, scales in [(ref.MODE_BOOL, ()), (ref.MODE_SOFTMAX, (0.5, np.float32(0.03)))]:
+            np.testing.assert_array_equal(kern.attention(qkv, keep, h, heads, mode, *scales),
+                                          NUMPY.attention(qkv, keep, h, heads, mode, *scales))
+        m, n, k = 390, 77, 700
+        a = pack_signs(rng.standard_normal((m, k)).astype(np.float32))
+        w = pack_signs(rng.standard_normal((n, k)).astype(np.float32))
+        alpha, bias = rng.random(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        args = (a, Kernels.prepare(w), n, k, alpha, bias)
+        np.testing.assert_array_equal(kern.bin_linear(*args), NUMPY.bin_linear(*args))
+        x, res = (rng.standard_normal((m, 300)).astype(np.float32) for _ in range(2))
+        g, beta = rng.standard_normal(300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+        out, bits = kern.layer_norm(x, res, g, beta, 1e-12, signs=True)
+        np.testing.assert_allclose(out, ref.layer_norm(x, res, g, beta, 1e-12), atol=1e-6)
+        np.testing.assert_array_equal(bits, pack_signs(out))
+    finally:
+        Kernels("c", num_threads=before)
+
+
 @pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backend):

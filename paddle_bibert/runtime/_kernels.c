@@ -61,9 +61,6 @@ typedef struct {
 } outq_t;
 /* Tile of the popcount GEMM: TM rows x TN interleaved blocks (TN * 8 channels). */
 enum { TM = 4, TN = 4 };
-/* Memory-bound elementwise kernels (packing, LayerNorm, embedding) are split into chunks only
- * above this many values: below it, waking a thread costs more than it saves. */
-#define PAR_ELEMENTS (1 << 20)
 
 /* c[r*ldc + 8j + l] = sum_w popcount(a[r*kw + w] OP b[j*kw*8 + w*8 + l]), r < mr, j < nb. */
 typedef void (*tile_fn)(const uint64_t *a, size_t kw, const uint64_t *b, int op, int32_t *c,
@@ -1147,14 +1144,20 @@ static int isa_supported(const isa_t *isa) {
 }
 
 /* ------------------------------------------------------------------- thread pool */
-/* A job is n independent chunks. The caller and the workers take chunks from one atomic
- * counter; the caller then waits only for chunks already taken. A worker that is not running
- * (the CPU is shared, or it is still waking up) takes nothing and delays nothing: the job
- * never waits for a thread to arrive, unlike a fork/join barrier (OpenMP), which on an
- * oversubscribed CPU costs a scheduler time slice per parallel region. The counter holds
- * (job generation << 32 | next chunk), so a worker late for one job cannot take chunks of the
- * next. Jobs from concurrent callers do not queue: a caller that finds the pool busy runs its
- * job alone. */
+/* A job is n independent chunks, cut into one contiguous range per thread (the caller is
+ * thread 0). Each thread takes the chunks of its own range first, then those left in the
+ * others' ranges, from atomic counters; the caller then waits only for chunks already taken.
+ * The kernels number their chunks row block first, so thread t works on the same rows in
+ * every kernel of a forward and reads what it wrote itself: where a host puts two vCPUs on
+ * core complexes that share no cache, each line one thread hands the other costs a trip
+ * across the chip, which took about a tenth of a BERT-base forward at two threads when one
+ * shared counter dealt each chunk to whichever thread asked (a 2 vCPU Zen 2 EPYC). A worker
+ * that is not running (the CPU is shared, or it is still waking up) delays nothing: the
+ * others take its chunks, and the job never waits for a thread to arrive, unlike a fork/join
+ * barrier (OpenMP), which on an oversubscribed CPU costs a scheduler time slice per parallel
+ * region. A counter holds (job generation << 32 | next chunk), so a worker late for one job
+ * cannot take chunks of the next. Jobs from concurrent callers do not queue: a caller that
+ * finds the pool busy runs its job alone. */
 
 typedef void (*task_fn)(void *ctx, long chunk, int tid);
 #define MAX_THREADS 256
@@ -1167,9 +1170,12 @@ static struct {
     uint64_t gen; /* written under mu, read atomically */
     task_fn fn;
     void *ctx;
-    long n;
-    uint64_t next; /* atomic */
-    long done;     /* atomic: chunks of the current job finished */
+    long n, nt; /* chunks, threads sharing them (ranges) */
+    long done;  /* atomic: chunks of the current job finished */
+    /* atomic, one per range (a line each: its owner takes from it at every chunk) */
+    struct {
+        uint64_t next;
+    } __attribute__((aligned(64))) cur[MAX_THREADS];
 } P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static inline void cpu_relax(void) {
@@ -1178,13 +1184,28 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static long grab(uint64_t gen, long n) {
-    uint64_t v = __atomic_load_n(&P.next, __ATOMIC_ACQUIRE);
+/* Range r of a job of n chunks among nt threads: [range_at(n, nt, r), range_at(n, nt, r + 1)). */
+static long range_at(long n, long nt, long r) { return n * r / nt; }
+
+static long grab_range(uint64_t gen, long r, long end) {
+    uint64_t v = __atomic_load_n(&P.cur[r].next, __ATOMIC_ACQUIRE);
     for (;;) {
-        if ((v >> 32) != (gen & 0xffffffffULL) || (long)(v & 0xffffffffULL) >= n) return -1;
-        if (__atomic_compare_exchange_n(&P.next, &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        if ((v >> 32) != (gen & 0xffffffffULL) || (long)(v & 0xffffffffULL) >= end) return -1;
+        if (__atomic_compare_exchange_n(&P.cur[r].next, &v, v + 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
             return (long)(v & 0xffffffffULL);
     }
+}
+
+/* The next chunk for thread tid: from its own range, else from the others' in turn; -1 when
+ * none is left (or the job is no longer gen). */
+static long grab(uint64_t gen, long n, long nt, int tid) {
+    for (long k = 0; k < nt; k++) {
+        const long r = (tid + k) % nt;
+        const long i = grab_range(gen, r, range_at(n, nt, r + 1));
+        if (i >= 0) return i;
+    }
+    return -1;
 }
 
 static void *pool_worker(void *arg) {
@@ -1204,9 +1225,9 @@ static void *pool_worker(void *arg) {
         seen = P.gen;
         task_fn fn = P.fn;
         void *ctx = P.ctx;
-        long n = P.n;
+        const long n = P.n, nt = P.nt;
         pthread_mutex_unlock(&P.mu);
-        for (long i; (i = grab(seen, n)) >= 0;) {
+        for (long i; (i = grab(seen, n, nt, tid)) >= 0;) {
             fn(ctx, i, tid);
             __atomic_add_fetch(&P.done, 1, __ATOMIC_ACQ_REL);
         }
@@ -1248,16 +1269,20 @@ static void pool_run(task_fn fn, void *ctx, long n) {
     }
     pthread_mutex_lock(&P.mu);
     uint64_t gen = P.gen + 1;
+    const long nt = P.started < n ? P.started : n;
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
+    P.nt = nt;
     __atomic_store_n(&P.done, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&P.next, (gen & 0xffffffffULL) << 32, __ATOMIC_RELEASE);
+    for (long r = 0; r < nt; r++)
+        __atomic_store_n(&P.cur[r].next, (gen & 0xffffffffULL) << 32 | (uint64_t)range_at(n, nt, r),
+                         __ATOMIC_RELEASE);
     __atomic_store_n(&P.gen, gen, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&P.cv);
     pthread_mutex_unlock(&P.mu);
     long mine = 0;
-    for (long i; (i = grab(gen, n)) >= 0; mine++) fn(ctx, i, 0);
+    for (long i; (i = grab(gen, n, nt, 0)) >= 0; mine++) fn(ctx, i, 0);
     __atomic_add_fetch(&P.done, mine, __ATOMIC_ACQ_REL);
     for (long spins = 0; __atomic_load_n(&P.done, __ATOMIC_ACQUIRE) < n; spins++) {
         if (spins < 20000) cpu_relax();
@@ -1284,12 +1309,10 @@ static void pool_set_threads(int n) {
 
 /* ------------------------------------------------------------------ driver kernels */
 
-/* Row chunks for the memory-bound elementwise kernels (packing, LayerNorm, embedding): a job
- * is split only above PAR_ELEMENTS values, where a chunk is worth more than waking a thread. */
-#define ROW_CHUNK(rows, n) ((rows) * (n) > PAR_ELEMENTS ? 64 : (rows))
-/* LayerNorm (three passes in double per row) and the embedding sum cost several times a packing
- * pass per value: at batch 1 (128 rows of 768) they split across the threads from 64k values. */
-#define ROW_CHUNK_HEAVY(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
+/* Row chunks of the elementwise kernels (packing, LayerNorm, embedding), split from 64k values
+ * (at batch 1, 128 rows of 768): 32 rows, the GEMM's row block (GEMM_TILES * TM), so each
+ * thread packs and normalizes the rows whose products it computes (see the pool). */
+#define ROW_CHUNK(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
 
 typedef struct {
     const uint64_t *a, *b;
@@ -1633,7 +1656,8 @@ static void softmax_table(long dh, double sscale, double *E) {
             E[m * (dh + 1) + c] = exp((double)(dh - 2 * c) * sscale - (double)(dh - 2 * m) * sscale);
 }
 
-/* Binary attention for one (batch b, head h), from the packed sign bits of the Q/K/V
+/* Binary attention for one (batch b, head h) and the queries i0 <= i < i1, from the packed
+ * sign bits of the Q/K/V
  * projections (token rows of rw words holding [Q | K | V], 3H bits; head h is bits h*dh.. of
  * each part):
  *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
@@ -1653,8 +1677,9 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
 }
 
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
-                         size_t dh, size_t b, size_t h, int mode, double sscale, const double *E,
-                         float mscale, float *ctx, uint64_t *scratch) {
+                         size_t dh, size_t b, size_t h, size_t i0, size_t i1, int mode,
+                         double sscale, const double *E, float mscale, float *ctx,
+                         uint64_t *scratch) {
     const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8, DB = (dh + 7) / 8;
     uint64_t *Qb = scratch, *Kil = Qb + L * dw, *A = Kil + LB * dw * 8, *Vil = A + L * Lw;
     uint64_t *Vb = Vil + DB * Lw * 8;
@@ -1667,7 +1692,7 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     memset(Vb, 0, 64 * Lw * dw * sizeof(uint64_t));
     for (size_t j = 0; j < L; j++) {
         const uint64_t *row = qkvb + (b * L + j) * rw;
-        extract_bits(row, rw, h * dh, dh, Qb + j * dw);
+        if (i0 <= j && j < i1) extract_bits(row, rw, h * dh, dh, Qb + j * dw);
         extract_bits(row, rw, H + h * dh, dh, kbits);
         for (size_t w = 0; w < dw; w++) Kil[(j / 8) * dw * 8 + w * 8 + j % 8] = kbits[w];
         extract_bits(row, rw, 2 * H + h * dh, dh, Vb + j * dw);
@@ -1692,7 +1717,7 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     uint64_t sbits[Lw]; /* the keys BiT's softmax runs over: the kept ones, or all L if none is */
     for (size_t w = 0; w < Lw; w++)
         sbits[w] = any ? kbits[w] : (L - 64 * w >= 64 ? ~0ULL : (1ULL << (L - 64 * w)) - 1);
-    for (size_t i = 0; i < L; i++) {
+    for (size_t i = i0; i < i1; i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
             memcpy(Ai, kbits, Lw * sizeof(uint64_t));
@@ -1727,13 +1752,23 @@ typedef struct {
     float mscale;
     float *ctx;
     uint64_t **scratch; /* one per thread id */
+    size_t qrows;       /* queries per chunk */
 } att_job;
+
+/* Chunk t: the queries [qrows qb, qrows (qb + 1)) of sequence b at head h, numbered (b, qb)
+ * first, so with several threads a thread's chunks are its rows of the context at every head
+ * (see the pool): 64 rows, the GEMM's row blocks in pairs. Each chunk extracts its head's keys
+ * and values again (at one thread ~10% more work for the attention: there a chunk is a whole
+ * sequence). */
+enum { ATT_ROWS = 64 };
 
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
-    attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, (size_t)t / j->heads,
-                 (size_t)t % j->heads, j->mode, j->sscale, j->E, j->mscale, j->ctx,
-                 j->scratch[tid]);
+    const size_t h = (size_t)t % j->heads, blk = (size_t)t / j->heads;
+    const size_t nqb = (j->L + j->qrows - 1) / j->qrows, b = blk / nqb, i0 = (blk % nqb) * j->qrows;
+    const size_t i1 = i0 + j->qrows < j->L ? i0 + j->qrows : j->L;
+    attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, b, h, i0, i1, j->mode, j->sscale,
+                 j->E, j->mscale, j->ctx, j->scratch[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
@@ -1748,9 +1783,10 @@ static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t
     for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
+        const size_t qrows = nt > 1 ? ATT_ROWS : L;
         att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, ctx,
-                     bufs};
-        pool_run(att_chunk, &j, (long)(B * heads));
+                     bufs, qrows};
+        pool_run(att_chunk, &j, (long)(B * ((L + qrows - 1) / qrows) * heads));
     }
     for (int i = 0; i < nt; i++) free(bufs[i]);
     free(E);
@@ -1778,7 +1814,7 @@ static void embed_chunk(void *vctx, long c, int tid) {
 
 static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
                   const float *walpha, size_t H, const float *pos, const float *tok, float *out) {
-    embed_job j = {ids, tt, T, L, H, ROW_CHUNK_HEAVY(T, H), wbits, walpha, pos, tok, out};
+    embed_job j = {ids, tt, T, L, H, ROW_CHUNK(T, H), wbits, walpha, pos, tok, out};
     pool_run(embed_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
 }
 
@@ -1809,7 +1845,7 @@ static int layer_norm(const float *x, const float *res, size_t T, size_t H, cons
     double *gb = malloc(2 * H * sizeof(double));
     if (!gb) return -1;
     for (size_t d = 0; d < H; d++) gb[d] = g[d], gb[H + d] = bta[d];
-    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK_HEAVY(T, H), eps, out, bits};
+    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK(T, H), eps, out, bits};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
     free(gb);
     return 0;
