@@ -1657,15 +1657,14 @@ static void softmax_table(long dh, double sscale, double *E) {
 }
 
 /* Binary attention for one (batch b, head h) and the queries i0 <= i < i1, from the packed
- * sign bits of the Q/K/V
- * projections (token rows of rw words holding [Q | K | V], 3H bits; head h is bits h*dh.. of
- * each part):
+ * sign bits of the Q/K/V projections (token rows of rw words holding [Q | K | V], 3H bits; head
+ * h is bits h*dh.. of each part) and the head's keys and values from attention_kv:
  *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
  *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept];
  *                                                            MODE_SOFTMAX: softmax_map_row)
  *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
- * Scratch: Qb [L, dw], K_il [ceil(L/8), dw, 8], A [L, Lw], V_il [ceil(dh/8), Lw, 8], Vb [64 Lw, dw],
- * then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag per count value [dh + 1].
+ * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag
+ * per count value [dh + 1].
  */
 /* Word w of a map row the scores kernel has just stored one word at a time, read as one word:
  * GCC would otherwise read two at once, a load that waits for both stores to retire (no store
@@ -1676,23 +1675,16 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
     return v;
 }
 
-static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
-                         size_t dh, size_t b, size_t h, size_t i0, size_t i1, int mode,
-                         double sscale, const double *E, float mscale, float *ctx,
-                         uint64_t *scratch) {
-    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8, DB = (dh + 7) / 8;
-    uint64_t *Qb = scratch, *Kil = Qb + L * dw, *A = Kil + LB * dw * 8, *Vil = A + L * Lw;
-    uint64_t *Vb = Vil + DB * Lw * 8;
-    int32_t *cnt = (int32_t *)(Vb + 64 * Lw * dw);
-    uint8_t *on = (uint8_t *)(cnt + 8 * LB);
-    uint64_t kbits[Lw > dw ? Lw : dw], blk[64];
-    const uint8_t *kp = keep + b * L;
-
+/* The keys and values of (batch b, head h) as the scores and context kernels read them: K_il
+ * [ceil(L/8), dw, 8] and V_il [ceil(dh/8), Lw, 8] (scratch Vb: [64 Lw, dw] words). */
+static void attention_kv(const uint64_t *qkvb, size_t rw, size_t L, size_t H, size_t dh, size_t b,
+                         size_t h, uint64_t *Kil, uint64_t *Vil, uint64_t *Vb) {
+    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
+    uint64_t kbits[dw], blk[64];
     memset(Kil, 0, LB * dw * 8 * sizeof(uint64_t));
     memset(Vb, 0, 64 * Lw * dw * sizeof(uint64_t));
     for (size_t j = 0; j < L; j++) {
         const uint64_t *row = qkvb + (b * L + j) * rw;
-        if (i0 <= j && j < i1) extract_bits(row, rw, h * dh, dh, Qb + j * dw);
         extract_bits(row, rw, H + h * dh, dh, kbits);
         for (size_t w = 0; w < dw; w++) Kil[(j / 8) * dw * 8 + w * 8 + j % 8] = kbits[w];
         extract_bits(row, rw, 2 * H + h * dh, dh, Vb + j * dw);
@@ -1707,6 +1699,21 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
                 Vil[((d / 8) * Lw + w) * 8 + d % 8] = blk[c];
             }
         }
+}
+
+static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
+                         size_t dh, size_t b, size_t h, size_t i0, size_t i1, int mode,
+                         double sscale, const double *E, float mscale, float *ctx,
+                         const uint64_t *Kil, const uint64_t *Vil, uint64_t *scratch) {
+    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
+    uint64_t *Qb = scratch, *A = Qb + L * dw;
+    int32_t *cnt = (int32_t *)(A + L * Lw);
+    uint8_t *on = (uint8_t *)(cnt + 8 * LB);
+    uint64_t kbits[Lw];
+    const uint8_t *kp = keep + b * L;
+
+    for (size_t i = i0; i < i1; i++)
+        extract_bits(qkvb + (b * L + i) * rw, rw, h * dh, dh, Qb + i * dw);
     memset(kbits, 0, Lw * sizeof(uint64_t));
     int any = 0;
     for (size_t j = 0; j < L; j++)
@@ -1752,43 +1759,56 @@ typedef struct {
     float mscale;
     float *ctx;
     uint64_t **scratch; /* one per thread id */
-    size_t qrows;       /* queries per chunk */
+    uint64_t *kv;       /* attention_kv's K_il, V_il of each (b, h), kvw words apart */
+    size_t kvw;
 } att_job;
 
-/* Chunk t: the queries [qrows qb, qrows (qb + 1)) of sequence b at head h, numbered (b, qb)
- * first, so with several threads a thread's chunks are its rows of the context at every head
- * (see the pool): 64 rows, the GEMM's row blocks in pairs. Each chunk extracts its head's keys
- * and values again (at one thread ~10% more work for the attention: there a chunk is a whole
- * sequence). */
+/* First job, chunk t = (b, h): the head's keys and values (see attention_kv). */
+static void att_kv_chunk(void *vctx, long t, int tid) {
+    const att_job *j = vctx;
+    uint64_t *Kil = j->kv + (size_t)t * j->kvw;
+    attention_kv(j->qkvb, j->rw, j->L, j->H, j->dh, (size_t)t / j->heads, (size_t)t % j->heads,
+                 Kil, Kil + (j->L + 7) / 8 * nwords(j->dh) * 8, j->scratch[tid]);
+}
+
+/* Then chunk t: the queries [ATT_ROWS qb, ATT_ROWS (qb + 1)) of sequence b at head h, numbered
+ * (b, qb) first, so a thread's chunks are its rows of the context at every head (see the pool):
+ * 64 rows, the GEMM's row blocks in pairs. The keys and values, read by every block of a
+ * sequence, are made once by the first job. */
 enum { ATT_ROWS = 64 };
 
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
     const size_t h = (size_t)t % j->heads, blk = (size_t)t / j->heads;
-    const size_t nqb = (j->L + j->qrows - 1) / j->qrows, b = blk / nqb, i0 = (blk % nqb) * j->qrows;
-    const size_t i1 = i0 + j->qrows < j->L ? i0 + j->qrows : j->L;
+    const size_t nqb = (j->L + ATT_ROWS - 1) / ATT_ROWS, b = blk / nqb, i0 = (blk % nqb) * ATT_ROWS;
+    const size_t i1 = i0 + ATT_ROWS < j->L ? i0 + ATT_ROWS : j->L;
+    const uint64_t *Kil = j->kv + (b * j->heads + h) * j->kvw;
     attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, b, h, i0, i1, j->mode, j->sscale,
-                 j->E, j->mscale, j->ctx, j->scratch[tid]);
+                 j->E, j->mscale, j->ctx, Kil, Kil + (j->L + 7) / 8 * nwords(j->dh) * 8,
+                 j->scratch[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
                      size_t heads, int mode, double sscale, float mscale, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
-    const size_t words = L * dw + ((L + 7) / 8) * dw * 8 + L * Lw + ((dh + 7) / 8) * Lw * 8 +
-                         64 * Lw * dw + ((L + 7) / 8) * 4 + dh / 8 + 1; /* + counts, flags */
+    /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
+    const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
+    const size_t words = bh > vb ? bh : vb, kvw = ((L + 7) / 8) * dw * 8 + ((dh + 7) / 8) * Lw * 8;
     const int nt = P.want < 1 ? 1 : P.want;
     uint64_t *bufs[MAX_THREADS];
     double *E = mode == MODE_SOFTMAX ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
-    int ok = mode != MODE_SOFTMAX || E != NULL;
+    uint64_t *kv = malloc(B * heads * kvw * sizeof(uint64_t));
+    int ok = (mode != MODE_SOFTMAX || E != NULL) && kv != NULL;
     for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
-        const size_t qrows = nt > 1 ? ATT_ROWS : L;
         att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, ctx,
-                     bufs, qrows};
-        pool_run(att_chunk, &j, (long)(B * ((L + qrows - 1) / qrows) * heads));
+                     bufs, kv, kvw};
+        pool_run(att_kv_chunk, &j, (long)(B * heads));
+        pool_run(att_chunk, &j, (long)(B * ((L + ATT_ROWS - 1) / ATT_ROWS) * heads));
     }
     for (int i = 0; i < nt; i++) free(bufs[i]);
+    free(kv);
     free(E);
     return ok ? 0 : -1;
 }
