@@ -1763,12 +1763,17 @@ typedef struct {
     size_t kvw;
 } att_job;
 
+/* K_il of (b, h), bh = b * heads + h, in the first job's buffer, and its V_il after it. */
+static uint64_t *att_keys(const att_job *j, size_t bh) { return j->kv + bh * j->kvw; }
+static uint64_t *att_values(const att_job *j, size_t bh) {
+    return att_keys(j, bh) + (j->L + 7) / 8 * nwords(j->dh) * 8;
+}
+
 /* First job, chunk t = (b, h): the head's keys and values (see attention_kv). */
 static void att_kv_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
-    uint64_t *Kil = j->kv + (size_t)t * j->kvw;
     attention_kv(j->qkvb, j->rw, j->L, j->H, j->dh, (size_t)t / j->heads, (size_t)t % j->heads,
-                 Kil, Kil + (j->L + 7) / 8 * nwords(j->dh) * 8, j->scratch[tid]);
+                 att_keys(j, (size_t)t), att_values(j, (size_t)t), j->scratch[tid]);
 }
 
 /* Then chunk t: the queries [ATT_ROWS qb, ATT_ROWS (qb + 1)) of sequence b at head h, numbered
@@ -1782,10 +1787,9 @@ static void att_chunk(void *vctx, long t, int tid) {
     const size_t h = (size_t)t % j->heads, blk = (size_t)t / j->heads;
     const size_t nqb = (j->L + ATT_ROWS - 1) / ATT_ROWS, b = blk / nqb, i0 = (blk % nqb) * ATT_ROWS;
     const size_t i1 = i0 + ATT_ROWS < j->L ? i0 + ATT_ROWS : j->L;
-    const uint64_t *Kil = j->kv + (b * j->heads + h) * j->kvw;
     attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, b, h, i0, i1, j->mode, j->sscale,
-                 j->E, j->mscale, j->ctx, Kil, Kil + (j->L + 7) / 8 * nwords(j->dh) * 8,
-                 j->scratch[tid]);
+                 j->E, j->mscale, j->ctx, att_keys(j, b * j->heads + h),
+                 att_values(j, b * j->heads + h), j->scratch[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
