@@ -122,6 +122,7 @@ def test_embedding_and_layer_norm_match_numpy(kern, rng):
                                   NUMPY.embed(ids2, tt2, wide, alpha, pos2, tok2))
     x, r = (rng.standard_normal((5, h)).astype(np.float32) for _ in range(2))
     x[0], r[0] = np.resize([1.0, -1.0, 2.0, -2.0], h), 0.0  # a row with mean exactly 0
+    x[1] += 300.0  # mean^2 ~ 4e4 times the variance: var as E[s^2] - mean^2 must keep its digits
     g, bt = rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
     np.testing.assert_allclose(kern.layer_norm(x, r, g, bt, 1e-12),
                                NUMPY.layer_norm(x, r, g, bt, 1e-12), rtol=1e-6, atol=1e-6)
@@ -147,6 +148,21 @@ def test_layer_norm_gives_the_same_bits_on_every_instruction_set(kern, rng, rows
     want = [Kernels("c", isa="generic").layer_norm(x, res, g, bt, 1e-12) for res in (r, None)]
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("h", [70, 768])
+def test_layer_norm_outputs_near_zero_take_the_exact_sign(kern, rng, h):
+    """Biases that cancel row 0's outputs to within a float rounding: each output's sign is the
+    sign of the exact value (numpy in float64, rounded once), which float arithmetic would get
+    wrong about half the time; the next layer binarizes these outputs."""
+    x, r = (rng.standard_normal((3, h)).astype(np.float32) for _ in range(2))
+    g = rng.standard_normal(h).astype(np.float32)
+    s = (x[0] + r[0]).astype(np.float64)
+    bt = -((s - s.mean()) / np.sqrt(s.var() + 1e-12) * g).astype(np.float32)
+    got, want = kern.layer_norm(x, r, g, bt, 1e-12), ref.layer_norm(x, r, g, bt, 1e-12)
+    assert np.abs(want[0]).max() < 1e-6 and np.signbit(want[0]).mean() > 0.2
+    np.testing.assert_array_equal(np.signbit(got[0]), np.signbit(want[0]))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows, h", [(9, 70), (300, 768)])

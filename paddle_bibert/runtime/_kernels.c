@@ -826,15 +826,20 @@ static T512 size_t table_lanes_avx512(const int32_t *cnt, size_t L, const uint8_
 #endif /* BB_X86 */
 
 /* ------------------------------------------------------------------------ LayerNorm */
-/* One row: s = x + res (float; res may be NULL); mean and variance of s in double, two passes,
- * each summed over LN_LANES lanes (lane l takes elements l, l + 32, ...; the tail past the last
- * whole group of 32 has its own sum, added to lane 0; lanes combined pairwise); out =
- * (float)((s - mean) * (1 / sqrt(var + eps)) * g + b), all in double and rounded once, so an
- * output near 0 has the sign of the exact value (the next layer binarizes it); g and b arrive
- * as doubles, converted once per call. The vector
- * versions keep exactly this order, so every kernel set gives the same bits; 32 lanes are 32
- * independent chains of additions (with 8, each pass waited on the adder's latency). */
-enum { LN_LANES = 32 };
+/* One row: s = x + res (float; res may be NULL); then, in one pass, the sums of s and of s * s
+ * in double, each over LN_LANES lanes (lane l takes elements l, l + LN_LANES, ...; the tail past
+ * the last whole group has its own sums, added to lane 0; lanes combined pairwise); mean =
+ * sum / H, var = sumsq / H - mean^2, at least 0 (a float's square is exact in double, so the
+ * difference keeps float precision unless mean^2 is ~2^28 times var). The outputs in float,
+ *     zg = ((s - mh) - ml) * r * g,  out = zg + b,    mh + ml = mean, r = 1 / sqrt(var + eps),
+ * are off the exact value by at most about 6 roundings of |zg| and one of |out| (a few ulps,
+ * as Paddle's float32 LayerNorm); where |out| is below 16 roundings of |zg| (LN_NEAR0) its sign
+ * could be wrong, and that output is computed again in double and rounded once, so every
+ * output near 0 has the exact value's sign (the next layer binarizes it). Converting every
+ * value to double and back cost AVX2 twice as much. The vector version keeps exactly this
+ * order, so every kernel set gives the same bits. */
+enum { LN_LANES = 16 };
+#define LN_NEAR0 0x1p-20f
 
 static double lanes_pairwise(double *a, double tail) { /* ((a0 + a1) + (a2 + a3)) + ..., in place */
     a[0] += tail;
@@ -843,124 +848,117 @@ static double lanes_pairwise(double *a, double tail) { /* ((a0 + a1) + (a2 + a3)
     return a[0];
 }
 
-static void ln_row_generic(const float *x, const float *res, size_t H, const double *g,
-                           const double *b, double eps, float *o) {
-    double acc[LN_LANES] = {0}, m, v, tail;
-    size_t d;
-    for (d = 0; d < H; d++) o[d] = res ? x[d] + res[d] : x[d];
-    for (d = 0; d + LN_LANES <= H; d += LN_LANES)
-        for (int l = 0; l < LN_LANES; l++) acc[l] += o[d + l];
-    for (tail = 0.0; d < H; d++) tail += o[d];
-    m = lanes_pairwise(acc, tail) / (double)H;
-    memset(acc, 0, sizeof acc);
-    for (d = 0; d + LN_LANES <= H; d += LN_LANES)
-        for (int l = 0; l < LN_LANES; l++) acc[l] += ((double)o[d + l] - m) * ((double)o[d + l] - m);
-    for (tail = 0.0; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
-    v = lanes_pairwise(acc, tail) / (double)H;
-    const double rstd = 1.0 / sqrt(v + eps);
-    for (d = 0; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * g[d] + b[d]);
+typedef struct {
+    double m, rstd; /* mean, 1 / sqrt(var + eps) */
+    float mh, ml, r; /* the mean as two floats mh + ml, and rstd as a float */
+} ln_moments;
+
+/* The moments from the lanes' sums and the tails'. */
+static ln_moments ln_moments_of(double *sum, double *sq, double tsum, double tsq, size_t H,
+                                double eps) {
+    const double m = lanes_pairwise(sum, tsum) / (double)H;
+    const double v = lanes_pairwise(sq, tsq) / (double)H - m * m;
+    const double rstd = 1.0 / sqrt((v > 0.0 ? v : 0.0) + eps);
+    return (ln_moments){m, rstd, (float)m, (float)(m - (double)(float)m), (float)rstd};
 }
 
-/* The tails of the vector versions: the generic code's, element by element. */
-static double ln_tail_sum(const float *x, const float *res, float *o, size_t d, size_t H) {
-    double tail = 0.0;
+/* From element d on: o = x + res, and its sums (returned in *tsum, *tsq). */
+static void ln_tail_sums(const float *x, const float *res, float *o, size_t d, size_t H,
+                         double *tsum, double *tsq) {
+    double s1 = 0.0, s2 = 0.0;
     for (; d < H; d++) {
         o[d] = res ? x[d] + res[d] : x[d];
-        tail += o[d];
+        const double v = o[d];
+        s1 += v;
+        s2 += v * v;
     }
-    return tail;
+    *tsum = s1, *tsq = s2;
 }
 
-static double ln_tail_sq(const float *o, size_t d, size_t H, double m) {
-    double tail = 0.0;
-    for (; d < H; d++) tail += ((double)o[d] - m) * ((double)o[d] - m);
-    return tail;
+/* One output computed in double and rounded once (for those near 0). */
+static float ln_exact(float s, const ln_moments *mo, float g, float b) {
+    return (float)(((double)s - mo->m) * mo->rstd * g + b);
 }
 
-static void ln_tail_out(float *o, size_t d, size_t H, double m, double rstd, const double *g,
-                        const double *b) {
-    for (; d < H; d++) o[d] = (float)(((double)o[d] - m) * rstd * g[d] + b[d]);
+/* The outputs of o[0 .. n), in place: in float, and those near 0 again by ln_exact (in a
+ * second pass over the row, rarely needed: it must see s, which the first overwrites). */
+static void ln_outputs(float *o, size_t n, const ln_moments *mo, const float *g, const float *b) {
+    const float mh = mo->mh, ml = mo->ml, r = mo->r; /* (in locals: o could alias mo) */
+    int near = 0;
+    for (size_t l = 0; l < n; l++) {
+        const float zg = ((o[l] - mh) - ml) * r * g[l];
+        near |= fabsf(zg + b[l]) < fabsf(zg) * LN_NEAR0;
+    }
+    for (size_t l = 0; l < n; l++) {
+        const float s = o[l], zg = ((s - mh) - ml) * r * g[l];
+        o[l] = zg + b[l];
+        if (near && fabsf(o[l]) < fabsf(zg) * LN_NEAR0) o[l] = ln_exact(s, mo, g[l], b[l]);
+    }
+}
+
+static void ln_row_generic(const float *x, const float *res, size_t H, const float *g,
+                           const float *b, double eps, float *o) {
+    double sum[LN_LANES] = {0}, sq[LN_LANES] = {0}, tsum, tsq;
+    const size_t full = H - H % LN_LANES;
+    for (size_t d = 0; d < full; d += LN_LANES)
+        for (int l = 0; l < LN_LANES; l++) {
+            o[d + l] = res ? x[d + l] + res[d + l] : x[d + l];
+            const double v = o[d + l];
+            sum[l] += v;
+            sq[l] += v * v;
+        }
+    ln_tail_sums(x, res, o, full, H, &tsum, &tsq);
+    const ln_moments mo = ln_moments_of(sum, sq, tsum, tsq, H, eps);
+    ln_outputs(o, H, &mo, g, b);
 }
 
 #ifdef BB_X86
-/* acc[q] holds lanes 4q .. 4q + 3. */
-static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const double *g,
-                             const double *b, double eps, float *o) {
-    const size_t full = H - H % LN_LANES;
-    double lanes[LN_LANES];
-    __m256d acc[8];
-    for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_pd();
-    for (size_t d = 0; d < full; d += LN_LANES)
-        for (int q = 0; q < 4; q++) {
-            __m256 s = _mm256_loadu_ps(x + d + 8 * q);
-            if (res) s = _mm256_add_ps(s, _mm256_loadu_ps(res + d + 8 * q));
-            _mm256_storeu_ps(o + d + 8 * q, s);
-            acc[2 * q] = _mm256_add_pd(acc[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-            acc[2 * q + 1] = _mm256_add_pd(acc[2 * q + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
-        }
-    for (int q = 0; q < 8; q++) _mm256_storeu_pd(lanes + 4 * q, acc[q]);
-    const double m = lanes_pairwise(lanes, ln_tail_sum(x, res, o, full, H)) / (double)H;
-    const __m256d mv = _mm256_set1_pd(m);
-    for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_pd();
-    for (size_t d = 0; d < full; d += LN_LANES)
-        for (int q = 0; q < 4; q++) {
-            __m256 s = _mm256_loadu_ps(o + d + 8 * q);
-            __m256d a0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv);
-            __m256d a1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv);
-            acc[2 * q] = _mm256_add_pd(acc[2 * q], _mm256_mul_pd(a0, a0));
-            acc[2 * q + 1] = _mm256_add_pd(acc[2 * q + 1], _mm256_mul_pd(a1, a1));
-        }
-    for (int q = 0; q < 8; q++) _mm256_storeu_pd(lanes + 4 * q, acc[q]);
-    const double rstd = 1.0 / sqrt(lanes_pairwise(lanes, ln_tail_sq(o, full, H, m)) / (double)H + eps);
-    const __m256d rv = _mm256_set1_pd(rstd);
-    const size_t full8 = H - H % 8;
-    for (size_t d = 0; d < full8; d += 8) {
-        __m256 s = _mm256_loadu_ps(o + d);
-        __m256d y0 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)), mv), rv);
-        __m256d y1 = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)), mv), rv);
-        y0 = _mm256_add_pd(_mm256_mul_pd(y0, _mm256_loadu_pd(g + d)), _mm256_loadu_pd(b + d));
-        y1 = _mm256_add_pd(_mm256_mul_pd(y1, _mm256_loadu_pd(g + d + 4)), _mm256_loadu_pd(b + d + 4));
-        _mm256_storeu_ps(o + d, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(y0)),
-                                                     _mm256_cvtpd_ps(y1), 1));
-    }
-    ln_tail_out(o, full8, H, m, rstd, g, b);
+/* o[l] = ln_exact(s[l]) for the lanes l set in mask: the outputs near 0 of 8 values s. */
+static T256 __attribute__((noinline)) void ln_exact_lanes(float *o, __m256 s, int mask,
+                                                          const ln_moments *mo, const float *g,
+                                                          const float *b) {
+    float sv[8];
+    _mm256_storeu_ps(sv, s);
+    for (int l = 0; l < 8; l++)
+        if (mask >> l & 1) o[l] = ln_exact(sv[l], mo, g[l], b[l]);
 }
 
-/* acc[q] holds lanes 8q .. 8q + 7. */
-static T512 void ln_row_avx512(const float *x, const float *res, size_t H, const double *g,
-                               const double *b, double eps, float *o) {
-    const size_t full = H - H % LN_LANES;
-    double lanes[LN_LANES];
-    __m512d acc[4];
-    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_pd();
+/* sum[q], sq[q] hold lanes 4q .. 4q + 3. AVX-512's kernel set uses this one too: the row's
+ * conversions to double bound it, not the vector width. */
+static T256 void ln_row_avx2(const float *x, const float *res, size_t H, const float *g,
+                             const float *b, double eps, float *o) {
+    const size_t full = H - H % LN_LANES, full8 = H - H % 8;
+    double ls[LN_LANES], lq[LN_LANES], tsum, tsq;
+    __m256d sum[4], sq[4];
+    for (int q = 0; q < 4; q++) sum[q] = sq[q] = _mm256_setzero_pd();
     for (size_t d = 0; d < full; d += LN_LANES)
-        for (int q = 0; q < 2; q++) {
-            __m512 s = _mm512_loadu_ps(x + d + 16 * q);
-            if (res) s = _mm512_add_ps(s, _mm512_loadu_ps(res + d + 16 * q));
-            _mm512_storeu_ps(o + d + 16 * q, s);
-            acc[2 * q] = _mm512_add_pd(acc[2 * q], _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
-            acc[2 * q + 1] = _mm512_add_pd(acc[2 * q + 1],
-                                           _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1))));
+        for (int h = 0; h < 2; h++) {
+            __m256 s = _mm256_loadu_ps(x + d + 8 * h);
+            if (res) s = _mm256_add_ps(s, _mm256_loadu_ps(res + d + 8 * h));
+            _mm256_storeu_ps(o + d + 8 * h, s);
+            const __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(s));
+            const __m256d v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1));
+            sum[2 * h] = _mm256_add_pd(sum[2 * h], v0);
+            sum[2 * h + 1] = _mm256_add_pd(sum[2 * h + 1], v1);
+            sq[2 * h] = _mm256_add_pd(sq[2 * h], _mm256_mul_pd(v0, v0));
+            sq[2 * h + 1] = _mm256_add_pd(sq[2 * h + 1], _mm256_mul_pd(v1, v1));
         }
-    for (int q = 0; q < 4; q++) _mm512_storeu_pd(lanes + 8 * q, acc[q]);
-    const double m = lanes_pairwise(lanes, ln_tail_sum(x, res, o, full, H)) / (double)H;
-    const __m512d mv = _mm512_set1_pd(m);
-    for (int q = 0; q < 4; q++) acc[q] = _mm512_setzero_pd();
-    for (size_t d = 0; d < full; d += LN_LANES)
-        for (int q = 0; q < 4; q++) {
-            __m512d a = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(o + d + 8 * q)), mv);
-            acc[q] = _mm512_add_pd(acc[q], _mm512_mul_pd(a, a));
-        }
-    for (int q = 0; q < 4; q++) _mm512_storeu_pd(lanes + 8 * q, acc[q]);
-    const double rstd = 1.0 / sqrt(lanes_pairwise(lanes, ln_tail_sq(o, full, H, m)) / (double)H + eps);
-    const __m512d rv = _mm512_set1_pd(rstd);
-    const size_t full8 = H - H % 8;
+    for (int q = 0; q < 4; q++) _mm256_storeu_pd(ls + 4 * q, sum[q]), _mm256_storeu_pd(lq + 4 * q, sq[q]);
+    ln_tail_sums(x, res, o, full, H, &tsum, &tsq);
+    const ln_moments mo = ln_moments_of(ls, lq, tsum, tsq, H, eps);
+    const __m256 mh = _mm256_set1_ps(mo.mh), ml = _mm256_set1_ps(mo.ml), r = _mm256_set1_ps(mo.r);
+    const __m256 near0 = _mm256_set1_ps(LN_NEAR0), mag = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (size_t d = 0; d < full8; d += 8) {
-        __m512d y = _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(o + d)), mv), rv);
-        y = _mm512_add_pd(_mm512_mul_pd(y, _mm512_loadu_pd(g + d)), _mm512_loadu_pd(b + d));
-        _mm256_storeu_ps(o + d, _mm512_cvtpd_ps(y));
+        const __m256 s = _mm256_loadu_ps(o + d);
+        const __m256 z = _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(s, mh), ml), r);
+        const __m256 zg = _mm256_mul_ps(z, _mm256_loadu_ps(g + d));
+        const __m256 y = _mm256_add_ps(zg, _mm256_loadu_ps(b + d));
+        const int near = _mm256_movemask_ps(_mm256_cmp_ps(
+            _mm256_and_ps(y, mag), _mm256_mul_ps(_mm256_and_ps(zg, mag), near0), _CMP_LT_OQ));
+        _mm256_storeu_ps(o + d, y);
+        if (near) ln_exact_lanes(o + d, s, near, &mo, g + d, b + d); /* rare */
     }
-    ln_tail_out(o, full8, H, m, rstd, g, b);
+    if (full8 < H) ln_outputs(o + full8, H - full8, &mo, g + full8, b + full8);
 }
 #endif
 
@@ -1088,7 +1086,7 @@ typedef struct {
     pack_fn pack;
     scores_fn scores;
     context_fn context;
-    void (*ln_row)(const float *x, const float *res, size_t H, const double *g, const double *b,
+    void (*ln_row)(const float *x, const float *res, size_t H, const float *g, const float *b,
                    double eps, float *o);
     void (*pack_act_row)(const float *x, size_t n, const float *shift, float scale, int kind,
                          int act, uint64_t *out);
@@ -1116,7 +1114,7 @@ typedef struct {
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx512, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL},
+     ln_row_avx2, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
      nib_tile_tables, nib_pair_tables, lin_epi_avx2, nib_lin_4x2},
@@ -1843,8 +1841,7 @@ static void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, con
 }
 
 typedef struct {
-    const float *x, *res;
-    const double *g, *b;
+    const float *x, *res, *g, *b;
     size_t T, H, chunk;
     double eps;
     float *out;
@@ -1864,15 +1861,10 @@ static void ln_chunk(void *vctx, long c, int tid) {
     }
 }
 
-static int layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
-                      const float *bta, double eps, float *out, uint64_t *bits) {
-    double *gb = malloc(2 * H * sizeof(double));
-    if (!gb) return -1;
-    for (size_t d = 0; d < H; d++) gb[d] = g[d], gb[H + d] = bta[d];
-    ln_job j = {x, res, gb, gb + H, T, H, ROW_CHUNK(T, H), eps, out, bits};
+static void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
+                       const float *bta, double eps, float *out, uint64_t *bits) {
+    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK(T, H), eps, out, bits};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
-    free(gb);
-    return 0;
 }
 
 /* ------------------------------------------------------------------- Python glue */
@@ -2112,15 +2104,11 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
     if (got_res && got_bits && need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
         need(&g, (size_t)H * 4, "weight") && need(&bt, (size_t)H * 4, "bias") &&
         need(&out, sz, "out") && (!has_bits || need(&bits, (size_t)T * nwords(H) * 8, "bits"))) {
-        int rc;
-        Py_BEGIN_ALLOW_THREADS rc = layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf,
-                                               bt.buf, eps, out.buf, has_bits ? bits.buf : NULL);
+        Py_BEGIN_ALLOW_THREADS layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf, bt.buf,
+                                          eps, out.buf, has_bits ? bits.buf : NULL);
         Py_END_ALLOW_THREADS
-        if (rc) PyErr_NoMemory();
-        else {
-            ret = Py_None;
-            Py_INCREF(ret);
-        }
+        ret = Py_None;
+        Py_INCREF(ret);
     }
     PyBuffer_Release(&x);
     if (has_res && got_res) PyBuffer_Release(&res);
