@@ -93,9 +93,12 @@ def test_binary_linear_output_has_the_exact_sign(kern):
 
 
 @pytest.mark.parametrize("b, l, h, heads", [(1, 1, 8, 2), (2, 7, 32, 4), (3, 70, 24, 2),
-                                            (1, 65, 65, 1), (2, 130, 256, 2)])
+                                            (1, 65, 65, 1), (2, 130, 256, 2), (1, 66, 128, 2),
+                                            (1, 128, 768, 12), (1, 128, 384, 12)])
 @pytest.mark.parametrize("mode", [0, 1])
 def test_attention_matches_numpy(kern, rng, b, l, h, heads, mode):
+    """Shapes whose queries, keys and head dimensions fill the kernels' tiles, and leave rows,
+    a lone panel of 32 keys, or nibbles of a head over (BERT-base's and MiniLM's heads too)."""
     qkv = rng.standard_normal((b, l, 3 * h)).astype(np.float32)
     keep = rng.random((b, l)) > 0.3
     ctx = kern.attention(pack_signs(qkv), keep, h, heads, mode)
@@ -534,12 +537,13 @@ def test_kernels_match_numpy_at_any_thread_count(rng, threads):
     before = Kernels("c").num_threads
     kern = Kernels("c", num_threads=threads)
     try:
-        b, l, h, heads = 3, 130, 48, 2
-        qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
-        keep = rng.random((b, l)) > 0.3
-        for mode, scales in [(ref.MODE_BOOL, ()), (ref.MODE_SOFTMAX, (0.5, np.float32(0.03)))]:
-            np.testing.assert_array_equal(kern.attention(qkv, keep, h, heads, mode, *scales),
-                                          NUMPY.attention(qkv, keep, h, heads, mode, *scales))
+        b, l, heads = 3, 130, 2
+        for h in (48, 128):  # heads of 24 and 64 dimensions
+            qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
+            keep = rng.random((b, l)) > 0.3
+            for mode, scales in [(ref.MODE_BOOL, ()), (ref.MODE_SOFTMAX, (0.5, np.float32(0.03)))]:
+                np.testing.assert_array_equal(kern.attention(qkv, keep, h, heads, mode, *scales),
+                                              NUMPY.attention(qkv, keep, h, heads, mode, *scales))
         m, n, k = 390, 77, 700
         a = pack_signs(rng.standard_normal((m, k)).astype(np.float32))
         w = pack_signs(rng.standard_normal((n, k)).astype(np.float32))

@@ -20,11 +20,11 @@
  * popcounts cost time. The instruction set is chosen at run time
  * (__builtin_cpu_supports): AVX-512 VPOPCNTDQ, AVX2 (nibble-table popcount; a binary linear
  * whose caller passes its weights' nibble panels looks its counts up in tables instead: see
- * nib_body), scalar POPCNT, or portable C. Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off)
+ * nib_body; so does the attention, see att_nib), scalar POPCNT, or portable C. Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off)
  * so that the epilogues give the same bits as the numpy reference. Threads: a small pthread
  * pool (see "thread pool" below), sized by BIBERT_NUM_THREADS, else OMP_NUM_THREADS, else the
  * number of CPUs.
- * (One file of ~1,900 lines: each operation has a kernel per instruction set, and keeping them
+ * (One file of ~2,400 lines: each operation has a kernel per instruction set, and keeping them
  * beside the shared bit layout and dispatch lets one reading check that they agree.)
  */
 #define PY_SSIZE_T_CLEAN
@@ -380,6 +380,26 @@ static T256 void nib_pair_tables(const uint8_t *a4, size_t nk, const uint8_t *pa
         }
 }
 
+/* One nibble panel from bit rows: panel[k * 32 + c] = bits c of rows 4k .. 4k + 3 (the bit of
+ * row 4k + u is bit u of the nibble), k < nk; row t is the 32 bits from bit sh of rows[t *
+ * stride]. (A matrix whose rows run along the products' K makes its own panels so: no transpose.) */
+static T256 void nib_panel_avx2(const uint64_t *rows, size_t stride, int sh, size_t nk,
+                                uint8_t *panel) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    for (size_t k = 0; k < nk; k++) {
+        __m256i nib = _mm256_setzero_si256();
+        for (int u = 0; u < 4; u++) {
+            const uint32_t m = (uint32_t)(rows[(4 * k + u) * stride] >> sh);
+            const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m), spread);
+            const __m256i on = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+            nib = _mm256_or_si256(nib, _mm256_and_si256(on, _mm256_set1_epi8((char)(1 << u))));
+        }
+        _mm256_storeu_si256((__m256i *)(panel + k * 32), nib);
+    }
+}
+
 /* Byte sums -> the 16-bit sums: lanes hold channels [0..8) [16..24) (lo) and [8..16) [24..32)
  * (hi); and those, at the end, -> the 32 int32 counts in channel order. */
 static AI T256 void nib_widen(__m256i byt, __m256i s16[2]) {
@@ -519,6 +539,23 @@ static T256 void nib_lin_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, 
                 /* bytes in channel order: lanes [0..8) [8..16) | [16..24) [24..32) */
                 bits[(size_t)r * ldb + v] =
                     ~(uint32_t)_mm256_movemask_epi8(_mm256_packs_epi16(out0, out1));
+            }
+        }
+        return;
+    }
+    if (!alpha) { /* the integers K - 2 count themselves, as float (exact: |K| < 2^24) */
+        for (int r = 0; r < TM; r++) {
+            const __m256i kk = _mm256_set1_epi32((int)(Krow ? Krow[r] : K));
+            for (int v = 0; v < 2; v++) {
+                const __m256i *c = s16[2 * r + v];
+                const __m128i q16[4] = {_mm256_castsi256_si128(c[0]), _mm256_castsi256_si128(c[1]),
+                                        _mm256_extracti128_si256(c[0], 1),
+                                        _mm256_extracti128_si256(c[1], 1)};
+                for (int g = 0; g < 4; g++) {
+                    const __m256i c32 = _mm256_cvtepu16_epi32(q16[g]);
+                    _mm256_storeu_ps(o + (size_t)r * ldo + 32 * v + 8 * g,
+                                     _mm256_cvtepi32_ps(_mm256_sub_epi32(kk, _mm256_add_epi32(c32, c32))));
+                }
             }
         }
         return;
@@ -1101,6 +1138,7 @@ typedef struct {
     void (*nib_tile_tables)(const uint8_t *a4, size_t nk, int mr, const uint8_t *tables,
                             uint8_t *tab);
     void (*nib_pair_tables)(const uint8_t *a4, size_t nk, const uint8_t *pairs, uint8_t *tab2);
+    void (*nib_panel)(const uint64_t *rows, size_t stride, int sh, size_t nk, uint8_t *panel);
     /* the fused binary-linear epilogue of a full TM x 32 tile of counts (see lin_tile_fn) */
     void (*lin_epi)(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
                     const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
@@ -1114,15 +1152,15 @@ typedef struct {
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx2, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL},
+     ln_row_avx2, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
-     nib_tile_tables, nib_pair_tables, lin_epi_avx2, nib_lin_4x2},
+     nib_tile_tables, nib_pair_tables, nib_panel_avx2, lin_epi_avx2, nib_lin_4x2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -1654,16 +1692,129 @@ static void softmax_table(long dh, double sscale, double *E) {
             E[m * (dh + 1) + c] = exp((double)(dh - 2 * c) * sscale - (double)(dh - 2 * m) * sscale);
 }
 
-/* Binary attention for one (batch b, head h) and the queries i0 <= i < i1, from the packed
- * sign bits of the Q/K/V projections (token rows of rw words holding [Q | K | V], 3H bits; head
- * h is bits h*dh.. of each part) and the head's keys and values from attention_kv:
- *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
- *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept];
- *                                                            MODE_SOFTMAX: softmax_map_row)
- *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
- * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag
- * per count value [dh + 1].
- */
+/* The table-lookup attention (kernel sets with table-lookup products): a block of queries'
+ * scores (MODE_BOOL) and context are two such products, four query rows at a time, against the
+ * head's keys and values as nibble panels (see nib_body): K4 [ceil(L/32), ceil(dh/4), 32]
+ * (channels: keys, nibbles of a key's dh bits) and V4 [dh/64 pairs of panels, 16 Lw, 32]
+ * (channels: head dimensions, nibbles of a dimension's bits over the keys), zero past the last
+ * key. The context goes so only where dh is a multiple of 64: a lone panel of 32 dimensions
+ * spreads a tile's tables over too few outputs to beat the context kernel. */
+static size_t att_k4_bytes(size_t L, size_t dh) { return (L + 31) / 32 * ((dh + 3) / 4) * 32; }
+static size_t att_v4_bytes(size_t L, size_t dh) { return (dh + 31) / 32 * 16 * nwords(L) * 32; }
+
+/* The keys and values of (batch b, head h) as the kernels read them, each made if its pointer
+ * is not NULL: K_il [ceil(L/8), dw, 8] and V_il [ceil(dh/8), Lw, 8] (the scores and context
+ * kernels'), their nibble panels K4 and V4 (the table lookup's, see att_k4_bytes). Scratch Vb:
+ * [64 Lw, dw] words. */
+static void attention_kv(const uint64_t *qkvb, size_t rw, size_t L, size_t H, size_t dh, size_t b,
+                         size_t h, uint64_t *Kil, uint64_t *Vil, uint64_t *Vb, uint8_t *K4,
+                         uint8_t *V4) {
+    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
+    uint64_t kbits[dw], blk[64];
+    uint64_t Kt[K4 ? 64 * dw * Lw : 1]; /* K4's bit rows: Kt[t * Lw + w] = bit t of keys 64w.. */
+    if (Kil) memset(Kil, 0, LB * dw * 8 * sizeof(uint64_t));
+    if (K4) memset(Kt, 0, sizeof Kt);
+    memset(Vb, 0, 64 * Lw * dw * sizeof(uint64_t));
+    for (size_t j = 0; j < L; j++) {
+        const uint64_t *row = qkvb + (b * L + j) * rw;
+        extract_bits(row, rw, H + h * dh, dh, kbits);
+        for (size_t w = 0; Kil && w < dw; w++) Kil[(j / 8) * dw * 8 + w * 8 + j % 8] = kbits[w];
+        for (size_t w = 0; K4 && w < dw; w++) Kt[(64 * w + j % 64) * Lw + j / 64] = kbits[w];
+        extract_bits(row, rw, 2 * H + h * dh, dh, Vb + j * dw);
+    }
+    /* V_il: sign bits of V transposed (keys along the words), 64 x 64 blocks at a time. */
+    for (size_t w = 0; Vil && w < Lw; w++)
+        for (size_t cw = 0; cw < dw; cw++) {
+            for (int r = 0; r < 64; r++) blk[r] = Vb[(64 * w + r) * dw + cw];
+            transpose64(blk);
+            for (size_t c = 0; c < 64 && 64 * cw + c < dh; c++) {
+                size_t d = 64 * cw + c;
+                Vil[((d / 8) * Lw + w) * 8 + d % 8] = blk[c];
+            }
+        }
+    /* K4's bit rows are the keys' bits (Kt, transposed in 64 x 64 blocks), V4's the value rows
+     * (Vb, zero past L) */
+    for (size_t cw = 0; K4 && cw < dw; cw++)
+        for (size_t w = 0; w < Lw; w++) {
+            for (int r = 0; r < 64; r++) blk[r] = Kt[(64 * cw + r) * Lw + w];
+            transpose64(blk);
+            for (int r = 0; r < 64; r++) Kt[(64 * cw + r) * Lw + w] = blk[r];
+        }
+    for (size_t p = 0; K4 && p < (L + 31) / 32; p++)
+        g_isa->nib_panel(Kt + p / 2, Lw, 32 * (int)(p % 2), (dh + 3) / 4, K4 + p * ((dh + 3) / 4) * 32);
+    for (size_t p = 0; V4 && p < (dh + 31) / 32; p++)
+        g_isa->nib_panel(Vb + p / 2, dw, 32 * (int)(p % 2), 16 * Lw, V4 + p * 16 * Lw * 32);
+}
+
+/* popcount_words where the table lookup runs (there is POPCNT: no libgcc call) */
+#ifdef BB_X86
+static __attribute__((target("popcnt"))) long table_ones(const uint64_t *a, size_t n) {
+    return popcount_words(a, n);
+}
+#else
+static long table_ones(const uint64_t *a, size_t n) { return popcount_words(a, n); }
+#endif
+
+/* Queries a thread's attention chunk takes: 64 rows, the GEMM's row blocks in pairs. */
+enum { ATT_ROWS = 64 };
+
+/* att_nib's scratch for rows of kw words: the rows' offsets, then (aligned) their tables. */
+static size_t att_nib_bytes(size_t kw) { return 16 * kw * (ATT_ROWS + TM * 16 + 32) + 64; }
+
+/* Table-lookup products of the rows [i0, i1) (at most ATT_ROWS) of a (kw words each; their
+ * first nk <= 16 kw nibbles) with nibble panels w4 of N channels (op), nk nibbles each: per
+ * tile of TM rows, per pair of panels, its counts; then scores
+ * (thr > 0): bit l of the uint32 out_bits[i * ldb + 32-channel panel] = 1[count < thr]; or
+ * context (thr == 0): out_f[i * ldo + n] = ones[i - i0] - 2 count (ones: popcount of row i),
+ * n < N. The full tiles' pairs of panels go through the fused kernel (g_isa->nib_lin). */
+static void att_nib(const uint64_t *a, size_t kw, size_t nk, size_t i0, size_t i1,
+                    const uint8_t *w4, size_t N, int op, long thr, uint32_t *out_bits, size_t ldb,
+                    const long *ones, float *out_f, size_t ldo, uint8_t *work) {
+    const size_t rows = i1 - i0, np = (N + 31) / 32;
+    uint8_t *tab = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63), *tab2 = tab + nk * TM * 16;
+    uint8_t *a4 = tab2 + nk * 32;
+    int32_t lo[64] = {0}, hi[64];
+    for (int c = 0; c < 64; c++) hi[c] = (int32_t)thr - 1;
+    const outq_t cut = {NULL, 1.0f, Q_SIGN, ACT_NONE, lo, hi};
+    g_isa->nib_rows(a + i0 * kw, rows, kw, a4);
+    for (size_t r = 1; nk < 16 * kw && r < rows; r++) /* the rows' first nk offsets, packed */
+        memmove(a4 + r * nk, a4 + r * 16 * kw, nk);
+    for (size_t m0 = 0; m0 < rows; m0 += TM) {
+        const size_t i = i0 + m0;
+        const int mr = (int)(rows - m0 < TM ? rows - m0 : TM);
+        if (mr == TM) g_isa->nib_pair_tables(a4 + m0 * nk, nk, &NIB_PAIRS[op][0][0][0], tab2);
+        if (mr < TM || np % 2)
+            g_isa->nib_tile_tables(a4 + m0 * nk, nk, mr, &NIB_TABLES[op][0][0], tab);
+        for (size_t p = 0; p < np; p += 2) {
+            const int nv = p + 1 < np ? 2 : 1;
+            const uint8_t *w = w4 + p * nk * 32;
+            if (mr == TM && nv == 2 && (thr > 0 || 32 * p + 64 <= N)) {
+                if (thr > 0)
+                    g_isa->nib_lin(tab2, nk, w, nk * 32, NULL, 0, NULL, NULL, 0, NULL,
+                                   out_bits + i * ldb + p, ldb, &cut);
+                else
+                    g_isa->nib_lin(tab2, nk, w, nk * 32, out_f + i * ldo + 32 * p, ldo, NULL,
+                                   NULL, 0, ones + m0, NULL, 0, NULL);
+                continue;
+            }
+            int32_t loc[TM * 64];
+            g_isa->nib_tile(tab, tab2, nk, w, loc, 64, mr, nv);
+            for (int r = 0; r < mr; r++)
+                for (int v = 0; v < nv; v++) {
+                    const int32_t *c = loc + r * 64 + 32 * v;
+                    if (thr > 0) {
+                        uint32_t sg = 0;
+                        for (int l = 0; l < 32; l++) sg |= (uint32_t)(c[l] < thr) << l;
+                        out_bits[(i + r) * ldb + p + v] = sg;
+                    } else {
+                        for (size_t l = 0, n = 32 * (p + v); l < 32 && n < N; l++, n++)
+                            out_f[(i + r) * ldo + n] = (float)(ones[m0 + r] - 2 * (long)c[l]);
+                    }
+                }
+        }
+    }
+}
+
 /* Word w of a map row the scores kernel has just stored one word at a time, read as one word:
  * GCC would otherwise read two at once, a load that waits for both stores to retire (no store
  * forwarding across two stores), once per query row. */
@@ -1673,36 +1824,23 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
     return v;
 }
 
-/* The keys and values of (batch b, head h) as the scores and context kernels read them: K_il
- * [ceil(L/8), dw, 8] and V_il [ceil(dh/8), Lw, 8] (scratch Vb: [64 Lw, dw] words). */
-static void attention_kv(const uint64_t *qkvb, size_t rw, size_t L, size_t H, size_t dh, size_t b,
-                         size_t h, uint64_t *Kil, uint64_t *Vil, uint64_t *Vb) {
-    const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
-    uint64_t kbits[dw], blk[64];
-    memset(Kil, 0, LB * dw * 8 * sizeof(uint64_t));
-    memset(Vb, 0, 64 * Lw * dw * sizeof(uint64_t));
-    for (size_t j = 0; j < L; j++) {
-        const uint64_t *row = qkvb + (b * L + j) * rw;
-        extract_bits(row, rw, H + h * dh, dh, kbits);
-        for (size_t w = 0; w < dw; w++) Kil[(j / 8) * dw * 8 + w * 8 + j % 8] = kbits[w];
-        extract_bits(row, rw, 2 * H + h * dh, dh, Vb + j * dw);
-    }
-    /* V_il: sign bits of V transposed (keys along the words), 64 x 64 blocks at a time. */
-    for (size_t w = 0; w < Lw; w++)
-        for (size_t cw = 0; cw < dw; cw++) {
-            for (int r = 0; r < 64; r++) blk[r] = Vb[(64 * w + r) * dw + cw];
-            transpose64(blk);
-            for (size_t c = 0; c < 64 && 64 * cw + c < dh; c++) {
-                size_t d = 64 * cw + c;
-                Vil[((d / 8) * Lw + w) * 8 + d % 8] = blk[c];
-            }
-        }
-}
-
+/* Binary attention for one (batch b, head h) and the queries i0 <= i < i1, from the packed
+ * sign bits of the Q/K/V projections (token rows of rw words holding [Q | K | V], 3H bits; head
+ * h is bits h*dh.. of each part) and the head's keys and values from attention_kv:
+ *     S_ij = Qb_i . Kb_j = dh - 2 popcount(q_i XOR k_j)     (integer; S/sqrt(dh) has its sign)
+ *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept];
+ *                                                            MODE_SOFTMAX: softmax_map_row)
+ *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
+ * With K4 (MODE_BOOL) the block's A rows, with V4 its context, are table-lookup products
+ * (att_nib); else each query's comes from the scores and context kernels (K_il, V_il).
+ * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag
+ * per count value [dh + 1]; work: att_nib's.
+ */
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
                          size_t dh, size_t b, size_t h, size_t i0, size_t i1, int mode,
                          double sscale, const double *E, float mscale, float *ctx,
-                         const uint64_t *Kil, const uint64_t *Vil, uint64_t *scratch) {
+                         const uint64_t *Kil, const uint64_t *Vil, const uint8_t *K4,
+                         const uint8_t *V4, uint64_t *scratch, uint8_t *work) {
     const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
     uint64_t *Qb = scratch, *A = Qb + L * dw;
     int32_t *cnt = (int32_t *)(A + L * Lw);
@@ -1722,7 +1860,17 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     uint64_t sbits[Lw]; /* the keys BiT's softmax runs over: the kept ones, or all L if none is */
     for (size_t w = 0; w < Lw; w++)
         sbits[w] = any ? kbits[w] : (L - 64 * w >= 64 ? ~0ULL : (1ULL << (L - 64 * w)) - 1);
-    for (size_t i = i0; i < i1; i++) {
+    /* the map rows: the block's scores in one table-lookup product (K4: MODE_BOOL), */
+    if (K4) {
+        memset(A + i0 * Lw, 0, (i1 - i0) * Lw * sizeof(uint64_t));
+        att_nib(Qb, dw, (dh + 3) / 4, i0, i1, K4, L, OP_XOR, (long)(dh + 1) / 2, (uint32_t *)A,
+                2 * Lw, NULL, NULL, 0, work);
+        __asm__ volatile("" ::: "memory"); /* A written as uint32 above, read as uint64 below */
+        for (size_t i = i0; i < i1; i++)
+            for (size_t w = 0; w < Lw; w++) A[i * Lw + w] &= kbits[w]; /* also clears keys j >= L */
+    }
+    /* else one query at a time */
+    for (size_t i = i0; i < i1 && !K4; i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
             memcpy(Ai, kbits, Lw * sizeof(uint64_t));
@@ -1742,8 +1890,16 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             g_isa->scores(Qb + i * dw, dw, Kil, LB, (long)(dh + 1) / 2, Ai);
             for (size_t w = 0; w < Lw; w++) Ai[w] = map_word(Ai, w) & kbits[w]; /* also clears keys j >= L */
         }
-        g_isa->context(Ai, Lw, Vil, dh, ctx + (b * L + i) * H + h * dh);
     }
+    /* the context: the block's in one table-lookup product, else one query at a time */
+    float *out = ctx + b * L * H + h * dh;
+    if (V4) {
+        long ones[i1 - i0];
+        for (size_t i = i0; i < i1; i++) ones[i - i0] = table_ones(A + i * Lw, Lw);
+        att_nib(A, Lw, 16 * Lw, i0, i1, V4, dh, OP_AND, 0, NULL, 0, ones, out, H, work);
+        return;
+    }
+    for (size_t i = i0; i < i1; i++) g_isa->context(A + i * Lw, Lw, Vil, dh, out + i * H);
 }
 
 typedef struct {
@@ -1757,29 +1913,39 @@ typedef struct {
     float mscale;
     float *ctx;
     uint64_t **scratch; /* one per thread id */
-    uint64_t *kv;       /* attention_kv's K_il, V_il of each (b, h), kvw words apart */
+    uint64_t *kv;       /* attention_kv's K_il, V_il (and K4, V4) of each (b, h), kvw words apart */
     size_t kvw;
+    int ktab, vtab; /* by table lookup: the scores (K4, MODE_BOOL), the context (V4) */
+    uint8_t **work; /* one per thread id: att_nib's */
 } att_job;
 
-/* K_il of (b, h), bh = b * heads + h, in the first job's buffer, and its V_il after it. */
+/* K_il of (b, h), bh = b * heads + h, in the first job's buffer, its V_il after it, then (with
+ * tables) K4 and V4. */
 static uint64_t *att_keys(const att_job *j, size_t bh) { return j->kv + bh * j->kvw; }
 static uint64_t *att_values(const att_job *j, size_t bh) {
     return att_keys(j, bh) + (j->L + 7) / 8 * nwords(j->dh) * 8;
+}
+static uint8_t *att_k4(const att_job *j, size_t bh) {
+    if (!j->ktab) return NULL;
+    return (uint8_t *)(att_values(j, bh) + (j->dh + 7) / 8 * nwords(j->L) * 8);
+}
+static uint8_t *att_v4(const att_job *j, size_t bh) {
+    if (!j->vtab) return NULL;
+    return (uint8_t *)(att_values(j, bh) + (j->dh + 7) / 8 * nwords(j->L) * 8) +
+           att_k4_bytes(j->L, j->dh);
 }
 
 /* First job, chunk t = (b, h): the head's keys and values (see attention_kv). */
 static void att_kv_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
     attention_kv(j->qkvb, j->rw, j->L, j->H, j->dh, (size_t)t / j->heads, (size_t)t % j->heads,
-                 att_keys(j, (size_t)t), att_values(j, (size_t)t), j->scratch[tid]);
+                 j->ktab ? NULL : att_keys(j, (size_t)t), j->vtab ? NULL : att_values(j, (size_t)t),
+                 j->scratch[tid], att_k4(j, (size_t)t), att_v4(j, (size_t)t));
 }
 
 /* Then chunk t: the queries [ATT_ROWS qb, ATT_ROWS (qb + 1)) of sequence b at head h, numbered
- * (b, qb) first, so a thread's chunks are its rows of the context at every head (see the pool):
- * 64 rows, the GEMM's row blocks in pairs. The keys and values, read by every block of a
- * sequence, are made once by the first job. */
-enum { ATT_ROWS = 64 };
-
+ * (b, qb) first, so a thread's chunks are its rows of the context at every head (see the pool).
+ * The keys and values, read by every block of a sequence, are made once by the first job. */
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;
     const size_t h = (size_t)t % j->heads, blk = (size_t)t / j->heads;
@@ -1787,7 +1953,8 @@ static void att_chunk(void *vctx, long t, int tid) {
     const size_t i1 = i0 + ATT_ROWS < j->L ? i0 + ATT_ROWS : j->L;
     attention_bh(j->qkvb, j->rw, j->keep, j->L, j->H, j->dh, b, h, i0, i1, j->mode, j->sscale,
                  j->E, j->mscale, j->ctx, att_keys(j, b * j->heads + h),
-                 att_values(j, b * j->heads + h), j->scratch[tid]);
+                 att_values(j, b * j->heads + h), att_k4(j, b * j->heads + h),
+                 att_v4(j, b * j->heads + h), j->scratch[tid], j->work[tid]);
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
@@ -1795,21 +1962,30 @@ static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
     const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
-    const size_t words = bh > vb ? bh : vb, kvw = ((L + 7) / 8) * dw * 8 + ((dh + 7) / 8) * Lw * 8;
+    /* by table lookup where the set has it (the 16-bit sums of nib_lin hold L's counts) */
+    const int tables = g_isa->nib_lin != NULL && L < 32767;
+    const int ktab = tables && mode == MODE_BOOL, vtab = tables && dh % 64 == 0;
+    const size_t words = bh > vb ? bh : vb,
+                 kvw = ((L + 7) / 8) * dw * 8 + ((dh + 7) / 8) * Lw * 8 +
+                       (tables ? (att_k4_bytes(L, dh) + att_v4_bytes(L, dh) + 7) / 8 : 0);
     const int nt = P.want < 1 ? 1 : P.want;
     uint64_t *bufs[MAX_THREADS];
+    uint8_t *work[MAX_THREADS] = {NULL};
     double *E = mode == MODE_SOFTMAX ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
     uint64_t *kv = malloc(B * heads * kvw * sizeof(uint64_t));
     int ok = (mode != MODE_SOFTMAX || E != NULL) && kv != NULL;
-    for (int i = 0; i < nt; i++) ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
+    for (int i = 0; i < nt; i++) {
+        ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
+        if (ktab || vtab) ok &= (work[i] = malloc(att_nib_bytes(Lw > dw ? Lw : dw))) != NULL;
+    }
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
         att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, ctx,
-                     bufs, kv, kvw};
+                     bufs, kv, kvw, ktab, vtab, work};
         pool_run(att_kv_chunk, &j, (long)(B * heads));
         pool_run(att_chunk, &j, (long)(B * ((L + ATT_ROWS - 1) / ATT_ROWS) * heads));
     }
-    for (int i = 0; i < nt; i++) free(bufs[i]);
+    for (int i = 0; i < nt; i++) free(bufs[i]), free(work[i]);
     free(kv);
     free(E);
     return ok ? 0 : -1;

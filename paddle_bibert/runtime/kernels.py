@@ -33,7 +33,7 @@ Q_SIGN, Q_UNSIGNED = ref.Q_SIGN, ref.Q_UNSIGNED
 ACT_NONE, ACT_RELU, ACT_GELU = ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU
 #: kernel sets whose binary products look counts up in tables, from the weights' nibble panels
 #: (without AVX-512's vector popcount, one table lookup counts 4 bits of 32 channels for two
-#: rows at once)
+#: rows at once); their attention does too, from nibble panels of its keys and values
 NIBBLE_ISAS = ("avx2",)
 
 
