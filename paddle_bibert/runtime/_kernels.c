@@ -400,6 +400,22 @@ static T256 void nib_panel_avx2(const uint64_t *rows, size_t stride, int sh, siz
     }
 }
 
+/* bit j of bits[j / 64] = 1[c[j] < thr], j < n (c readable up to a multiple of 8; pad bits
+ * of the last word 0). */
+static T256 void nib_below_avx2(const int32_t *c, size_t n, long thr, uint64_t *bits) {
+    const __m256i t = _mm256_set1_epi32((int)thr);
+    for (size_t w = 0; w < (n + 63) / 64; w++) {
+        uint64_t word = 0;
+        for (size_t q = 0; q < 8 && 64 * w + 8 * q < n; q++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 * w + 8 * q));
+            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, v)))
+                    << (8 * q);
+        }
+        if (n - 64 * w < 64) word &= (1ULL << (n - 64 * w)) - 1;
+        bits[w] = word;
+    }
+}
+
 /* Byte sums -> the 16-bit sums: lanes hold channels [0..8) [16..24) (lo) and [8..16) [24..32)
  * (hi); and those, at the end, -> the 32 int32 counts in channel order. */
 static AI T256 void nib_widen(__m256i byt, __m256i s16[2]) {
@@ -1139,6 +1155,7 @@ typedef struct {
                             uint8_t *tab);
     void (*nib_pair_tables)(const uint8_t *a4, size_t nk, const uint8_t *pairs, uint8_t *tab2);
     void (*nib_panel)(const uint64_t *rows, size_t stride, int sh, size_t nk, uint8_t *panel);
+    void (*nib_below)(const int32_t *c, size_t n, long thr, uint64_t *bits);
     /* the fused binary-linear epilogue of a full TM x 32 tile of counts (see lin_tile_fn) */
     void (*lin_epi)(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
                     const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
@@ -1152,15 +1169,15 @@ typedef struct {
 static const isa_t ISAS[] = {
 #ifdef BB_X86
     {"avx512", tile_avx512, lin_tile_avx512, pack_avx2, scores_avx512, context_avx512,
-     ln_row_avx2, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+     ln_row_avx2, pack_act_row_avx2, embed_row_avx512, table_lanes_avx512, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
     {"avx2", tile_avx2, lin_tile_avx2, pack_avx2, scores_avx2, context_avx2, ln_row_avx2,
      pack_act_row_avx2, embed_row_avx2, table_lanes_generic, nib_tile_avx2, nib_rows_avx2,
-     nib_tile_tables, nib_pair_tables, nib_panel_avx2, lin_epi_avx2, nib_lin_4x2},
+     nib_tile_tables, nib_pair_tables, nib_panel_avx2, nib_below_avx2, lin_epi_avx2, nib_lin_4x2},
     {"popcnt", tile_popcnt, NULL, pack_generic, scores_popcnt, context_popcnt, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 #endif
     {"generic", tile_generic, NULL, pack_generic, scores_generic, context_generic, ln_row_generic,
-     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+     pack_act_row_generic, embed_row_generic, table_lanes_generic, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 static const isa_t *g_isa = &ISAS[N_ISAS - 1];
@@ -1693,7 +1710,7 @@ static void softmax_table(long dh, double sscale, double *E) {
 }
 
 /* The table-lookup attention (kernel sets with table-lookup products): a block of queries'
- * scores (MODE_BOOL) and context are two such products, four query rows at a time, against the
+ * scores (MODE_BOOL's map, MODE_SOFTMAX's counts) and context are two such products, four query rows at a time, against the
  * head's keys and values as nibble panels (see nib_body): K4 [ceil(L/32), ceil(dh/4), 32]
  * (channels: keys, nibbles of a key's dh bits) and V4 [dh/64 pairs of panels, 16 Lw, 32]
  * (channels: head dimensions, nibbles of a dimension's bits over the keys), zero past the last
@@ -1761,20 +1778,32 @@ enum { ATT_ROWS = 64 };
 /* att_nib's scratch for rows of kw words: the rows' offsets, then (aligned) their tables. */
 static size_t att_nib_bytes(size_t kw) { return 16 * kw * (ATT_ROWS + TM * 16 + 32) + 64; }
 
+/* What att_nib writes for row i and channel n < N: the counts themselves, cnt[(i - i0) * ldc + n]
+ * (cnt not NULL, rows padded to whole panels); or, with thr > 0, the bits 1[count < thr], bit
+ * n % 32 of the uint32 bits[i * ldb + n / 32]; or ones[i - i0] - 2 count as float, f[i * ldf + n]
+ * (ones: the row's popcount). */
+typedef struct {
+    int32_t *cnt;
+    size_t ldc;
+    long thr;
+    uint32_t *bits;
+    size_t ldb;
+    const long *ones;
+    float *f;
+    size_t ldf;
+} att_out;
+
 /* Table-lookup products of the rows [i0, i1) (at most ATT_ROWS) of a (kw words each; their
  * first nk <= 16 kw nibbles) with nibble panels w4 of N channels (op), nk nibbles each: per
- * tile of TM rows, per pair of panels, its counts; then scores
- * (thr > 0): bit l of the uint32 out_bits[i * ldb + 32-channel panel] = 1[count < thr]; or
- * context (thr == 0): out_f[i * ldo + n] = ones[i - i0] - 2 count (ones: popcount of row i),
- * n < N. The full tiles' pairs of panels go through the fused kernel (g_isa->nib_lin). */
+ * tile of TM rows, per pair of panels, the counts, written as *o says. The full tiles' pairs of
+ * panels of bits or floats go through the fused kernel (g_isa->nib_lin). */
 static void att_nib(const uint64_t *a, size_t kw, size_t nk, size_t i0, size_t i1,
-                    const uint8_t *w4, size_t N, int op, long thr, uint32_t *out_bits, size_t ldb,
-                    const long *ones, float *out_f, size_t ldo, uint8_t *work) {
+                    const uint8_t *w4, size_t N, int op, const att_out *o, uint8_t *work) {
     const size_t rows = i1 - i0, np = (N + 31) / 32;
     uint8_t *tab = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63), *tab2 = tab + nk * TM * 16;
     uint8_t *a4 = tab2 + nk * 32;
     int32_t lo[64] = {0}, hi[64];
-    for (int c = 0; c < 64; c++) hi[c] = (int32_t)thr - 1;
+    for (int c = 0; c < 64; c++) hi[c] = (int32_t)o->thr - 1;
     const outq_t cut = {NULL, 1.0f, Q_SIGN, ACT_NONE, lo, hi};
     g_isa->nib_rows(a + i0 * kw, rows, kw, a4);
     for (size_t r = 1; nk < 16 * kw && r < rows; r++) /* the rows' first nk offsets, packed */
@@ -1788,13 +1817,17 @@ static void att_nib(const uint64_t *a, size_t kw, size_t nk, size_t i0, size_t i
         for (size_t p = 0; p < np; p += 2) {
             const int nv = p + 1 < np ? 2 : 1;
             const uint8_t *w = w4 + p * nk * 32;
-            if (mr == TM && nv == 2 && (thr > 0 || 32 * p + 64 <= N)) {
-                if (thr > 0)
+            if (o->cnt) {
+                g_isa->nib_tile(tab, tab2, nk, w, o->cnt + m0 * o->ldc + 32 * p, o->ldc, mr, nv);
+                continue;
+            }
+            if (mr == TM && nv == 2 && (o->thr > 0 || 32 * p + 64 <= N)) {
+                if (o->thr > 0)
                     g_isa->nib_lin(tab2, nk, w, nk * 32, NULL, 0, NULL, NULL, 0, NULL,
-                                   out_bits + i * ldb + p, ldb, &cut);
+                                   o->bits + i * o->ldb + p, o->ldb, &cut);
                 else
-                    g_isa->nib_lin(tab2, nk, w, nk * 32, out_f + i * ldo + 32 * p, ldo, NULL,
-                                   NULL, 0, ones + m0, NULL, 0, NULL);
+                    g_isa->nib_lin(tab2, nk, w, nk * 32, o->f + i * o->ldf + 32 * p, o->ldf, NULL,
+                                   NULL, 0, o->ones + m0, NULL, 0, NULL);
                 continue;
             }
             int32_t loc[TM * 64];
@@ -1802,13 +1835,13 @@ static void att_nib(const uint64_t *a, size_t kw, size_t nk, size_t i0, size_t i
             for (int r = 0; r < mr; r++)
                 for (int v = 0; v < nv; v++) {
                     const int32_t *c = loc + r * 64 + 32 * v;
-                    if (thr > 0) {
+                    if (o->thr > 0) {
                         uint32_t sg = 0;
-                        for (int l = 0; l < 32; l++) sg |= (uint32_t)(c[l] < thr) << l;
-                        out_bits[(i + r) * ldb + p + v] = sg;
+                        for (int l = 0; l < 32; l++) sg |= (uint32_t)(c[l] < o->thr) << l;
+                        o->bits[(i + r) * o->ldb + p + v] = sg;
                     } else {
                         for (size_t l = 0, n = 32 * (p + v); l < 32 && n < N; l++, n++)
-                            out_f[(i + r) * ldo + n] = (float)(ones[m0 + r] - 2 * (long)c[l]);
+                            o->f[(i + r) * o->ldf + n] = (float)(o->ones[m0 + r] - 2 * (long)c[l]);
                     }
                 }
         }
@@ -1831,8 +1864,9 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
  *     A_ij = 1[S_ij > 0 and key j kept]                     (MODE_BOOL; MODE_KEEP: 1[j kept];
  *                                                            MODE_SOFTMAX: softmax_map_row)
  *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
- * With K4 (MODE_BOOL) the block's A rows, with V4 its context, are table-lookup products
- * (att_nib); else each query's comes from the scores and context kernels (K_il, V_il).
+ * With K4 the block's scores are one table-lookup product (att_nib): MODE_BOOL's A rows, or
+ * the counts MODE_SOFTMAX's map is cut from; with V4 so is its context; else each query's come
+ * from the tile, scores and context kernels (K_il, V_il).
  * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag
  * per count value [dh + 1]; work: att_nib's.
  */
@@ -1860,28 +1894,39 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     uint64_t sbits[Lw]; /* the keys BiT's softmax runs over: the kept ones, or all L if none is */
     for (size_t w = 0; w < Lw; w++)
         sbits[w] = any ? kbits[w] : (L - 64 * w >= 64 ? ~0ULL : (1ULL << (L - 64 * w)) - 1);
-    /* the map rows: the block's scores in one table-lookup product (K4: MODE_BOOL), */
-    if (K4) {
+    /* the map rows: MODE_BOOL's, the block's scores in one table-lookup product (K4); */
+    const size_t nq = (dh + 3) / 4, ldc = 32 * ((L + 31) / 32);
+    if (K4 && mode == MODE_BOOL) {
         memset(A + i0 * Lw, 0, (i1 - i0) * Lw * sizeof(uint64_t));
-        att_nib(Qb, dw, (dh + 3) / 4, i0, i1, K4, L, OP_XOR, (long)(dh + 1) / 2, (uint32_t *)A,
-                2 * Lw, NULL, NULL, 0, work);
+        const att_out o = {.thr = (long)(dh + 1) / 2, .bits = (uint32_t *)A, .ldb = 2 * Lw};
+        att_nib(Qb, dw, nq, i0, i1, K4, L, OP_XOR, &o, work);
         __asm__ volatile("" ::: "memory"); /* A written as uint32 above, read as uint64 below */
         for (size_t i = i0; i < i1; i++)
             for (size_t w = 0; w < Lw; w++) A[i * Lw + w] &= kbits[w]; /* also clears keys j >= L */
     }
+    /* MODE_SOFTMAX's, the block's counts so (K4), else each query's by the tile kernel, */
+    int32_t *cnts = K4 ? (int32_t *)(work + att_nib_bytes(Lw > dw ? Lw : dw)) : NULL;
+    if (K4 && mode == MODE_SOFTMAX) {
+        const att_out o = {.cnt = cnts, .ldc = ldc};
+        att_nib(Qb, dw, nq, i0, i1, K4, L, OP_XOR, &o, work);
+    }
     /* else one query at a time */
-    for (size_t i = i0; i < i1 && !K4; i++) {
+    for (size_t i = i0; i < i1 && !(K4 && mode == MODE_BOOL); i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
             memcpy(Ai, kbits, Lw * sizeof(uint64_t));
         } else if (mode == MODE_SOFTMAX) {
-            for (size_t jb = 0; jb < LB; jb += TN) /* counts popcount(q_i XOR k_j), j < 8 LB */
+            const int32_t *ci = K4 ? cnts + (i - i0) * ldc : cnt; /* popcount(q_i XOR k_j) */
+            for (size_t jb = 0; !K4 && jb < LB; jb += TN)
                 g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
                             LB - jb < TN ? (int)(LB - jb) : TN);
             memset(Ai, 0, Lw * sizeof(uint64_t));
-            const long cut = softmax_map_row(cnt, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
-            if (cut != NO_CUT) { /* scores: 1[count < thr]; then the kept (or all) keys < L */
-                g_isa->scores(Qb + i * dw, dw, Kil, LB, sscale >= 0.0 ? cut + 1 : cut, Ai);
+            const long cut = softmax_map_row(ci, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
+            if (cut != NO_CUT) { /* 1[count < thr], from the counts or by the scores kernel; */
+                const long thr = sscale >= 0.0 ? cut + 1 : cut;
+                if (K4) g_isa->nib_below(ci, L, thr, Ai);
+                else g_isa->scores(Qb + i * dw, dw, Kil, LB, thr, Ai);
+                /* then the kept (or all) keys < L */
                 for (size_t w = 0; w < Lw; w++)
                     Ai[w] = (sscale >= 0.0 ? map_word(Ai, w) : ~map_word(Ai, w)) & sbits[w];
             }
@@ -1896,7 +1941,8 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     if (V4) {
         long ones[i1 - i0];
         for (size_t i = i0; i < i1; i++) ones[i - i0] = table_ones(A + i * Lw, Lw);
-        att_nib(A, Lw, 16 * Lw, i0, i1, V4, dh, OP_AND, 0, NULL, 0, ones, out, H, work);
+        const att_out o = {.ones = ones, .f = out, .ldf = H};
+        att_nib(A, Lw, 16 * Lw, i0, i1, V4, dh, OP_AND, &o, work);
         return;
     }
     for (size_t i = i0; i < i1; i++) g_isa->context(A + i * Lw, Lw, Vil, dh, out + i * H);
@@ -1964,7 +2010,7 @@ static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t
     const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
     /* by table lookup where the set has it (the 16-bit sums of nib_lin hold L's counts) */
     const int tables = g_isa->nib_lin != NULL && L < 32767;
-    const int ktab = tables && mode == MODE_BOOL, vtab = tables && dh % 64 == 0;
+    const int ktab = tables && mode != MODE_KEEP, vtab = tables && dh % 64 == 0;
     const size_t words = bh > vb ? bh : vb,
                  kvw = ((L + 7) / 8) * dw * 8 + ((dh + 7) / 8) * Lw * 8 +
                        (tables ? (att_k4_bytes(L, dh) + att_v4_bytes(L, dh) + 7) / 8 : 0);
@@ -1976,7 +2022,9 @@ static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t
     int ok = (mode != MODE_SOFTMAX || E != NULL) && kv != NULL;
     for (int i = 0; i < nt; i++) {
         ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
-        if (ktab || vtab) ok &= (work[i] = malloc(att_nib_bytes(Lw > dw ? Lw : dw))) != NULL;
+        if (ktab || vtab) /* att_nib's, then MODE_SOFTMAX's counts of a block of queries */
+            ok &= (work[i] = malloc(att_nib_bytes(Lw > dw ? Lw : dw) +
+                                    ATT_ROWS * 32 * ((L + 31) / 32) * sizeof(int32_t))) != NULL;
     }
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
