@@ -114,12 +114,14 @@ class Kernels:
         return out
 
     def pack_act(self, x: np.ndarray, shift=None, scale: float = 1.0, kind: int = Q_SIGN,
-                 act: int = ACT_NONE) -> np.ndarray:
+                 act: int = ACT_NONE, check: bool = True) -> np.ndarray:
         """``[rows, n]`` float32 -> ``[rows, nwords(n)]`` bits of a binarized activation:
         ``act`` (none, ReLU, GELU), then ``+ shift`` (``[n]`` or None), then the sign bit
-        (``Q_SIGN``) or ``1[v / scale > 0.5]`` (``Q_UNSIGNED``). See :func:`reference.pack_act`."""
-        x = _rows(_f32(x), "pack_act")
-        shift = self._check_act(x.shape[1], shift, kind, act, "pack_act")
+        (``Q_SIGN``) or ``1[v / scale > 0.5]`` (``Q_UNSIGNED``). See :func:`reference.pack_act`.
+        ``check=False`` skips the checks of the operands (see :meth:`bin_linear`)."""
+        if check:
+            x = _rows(_f32(x), "pack_act")
+            shift = self._check_act(x.shape[1], shift, kind, act, "pack_act")
         if not self.compiled:
             return ref.pack_act(x, shift, scale, kind, act)
         out = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64)
@@ -165,7 +167,7 @@ class Kernels:
 
     def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False,
                    unsigned: bool = False, quant: Optional[tuple] = None,
-                   nibbles=None) -> np.ndarray:
+                   nibbles=None, check: bool = True) -> np.ndarray:
         """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
         float32: its sign is the exact one), float32 ``[M, n]``; with
         ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
@@ -173,17 +175,24 @@ class Kernels:
         ``quant = (shift, scale, kind, act)``: instead of the signs, the bits
         :meth:`pack_act` would give y (the next layer's elastic quantizer), y never written.
         ``unsigned``: ``a`` holds {0, 1} inputs (bit 1 = 1) and the dot product is
-        ``popcount(a) - 2 popcount(a AND w)``."""
-        a = _rows(_u64(a), "bin_linear")
-        w_il = _u64(w_il)
-        self._check_rhs(a, w_il, n)
-        nibbles = self._check_nibbles(a, n, nibbles)
-        if a.shape[1] != nwords(k):
-            raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
-        alpha, bias = _f32(alpha), _f32(bias)
+        ``popcount(a) - 2 popcount(a AND w)``.
+
+        ``check=False`` skips the checks and conversions of the operands, for a caller that made
+        them itself (``PackedBert``: its weights once, at load; its activations come from these
+        kernels): a forward makes ~100 kernel calls, and at batch 1 the checks cost about a
+        tenth of a MiniLM forward. The compiled kernels still refuse buffers too small."""
         if quant is not None:
             shift, scale, kind, act = quant
-            shift = self._check_act(n, shift, kind, act, "bin_linear")
+        if check:
+            a = _rows(_u64(a), "bin_linear")
+            w_il = _u64(w_il)
+            self._check_rhs(a, w_il, n)
+            nibbles = self._check_nibbles(a, n, nibbles)
+            if a.shape[1] != nwords(k):
+                raise ValueError(f"bin_linear: {a.shape[1]} words do not hold k={k} bits")
+            alpha, bias = _f32(alpha), _f32(bias)
+            if quant is not None:
+                shift = self._check_act(n, shift, kind, act, "bin_linear")
         if not self.compiled:
             y = ref.bin_linear(a, w_il, n, k, alpha, bias, unsigned)
             if quant is not None:
@@ -201,23 +210,27 @@ class Kernels:
                           shift, float(scale), int(kind), int(act), nibbles)
         return out
 
-    def bin_linear_cut(self, a, w_il, n: int, k: int, alpha, bias, cut, nibbles=None) -> np.ndarray:
+    def bin_linear_cut(self, a, w_il, n: int, k: int, alpha, bias, cut, nibbles=None,
+                       check: bool = True) -> np.ndarray:
         """``bin_linear(..., signs=True)`` from ``cut = reference.sign_cut(k, alpha, bias)``: the
-        same bits, the count compared with two integers per channel instead of y computed."""
-        a = _rows(_u64(a), "bin_linear_cut")
-        w_il = _u64(w_il)
-        self._check_rhs(a, w_il, n)
-        nibbles = self._check_nibbles(a, n, nibbles)
-        lo, hi = (np.ascontiguousarray(x, np.int32) for x in cut)
-        if a.shape[1] != nwords(k) or lo.shape != (n,) or hi.shape != (n,):
-            raise ValueError(f"bin_linear_cut: {a.shape[1]} words for k={k}, cut of shapes "
-                             f"{lo.shape}, {hi.shape} for {n} channels")
+        same bits, the count compared with two integers per channel instead of y computed.
+        ``check``: see :meth:`bin_linear`."""
+        lo, hi = cut
+        if check:
+            a = _rows(_u64(a), "bin_linear_cut")
+            w_il = _u64(w_il)
+            self._check_rhs(a, w_il, n)
+            nibbles = self._check_nibbles(a, n, nibbles)
+            lo, hi = (np.ascontiguousarray(x, np.int32) for x in cut)
+            if a.shape[1] != nwords(k) or lo.shape != (n,) or hi.shape != (n,):
+                raise ValueError(f"bin_linear_cut: {a.shape[1]} words for k={k}, cut of shapes "
+                                 f"{lo.shape}, {hi.shape} for {n} channels")
+            alpha, bias = _f32(alpha), _f32(bias)
         if not self.compiled:
             cnt = ref.popcount_gemm(a, w_il, n, OP_XOR)
             return ref.pack_bits((lo <= cnt) & (cnt <= hi))
         out = np.zeros((a.shape[0], nwords(n)), np.uint64)  # pad bits stay 0
-        _C.bin_linear_cut(a, a.shape[0], a.shape[1], w_il, n, k, _f32(alpha), _f32(bias), lo, hi,
-                          out, nibbles)
+        _C.bin_linear_cut(a, a.shape[0], a.shape[1], w_il, n, k, alpha, bias, lo, hi, out, nibbles)
         return out
 
     @staticmethod

@@ -90,9 +90,10 @@ class _Quantizer:
             self.kind == Q_SIGN or self.scale == other.scale)
 
     def bits(self, kern: Kernels, x, act: int = ACT_NONE):
+        """The packed bits of x ([rows, channels] float32, as the kernels write it)."""
         if self.plain and act == ACT_NONE:
             return kern.pack_signs(x)
-        return kern.pack_act(x, self.shift, self.scale, self.kind, act)
+        return kern.pack_act(x, self.shift, self.scale, self.kind, act, check=False)
 
 
 _SIGN = _Quantizer("ste_sign", {}, None, None)  # sign(v + shift), the shift given per call
@@ -135,12 +136,15 @@ class _Linear:
             if self._cut is None:  # worked out on first use: only sign-fed products need it
                 self._cut = ref.sign_cut(self.k, self.alpha, self.bias)
             return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
-                                       self._cut, nibbles=self.nibbles(kern))
+                                       self._cut, nibbles=self.nibbles(kern), check=False)
         quant = None
         if then is not None:
             quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
+        # operands made here (shapes checked above) and activations from the kernels: the
+        # kernels' per-call checks are skipped
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
-                               unsigned=unsigned, quant=quant, nibbles=self.nibbles(kern))
+                               unsigned=unsigned, quant=quant, nibbles=self.nibbles(kern),
+                               check=False)
 
 
 class PackedBert(TextModel):
