@@ -528,6 +528,21 @@ def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):
         np.testing.assert_array_equal(ctx[i, :, -dh:], a @ s[i, :, 2])
 
 
+@pytest.mark.parametrize("mode", [ref.MODE_BOOL, ref.MODE_SOFTMAX])
+def test_attention_scales_its_context_in_double(kern, rng, mode):
+    """context_scale s: each count c comes out as float32(float64(c) * s), as the model's trace
+    computes it in numpy; s = a_p a_v is a double that float32 does not hold."""
+    b, l, h, heads = 2, 70, 128, 2
+    qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
+    keep = rng.random((b, l)) > 0.3
+    s = float(np.float32(0.61)) * float(np.float32(1.37))
+    scales = (0.5, np.float32(0.03)) if mode == ref.MODE_SOFTMAX else (1.0, 1.0)
+    counts = NUMPY.attention(qkv, keep, h, heads, mode, *scales)
+    got = kern.attention(qkv, keep, h, heads, mode, *scales, context_scale=s)
+    np.testing.assert_array_equal(got, (counts.astype(np.float64) * s).astype(np.float32))
+    assert np.abs(counts).max() > 0 and not np.array_equal(got, counts)
+
+
 @needs_c
 @pytest.mark.parametrize("threads", [1, 3])
 def test_kernels_match_numpy_at_any_thread_count(rng, threads):

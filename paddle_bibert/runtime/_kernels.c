@@ -1957,6 +1957,7 @@ typedef struct {
     double sscale;
     const double *E; /* MODE_SOFTMAX: softmax_table */
     float mscale;
+    double cscale; /* the context's scale: ctx = (float)(count * cscale), unless 1 */
     float *ctx;
     uint64_t **scratch; /* one per thread id */
     uint64_t *kv;       /* attention_kv's K_il, V_il (and K4, V4) of each (b, h), kvw words apart */
@@ -2001,10 +2002,16 @@ static void att_chunk(void *vctx, long t, int tid) {
                  j->E, j->mscale, j->ctx, att_keys(j, b * j->heads + h),
                  att_values(j, b * j->heads + h), att_k4(j, b * j->heads + h),
                  att_v4(j, b * j->heads + h), j->scratch[tid], j->work[tid]);
+    if (j->cscale != 1.0) /* the block's context, while it is in cache (as numpy would: in double) */
+        for (size_t i = i0; i < i1; i++) {
+            float *o = j->ctx + (b * j->L + i) * j->H + h * j->dh;
+            for (size_t d = 0; d < j->dh; d++) o[d] = (float)((double)o[d] * j->cscale);
+        }
 }
 
 static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
-                     size_t heads, int mode, double sscale, float mscale, float *ctx) {
+                     size_t heads, int mode, double sscale, float mscale, double cscale,
+                     float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
     const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
@@ -2028,7 +2035,7 @@ static int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t
     }
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
-        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, ctx,
+        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, cscale, ctx,
                      bufs, kv, kvw, ktab, vtab, work};
         pool_run(att_kv_chunk, &j, (long)(B * heads));
         pool_run(att_chunk, &j, (long)(B * ((L + ATT_ROWS - 1) / ATT_ROWS) * heads));
@@ -2230,9 +2237,9 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     Py_buffer qkv, keep, out;
     Py_ssize_t B, L, H, heads;
     int mode;
-    double sscale = 1.0, mscale = 1.0;
-    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|dd", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
-                          &sscale, &mscale))
+    double sscale = 1.0, mscale = 1.0, cscale = 1.0;
+    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|ddd", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
+                          &sscale, &mscale, &cscale))
         return NULL;
     PyObject *ret = NULL;
     if (heads <= 0 || H % heads) {
@@ -2244,7 +2251,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
                need(&out, (size_t)B * L * H * 4, "out")) {
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads, mode, sscale,
-                                              (float)mscale, out.buf);
+                                              (float)mscale, cscale, out.buf);
         Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
         else {
             ret = Py_None;
@@ -2402,7 +2409,8 @@ static PyMethodDef methods[] = {
     {"pack_act", py_pack_act, METH_VARARGS,
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
     {"attention", py_attention, METH_VARARGS,
-     "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1)"},
+     "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1, "
+     "context_scale=1)"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
     {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits])"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},

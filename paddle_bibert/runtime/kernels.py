@@ -252,12 +252,14 @@ class Kernels:
                              f"of {n} rows of {a.shape[1]} words (use Kernels.prepare)")
 
     def attention(self, qkv_bits, keep, hidden: int, heads: int, mode: int = MODE_BOOL,
-                  score_scale: float = 1.0, map_scale: float = 1.0) -> np.ndarray:
+                  score_scale: float = 1.0, map_scale: float = 1.0,
+                  context_scale: float = 1.0) -> np.ndarray:
         """Binary attention context ``[B, L, hidden]`` (integer counts) from the packed sign bits
         of a layer's Q/K/V, ``[B, L, nwords(3 * hidden)]`` (each token row holds Q, K, V in
         order); ``keep`` ``[B, L]`` is False on padded keys. ``MODE_SOFTMAX`` (BiT) takes
         ``score_scale = a_q a_k / sqrt(d_head)`` and ``map_scale = a_p``. See
-        :func:`reference.attention`."""
+        :func:`reference.attention`. ``context_scale`` s (unless 1): the counts c come out as
+        ``float32(float64(c) * s)`` (the scales of the map and of V)."""
         qkv_bits = _u64(qkv_bits)
         if qkv_bits.ndim != 3 or qkv_bits.shape[0] == 0 or qkv_bits.shape[1] == 0:
             raise ValueError(f"attention: expected non-empty [B, L, words] bits, got "
@@ -272,10 +274,13 @@ class Kernels:
         if mode not in (MODE_BOOL, MODE_KEEP, MODE_SOFTMAX):
             raise ValueError(f"attention: unknown mode {mode}")
         if not self.compiled:
-            return ref.attention(qkv_bits, keep, hidden, heads, mode, score_scale, map_scale)
+            out = ref.attention(qkv_bits, keep, hidden, heads, mode, score_scale, map_scale)
+            if context_scale != 1.0:
+                out = (out.astype(np.float64) * context_scale).astype(np.float32)
+            return out
         out = np.empty((b, l, hidden), np.float32)
         _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out, float(score_scale),
-                     float(map_scale))
+                     float(map_scale), float(context_scale))
         return out
 
     # -- full-precision parts --------------------------------------------------------------

@@ -310,11 +310,14 @@ class PackedBert(TextModel):
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
             qkv = self._qkv_bits(kern, layer, x, lambda v: rec(p + "qkv", v), trace is not None, xb)
+            # A in {0, a_p}, V in {-a_v, a_v}: the integer context times ctx_scale, by the
+            # kernel (a trace keeps the integers)
+            scale = layer["ctx_scale"] if trace is None else 1.0
             ctx = rec(p + "context", kern.attention(qkv.reshape(b, l, -1), keep, h, self.heads,
                                                     self.mode, layer["score_scale"],
-                                                    layer["map_scale"]))
+                                                    layer["map_scale"], scale))
             ctx = ctx.reshape(b * l, h)
-            if layer["ctx_scale"] != 1.0:  # A in {0, a_p}, V in {-a_v, a_v}
+            if layer["ctx_scale"] != scale:
                 ctx = (ctx.astype(np.float64) * layer["ctx_scale"]).astype(np.float32)
             out = layer["out"]
             a = out(kern, out.q.bits(kern, ctx))
