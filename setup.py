@@ -4,16 +4,20 @@ Paddle itself is not in install_requires: `paddlepaddle` (CPU) and `paddlepaddle
 so the user installs the one for their machine (see README, requirements-cpu.txt).
 """
 
+import glob
 import sys
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
-# Bitwise kernels of the packed runtime (paddle_bibert/runtime/_kernels.c). Optional: if it
-# cannot be built (no C compiler) the install goes on and the runtime uses its numpy backend
-# (paddle_bibert.runtime reports which one as `backend`).
-KERNELS = Extension("paddle_bibert.runtime._kernels", ["paddle_bibert/runtime/_kernels.c"],
-                    extra_compile_args=["-O3", "-std=gnu99", "-ffp-contract=off", "-pthread"],
+# Bitwise kernels of the packed runtime (paddle_bibert/runtime/csrc/, one extension module).
+# Optional: if they cannot be built (no C compiler) the install goes on and the runtime uses its
+# numpy backend (paddle_bibert.runtime reports which one as `backend`).
+CSRC = "paddle_bibert/runtime/csrc"
+KERNELS = Extension("paddle_bibert.runtime._kernels", sorted(glob.glob(f"{CSRC}/*.c")),
+                    depends=sorted(glob.glob(f"{CSRC}/*.h")),
+                    extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off", "-pthread",
+                                        "-fvisibility=hidden"],
                     extra_link_args=["-pthread"])
 
 

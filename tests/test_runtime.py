@@ -1,5 +1,6 @@
 """Packed runtime: compiled kernels vs numpy on odd sizes, and logits vs the Paddle model."""
 
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,25 @@ def test_c_kernels_are_built_where_a_compiler_exists():
         flags = ""
     if " avx2" in flags:
         assert "avx2" in ISAS, ISAS
+
+
+def test_a_source_distribution_carries_every_kernel_source(tmp_path):
+    """``pip install`` from an sdist compiles the kernels from what the sdist holds: every file
+    of ``csrc/``, the headers too (setuptools adds an Extension's .c files, not its headers)."""
+    import tarfile
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (archive,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    csrc = os.path.join(REPO, "paddle_bibert", "runtime", "csrc")
+    sources = {f"paddle_bibert/runtime/csrc/{name}" for name in os.listdir(csrc)}
+    assert any(name.endswith(".h") for name in sources) and any(n.endswith(".c") for n in sources)
+    assert sources <= packed, sorted(sources - packed)
 
 
 @pytest.fixture(params=ISAS or [None])

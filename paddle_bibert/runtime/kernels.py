@@ -1,10 +1,11 @@
 """The runtime's kernels behind one interface: the compiled extension or the numpy reference.
 
-``get_kernels("auto")`` gives the compiled kernels (``_kernels.c``) when the extension was built
-by ``pip install -e .`` / ``python setup.py build_ext --inplace``, else the numpy reference
-(``reference.py``). ``BIBERT_BACKEND=numpy|c`` and ``BIBERT_ISA=avx512|avx2|popcnt|generic``
-override the choice. The instruction set and the thread count (``BIBERT_NUM_THREADS``, else
-``OMP_NUM_THREADS``, else the CPU count) are process-wide settings of the extension.
+``get_kernels("auto")`` gives the compiled kernels (the extension ``_kernels``, built from
+``csrc/`` by ``pip install -e .`` / ``python setup.py build_ext --inplace``) when there, else
+the numpy reference (``reference.py``). ``BIBERT_BACKEND=numpy|c`` and
+``BIBERT_ISA=avx512|avx2|popcnt|generic`` override the choice. The instruction set and the
+thread count (``BIBERT_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the CPU count) are
+process-wide settings of the extension.
 """
 
 from __future__ import annotations

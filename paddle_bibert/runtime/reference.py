@@ -1,4 +1,4 @@
-"""Numpy reference for every compiled kernel (``_kernels.c``), plain math on unpacked signs.
+"""Numpy reference for every compiled kernel (``csrc/``), plain math on unpacked signs.
 
 These are the definitions the kernels are tested against, and the runtime's fallback backend
 when the extension is not built. Integer results are exact in float32 here because every
@@ -117,7 +117,7 @@ def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
     return lo.astype(np.int32), hi.astype(np.int32)
 
 
-#: partial sums of the softmax denominator (``SUM_LANES`` in _kernels.c)
+#: partial sums of the softmax denominator (``SUM_LANES`` in csrc/softmax_map.c)
 SUM_LANES = 8
 
 

@@ -1,0 +1,196 @@
+/* The binary products over whole matrices: the popcount GEMM and the binary linear, cut into
+ * chunks of row tiles and weight panels for the pool; the current set computes each tile. */
+#include "isa.h"
+#include "ops.h"
+#include "pool.h"
+
+typedef struct {
+    const uint64_t *a, *b;
+    size_t M, kw, N;
+    int op;
+    int32_t *cnt;
+    float *out_f;
+    uint32_t *out_bits; /* sign bits of the linear's output instead of out_f: [M, 2 nwords(N)] */
+    const float *alpha, *bias;
+    long K;
+    int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
+    const long *ones; /* unsig: popcount(a_m) of each row, counted once */
+    const outq_t *q;  /* out_bits through this quantizer instead of the sign (NULL: the sign) */
+    const uint8_t *w4, *a4; /* the table-lookup path: nibble panels and row offsets, or NULL */
+    long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
+} gemm_job;
+
+/* A GEMM chunk is GEMM_TILES row tiles (TM rows each) x GEMM_PANELS weight panels (TN * 8
+ * channels each): its activation rows stay in L1 across the panels, each panel across the
+ * rows, and its outputs are whole 1 KiB runs of a few rows. (Chunks of one panel over all rows
+ * write each output line in 128-byte pieces at a stride of 4N bytes, which at batch 32 costs
+ * more than the popcounts.) */
+enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
+/* On the table-lookup path a chunk's rows build their tables once for all its panels: wider
+ * chunks spread that cost (about 6 instructions per pair table against ~3 per pair table and
+ * panel in the products) over more panels. */
+enum { NIB_PANELS = 24 };
+
+/* The outputs of one tile's counts loc[r * ldl + l] (rows m0 + r < m0 + mr, channels n0 + l in nb
+ * blocks of 8, those below N): raw counts, or the binary linear epilogue (see popc_gemm). */
+static void tile_out(const gemm_job *g, const int32_t *loc, size_t ldl, size_t m0, int mr,
+                     size_t n0, int nb) {
+    const size_t N = g->N, ldb = 2 * nwords(N); /* uint32 per output row */
+    const outq_t *q = g->out_bits ? g->q : NULL;
+    const size_t nn = N - n0 < (size_t)nb * 8 ? N - n0 : (size_t)nb * 8;
+    for (int r = 0; r < mr; r++) {
+        const int32_t *lr = loc + r * ldl;
+        if (g->out_f || g->out_bits) {
+            uint32_t sg = 0;
+            long K = g->K;
+            if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
+            for (size_t l = 0; l < nn; l++) {
+                double d = (double)(K - 2 * (long)lr[l]);
+                float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
+                if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
+                uint32_t bit;
+                if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
+                else if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
+                else memcpy(&bit, &y, 4), bit >>= 31;
+                sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
+            }
+            if (g->out_bits) g->out_bits[(m0 + r) * ldb + n0 / 32] = sg;
+        } else {
+            memcpy(g->cnt + (m0 + r) * N + n0, lr, nn * sizeof(int32_t));
+        }
+    }
+}
+
+/* The quantizer of the 32 channels from n0 (a fused epilogue's view of g->q), or NULL. */
+static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
+    const outq_t *q = g->out_bits ? g->q : NULL;
+    if (!q) return NULL;
+    *qt = (outq_t){q->shift ? q->shift + n0 : NULL, q->scale, q->kind, q->act,
+                   q->lo ? q->lo + n0 : NULL, q->hi ? q->hi + n0 : NULL};
+    return qt;
+}
+
+/* A chunk on the table-lookup path: per tile of TM rows, its tables, then pairs of panels of 32
+ * channels. 0 (nothing done) if the tables' memory is not there: the caller counts the chunk by
+ * XOR and popcount instead. */
+static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) {
+    const size_t M = g->M, N = g->N, nk = 16 * g->kw, ldb = 2 * nwords(N);
+    const int linear = g->out_f || g->out_bits;
+    const outq_t *gq = g->out_bits ? g->q : NULL;
+    /* the fused epilogue (nib_lin): lin_epi's cases, sign_cut's 16-bit compares below 32767 */
+    const int fused = g_isa->nib_lin && linear && !(gq && gq->act == ACT_GELU) &&
+                      !(gq && gq->lo && g->K >= 32767);
+    uint8_t *tab = aligned_alloc(64, nk * TM * 16 + nk * 32), *tab2 = tab + nk * TM * 16;
+    if (!tab) return 0;
+    for (long it = it0; it < it1; it++) {
+        const size_t m0 = (size_t)it * TM;
+        const int mr = (int)(M - m0 < TM ? M - m0 : TM);
+        /* a full tile's pairs of panels read the pair tables; a lone panel or short tile the
+         * single rows' */
+        if (mr == TM) g_isa->nib_pair_tables(g->a4 + m0 * nk, nk, &NIB_PAIRS[g->op][0][0][0], tab2);
+        if (mr < TM || (jt1 - jt0) % 2)
+            g_isa->nib_tile_tables(g->a4 + m0 * nk, nk, mr, &NIB_TABLES[g->op][0][0], tab);
+        for (long jt = jt0; jt < jt1; jt += 2) {
+            int32_t loc[TM * 2 * 32];
+            const int nv = jt + 1 < jt1 ? 2 : 1;
+            const size_t c0 = (size_t)jt * 32; /* the pair's first channel */
+            if (fused && mr == TM && nv == 2 && c0 + 64 <= N) {
+                outq_t qt;
+                g_isa->nib_lin(tab2, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
+                               g->out_f ? g->out_f + m0 * N + c0 : NULL, N, g->alpha + c0,
+                               g->bias + c0, g->K, g->unsig ? g->ones + m0 : NULL,
+                               g->out_bits ? g->out_bits + m0 * ldb + c0 / 32 : NULL, ldb,
+                               panel_q(g, c0, &qt));
+                continue;
+            }
+            g_isa->nib_tile(tab, tab2, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
+            for (int v = 0; v < nv; v++) {
+                const size_t n0 = (size_t)(jt + v) * 32;
+                const int nb = (int)(g->NB - (jt + v) * TN < TN ? g->NB - (jt + v) * TN : TN);
+                outq_t qt;
+                const outq_t *q = panel_q(g, n0, &qt);
+                if (linear && mr == TM && n0 + 32 <= N && !(q && q->act == ACT_GELU))
+                    g_isa->lin_epi(loc + 32 * v, 64, g->out_f ? g->out_f + m0 * N + n0 : NULL, N,
+                                   g->alpha + n0, g->bias + n0, g->K, g->unsig ? g->ones + m0 : NULL,
+                                   g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, q);
+                else
+                    tile_out(g, loc + 32 * v, 64, m0, mr, n0, nb);
+            }
+        }
+    }
+    free(tab);
+    return 1;
+}
+
+static void gemm_chunk(void *vctx, long chunk, int tid) {
+    const gemm_job *g = vctx;
+    tile_fn *const tile = g_isa->tile;
+    lin_tile_fn *const lin = g_isa->lin_tile;
+    const long panels = g->a4 ? NIB_PANELS : GEMM_PANELS;
+    const long npg = (g->nnt + panels - 1) / panels;
+    const long it0 = (chunk / npg) * GEMM_TILES, jt0 = (chunk % npg) * panels;
+    const long it1 = it0 + GEMM_TILES < g->nmt ? it0 + GEMM_TILES : g->nmt;
+    const long jt1 = jt0 + panels < g->nnt ? jt0 + panels : g->nnt;
+    const size_t M = g->M, kw = g->kw, N = g->N;
+    (void)tid;
+    if (g->a4 && nib_chunk(g, it0, it1, jt0, jt1)) return;
+    for (long jt = jt0; jt < jt1; jt++) {
+        const size_t n0 = (size_t)jt * TN * 8;
+        const int nb = (int)(g->NB - jt * TN < TN ? g->NB - jt * TN : TN);
+        for (long it = it0; it < it1; it++) {
+            int32_t loc[TM * TN * 8];
+            size_t m0 = (size_t)it * TM;
+            int mr = (int)(M - m0 < TM ? M - m0 : TM);
+            const int linear = g->out_f || g->out_bits;
+            const size_t ldb = 2 * nwords(N); /* uint32 per output row */
+            const outq_t *q = g->out_bits ? g->q : NULL;
+            if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N &&
+                !(q && q->act == ACT_GELU)) {
+                outq_t qt;
+                lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
+                    g->out_f ? g->out_f + m0 * N + n0 : NULL, N, g->alpha + n0, g->bias + n0, g->K,
+                    g->unsig ? g->ones + m0 : NULL,
+                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, panel_q(g, n0, &qt));
+                continue;
+            }
+            tile(g->a + m0 * kw, kw, g->b + n0 * kw, g->op, loc, TN * 8, mr, nb);
+            tile_out(g, loc, TN * 8, m0, mr, n0, nb);
+        }
+    }
+}
+
+/* Popcount GEMM over [M, kw] x interleaved [NB, kw, 8]; with neither out_f nor out_bits,
+ * writes the raw counts to cnt[M][N]; else the binary linear epilogue
+ *     y[m, n] = (float)((K - 2 * count) * alpha[n] + bias[n])       (in double, no FMA)
+ * (unsig: a holds {0,1} inputs, op is AND and K is popcount(a_m), so K - 2 count is the
+ * {0,1} x {-1,+1} dot product)
+ * The product of the integer dot (< 2^24) and a float is exact in double, so y is the exact
+ * value rounded (twice: to double, to float), and its sign is the exact sign: a float32
+ * evaluation (Paddle's GEMM summing +-alpha) can get it wrong where the exact value is within
+ * its rounding error of 0 (e.g. a dot product of exactly 0 and a bias below ~1e-6).
+ * to out_f, or only its sign bits, packed, to out_bits (words [M, nwords(N)], seen as uint32;
+ * the caller zeroes it: the pad bits past N are never written); with q, the bits q's quantizer
+ * gives y (act_bit: what pack_act would give the float output, without writing it).
+ */
+void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
+               int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
+               const float *bias, long K, int unsig, const outq_t *q, const uint8_t *w4) {
+    long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
+    for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
+    gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};
+    uint8_t *a4 = NULL;
+    /* the table-lookup path where the set has one, the caller gave the nibble panels and the
+     * 16-bit sums cannot overflow (64 kw < 65536) */
+    if (w4 && g_isa->nib_tile && kw < 1024 && (a4 = malloc(M * kw * 16 + 16))) {
+        g_isa->nib_rows(a, M, kw, a4);
+        g.a4 = a4;
+        g.w4 = w4;
+    }
+    g.NB = (long)((N + 7) / 8);
+    g.nmt = (long)((M + TM - 1) / TM);
+    g.nnt = (g.NB + TN - 1) / TN;
+    g.groups = (g.nmt + GEMM_TILES - 1) / GEMM_TILES;
+    const long panels = g.a4 ? NIB_PANELS : GEMM_PANELS;
+    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + panels - 1) / panels));
+    free(a4);
+}

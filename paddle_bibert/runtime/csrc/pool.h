@@ -1,0 +1,24 @@
+/*
+ * The kernels' thread pool (see pool.c): a job is n independent chunks; pool_run returns when
+ * all are done.
+ */
+#ifndef BIBERT_POOL_H
+#define BIBERT_POOL_H
+
+typedef void task_fn(void *ctx, long chunk, int tid);
+#define MAX_THREADS 256
+
+/* Row chunks of the elementwise kernels (packing, LayerNorm, embedding), split from 64k values
+ * (at batch 1, 128 rows of 768): 32 rows, the GEMM's row block (GEMM_TILES * TM), so each
+ * thread packs and normalizes the rows whose products it computes. */
+#define ROW_CHUNK(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
+
+void pool_run(task_fn *fn, void *ctx, long n);
+/* Threads a job uses (tid < pool_threads()); setting them stops the workers, which start again
+ * on the next job. */
+int pool_threads(void);
+void pool_set_threads(int n);
+/* Once, at import: the default thread count, and a fork handler (a child has no workers). */
+void pool_init(void);
+
+#endif
