@@ -38,6 +38,9 @@ typedef void pack_act_row_fn(const float *x, size_t n, const float *shift, float
 /* One token's embedding (see embed.c). */
 typedef void embed_row_fn(const uint64_t *row, float al, const float *p, const float *k, size_t H,
                           float *o);
+/* The smallest and largest count of the kept keys (see softmax_map.c). */
+typedef void count_range_fn(const int32_t *cnt, size_t L, const uint8_t *kp, int any, int32_t dh,
+                            int32_t *lo, int32_t *hi);
 /* Softmax denominator lanes (see softmax_map.c). */
 typedef size_t table_lanes_fn(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                               const double *e, double lane[8]);
@@ -69,6 +72,7 @@ typedef struct {
     ln_row_fn *ln_row;
     pack_act_row_fn *pack_act_row;
     embed_row_fn *embed_row;
+    count_range_fn *count_range;
     table_lanes_fn *table_lanes;
     /* the table-lookup products (NULL: this set has none) and their rows' offsets */
     nib_tile_fn *nib_tile;
@@ -102,6 +106,7 @@ context_fn context_generic;
 ln_row_fn ln_row_generic;
 pack_act_row_fn pack_act_row_generic;
 embed_row_fn embed_row_generic;
+count_range_fn count_range_generic;
 table_lanes_fn table_lanes_generic;
 #ifdef BB_X86
 tile_fn tile_popcnt;
@@ -117,6 +122,8 @@ context_fn context_avx2;
 ln_row_fn ln_row_avx2;
 pack_act_row_fn pack_act_row_avx2;
 embed_row_fn embed_row_avx2;
+count_range_fn count_range_avx2;
+table_lanes_fn table_lanes_avx2;
 nib_tile_fn nib_tile_avx2;
 nib_rows_fn nib_rows_avx2;
 nib_tile_tables_fn nib_tile_tables;

@@ -2,6 +2,25 @@
 #include "isa.h"
 #include "softmax_map.h"
 
+/* The smallest and largest count of the kept keys j < L (every key if none is kept: !any);
+ * dh and 0 where there is no key. */
+static AI void count_range_body(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
+                                int32_t dh, int32_t *lo, int32_t *hi) {
+    int32_t l = dh, h = 0; /* int32, selects instead of branches: the loop vectorizes (AVX2) */
+    for (size_t j = 0; j < L; j++) {
+        const int32_t c = cnt[j], kept_j = !any | (kp[j] != 0);
+        const int32_t cl = kept_j ? c : dh, ch = kept_j ? c : 0;
+        l = cl < l ? cl : l;
+        h = ch > h ? ch : h;
+    }
+    *lo = l, *hi = h;
+}
+
+void count_range_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int any, int32_t dh,
+                         int32_t *lo, int32_t *hi) {
+    count_range_body(cnt, L, kp, any, dh, lo, hi);
+}
+
 /* Softmax denominator lanes: lane[r] += e[cnt[j]] for the kept keys j = r mod 8 (a masked key
  * adds +0.0), j < 8 floor(L / 8), in key order; returns the keys done (the caller adds the tail). */
 size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
@@ -13,6 +32,42 @@ size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int 
 }
 
 #ifdef BB_X86
+/* The same loop compiled for AVX2, which vectorizes it (min/max of int32 lanes); the baseline
+ * x86-64 build (SSE2) has no such instruction and branches per key: that loop took most of a
+ * softmax row's time. */
+T256 void count_range_avx2(const int32_t *cnt, size_t L, const uint8_t *kp, int any, int32_t dh,
+                           int32_t *lo, int32_t *hi) {
+    count_range_body(cnt, L, kp, any, dh, lo, hi);
+}
+
+/* table_lanes_generic with masked gathers of 4 entries: lanes 0-3 in one register, 4-7 in the
+ * other, each still adding key 8i + r's entry (or +0.0) in key order. */
+T256 size_t table_lanes_avx2(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
+                             const double *e, double lane[8]) {
+    __m256d acc0 = _mm256_loadu_pd(lane), acc1 = _mm256_loadu_pd(lane + 4);
+    const __m256i all = _mm256_set1_epi64x(-1);
+    size_t j0 = 0;
+    for (; j0 + 8 <= L; j0 += 8) {
+        __m256i m0 = all, m1 = all; /* the kept keys' lanes: all bits set */
+        if (any) {
+            uint32_t k0, k1;
+            memcpy(&k0, kp + j0, 4);
+            memcpy(&k1, kp + j0 + 4, 4);
+            const __m256i z = _mm256_setzero_si256();
+            m0 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k0)), z), all);
+            m1 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k1)), z), all);
+        }
+        const int32_t *c = cnt + j0;
+        const __m256d g0 = _mm256_set_pd(e[c[3]], e[c[2]], e[c[1]], e[c[0]]);
+        const __m256d g1 = _mm256_set_pd(e[c[7]], e[c[6]], e[c[5]], e[c[4]]);
+        acc0 = _mm256_add_pd(acc0, _mm256_and_pd(g0, _mm256_castsi256_pd(m0)));
+        acc1 = _mm256_add_pd(acc1, _mm256_and_pd(g1, _mm256_castsi256_pd(m1)));
+    }
+    _mm256_storeu_pd(lane, acc0);
+    _mm256_storeu_pd(lane + 4, acc1);
+    return j0;
+}
+
 
 /* table_lanes_generic with a masked gather of 8 entries: lane r still adds key 8i + r's entry
  * (or +0.0) in key order, so every partial sum is the same. */
@@ -85,13 +140,8 @@ long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, i
                      double sscale, const double *E, float mscale, uint8_t *on,
                      uint64_t *Ai) {
     /* the count of the largest score: the smallest count (sscale > 0), the largest (< 0) */
-    int32_t lo32 = (int32_t)dh, hi32 = 0; /* int32 and no branch: the loop vectorizes */
-    for (size_t j = 0; j < L; j++) {
-        const int32_t c = cnt[j], kept_j = !any | (kp[j] != 0);
-        const int32_t cl = kept_j ? c : (int32_t)dh, ch = kept_j ? c : 0;
-        lo32 = cl < lo32 ? cl : lo32;
-        hi32 = ch > hi32 ? ch : hi32;
-    }
+    int32_t lo32, hi32;
+    g_isa->count_range(cnt, L, kp, any, (int32_t)dh, &lo32, &hi32);
     const long lo = lo32, hi = hi32;
     const long top = sscale >= 0.0 ? lo : hi;
     const double *e = E + (size_t)top * (dh + 1);
