@@ -471,6 +471,44 @@ def test_sign_cut_gives_the_sign_bits_of_the_product(kern, rng, m, n, k):
     assert 0.1 < unpack_bits(want, n).mean() < 0.9
 
 
+def _floats_around(c, steps=3):
+    """c and the float32 values up to ``steps`` ulps either side of it."""
+    out, lo, hi = [c], c, c
+    for _ in range(steps):
+        lo, hi = np.nextafter(lo, np.float32(-np.inf)), np.nextafter(hi, np.float32(np.inf))
+        out += [lo, hi]
+    return out
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3, 3.1e-5, 7.1e3, 1.3e-37, 1e38, -0.7, 0.0])
+def test_unsigned_quantizer_bit_at_the_floats_around_its_threshold(kern, rng, scale):
+    """Q_UNSIGNED's bit is v / scale > 0.5 in float32: every kernel set gives numpy's bits at
+    the floats around 0.5 scale (where the quotient rounds to 0.5 or just above it), for scales
+    of every size, negative and zero, in pack_act and in the binary linear's epilogue (alpha 0
+    makes y the bias)."""
+    s = np.float32(scale)
+    c = np.float32(0.5) * s
+    v = _floats_around(c) + _floats_around(np.float32(0.5) * np.float32(abs(scale) or 1.0))
+    v += [np.float32(-0.0), np.float32(np.inf), np.float32(-np.inf), np.float32(np.nan)]
+    v = np.array(v + list(rng.standard_normal(64 - len(v))), np.float32)
+    x = np.stack([v, v[::-1]])
+    want = NUMPY.pack_act(x, None, s, ref.Q_UNSIGNED)
+    with np.errstate(divide="ignore", invalid="ignore"):  # scale 0; the NaN
+        np.testing.assert_array_equal(unpack_bits(want, 64), x / s > np.float32(0.5))
+    np.testing.assert_array_equal(kern.pack_act(x, None, s, ref.Q_UNSIGNED), want)
+    k = 130
+    a = pack_signs(rng.standard_normal((8, k)))
+    w = pack_signs(rng.standard_normal((64, k)))
+    zero = np.zeros(64, np.float32)
+    quant = (None, s, ref.Q_UNSIGNED, ref.ACT_NONE)
+    want = NUMPY.pack_act(np.tile(v, (8, 1)), None, s, ref.Q_UNSIGNED)
+    for nib in [None] + ([kern.prepare_nibbles(w)] if kern.uses_nibbles else []):
+        got = kern.bin_linear(a, kern.prepare(w), 64, k, zero, v, quant=quant, nibbles=nib)
+        np.testing.assert_array_equal(got, want)
+    if s > 0:
+        assert 0 < unpack_bits(want, 64)[0, :7].sum() < 7  # the threshold lies among them
+
+
 def test_binary_linear_quantizer_rejects_bad_parameters(rng):
     a = pack_signs(rng.standard_normal((2, 64)))
     w_il = NUMPY.prepare(pack_signs(rng.standard_normal((8, 64))))
