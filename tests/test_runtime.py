@@ -471,6 +471,54 @@ def test_sign_cut_gives_the_sign_bits_of_the_product(kern, rng, m, n, k):
     assert 0.1 < unpack_bits(want, n).mean() < 0.9
 
 
+@pytest.mark.parametrize("act", [ref.ACT_NONE, ref.ACT_RELU, ref.ACT_GELU])
+@pytest.mark.parametrize("kind", [ref.Q_SIGN, ref.Q_UNSIGNED])
+def test_quantizer_count_cut_gives_the_quantizers_bits(kern, rng, act, kind):
+    """A sign-fed product's bits through the next quantizer (act, shift, threshold) are those of
+    its counts in one interval per channel (quant_cut, every count evaluated): compared with the
+    bits pack_act gives the float output, on full and ragged tiles, alphas of either sign and
+    zero, and (the sign) shifts that make exact zero sums (v keeps its sign bit)."""
+    m, n, k = 9, 70, 130
+    a = pack_signs(rng.standard_normal((m, k)))
+    w = pack_signs(rng.standard_normal((n, k)))
+    w_il = kern.prepare(w)
+    alpha = (rng.standard_normal(n) * 0.05).astype(np.float32)
+    alpha[:3] = [0.0, -0.0, 0.0]
+    bias = (rng.standard_normal(n) * 0.5).astype(np.float32)
+    y = kern.bin_linear(a, w_il, n, k, alpha, bias)
+    shift = (rng.standard_normal(n) * 0.3).astype(np.float32)
+    if kind == ref.Q_SIGN:  # (unsigned, such a sum can pass one count alone: the test below)
+        shift[3:10] = -y[0, 3:10]
+    scale = np.float32(0.2)
+    nibs = [None] + ([kern.prepare_nibbles(w)] if kern.uses_nibbles else [])
+    for sh in (shift, None):
+        cut = ref.quant_cut(k, alpha, bias, sh, scale, kind, act)
+        if cut is None:  # GELU dips: v > t can hold at both ends of the counts
+            assert kind == ref.Q_UNSIGNED and act == ref.ACT_GELU
+            continue
+        want = NUMPY.pack_act(y, sh, scale, kind, act)
+        for nib in nibs:
+            got = kern.bin_linear_cut(a, w_il, n, k, alpha, bias, cut, nibbles=nib)
+            np.testing.assert_array_equal(got, want)
+        if sh is not None:
+            assert 0.05 < unpack_bits(want, n).mean() < 0.95
+
+
+def test_quantizer_count_cut_refuses_bits_that_are_not_an_interval():
+    """A shift whose sum with v is exactly 0 keeps v: with y(c) = (16 - 2c) / 4, shift -2 and
+    threshold 2 * 0.5, the counts 0 and 1 pass (v + shift = 2, 1.5), 2 and 3 do not (1, 0.5),
+    4 does (y = 2 = -shift, kept: 2 / 2 > 0.5) and 5 on do not; no interval holds that."""
+    alpha, bias = np.array([0.25], np.float32), np.zeros(1, np.float32)
+    shift = np.array([-2.0], np.float32)
+    c = np.arange(17)
+    y = ((16 - 2 * c) * 0.25).astype(np.float32)[:, None]
+    np.testing.assert_array_equal(ref.act_bits(y, shift, 2.0, ref.Q_UNSIGNED)[:, 0],
+                                  np.isin(c, [0, 1, 4]))
+    assert ref.quant_cut(16, alpha, bias, shift, 2.0, ref.Q_UNSIGNED) is None
+    lo, hi = ref.quant_cut(16, alpha, bias, shift, 0.5, ref.Q_UNSIGNED)  # 0..4 pass
+    assert (lo[0], hi[0]) == (0, 4)
+
+
 def _floats_around(c, steps=3):
     """c and the float32 values up to ``steps`` ulps either side of it."""
     out, lo, hi = [c], c, c

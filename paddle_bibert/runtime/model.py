@@ -27,8 +27,11 @@ into the linear's scales, alpha_n * a; one binarized by ``elastic_unsigned`` a *
 
     y = (popcount(A) - 2 popcount(A AND w)) * (alpha_n * a) + bias
 
-(BiT's FFN output dense, after ReLU: ``h``'s floats are written, then ReLU or GELU, the shift
-and the threshold are applied while packing). Q/K/V with elastic quantizers are packed as the
+(BiT's FFN output dense, after ReLU). Where a sign-fed product's output only feeds such a
+quantizer (FFN input, elastic Q/K/V), its bits are those of the counts in one interval per
+channel, worked out once by evaluating every count (``reference.quant_cut``): two integer
+compares per output, as the plain sign's ``sign_cut``; else the product's epilogue computes y
+and applies the activation, shift and threshold without writing y. Q/K/V with elastic quantizers are packed as the
 sign bits of Q + b_q, K + b_k, V + b_v (shift per head channel), and the context is scaled by
 the scales of the map and of V. BiT's attention ("softmax" with an ``elastic_unsigned`` map):
 
@@ -117,6 +120,7 @@ class _Linear:
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
         self._cut = None  # reference.sign_cut of alpha, bias
+        self._quant_cuts = {}  # reference.quant_cut per quantizer the outputs go through
         self._nibbles = None  # Kernels.prepare_nibbles of the bits, made on first use
 
     def nibbles(self, kern: Kernels):
@@ -140,11 +144,24 @@ class _Linear:
         quant = None
         if then is not None:
             quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
+            cut = None if unsigned else self._quant_cut(*quant)
+            if cut is not None:  # the bits by two integer compares, as the sign-fed products
+                return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias, cut,
+                                           nibbles=self.nibbles(kern), check=False)
         # operands made here (shapes checked above) and activations from the kernels: the
         # kernels' per-call checks are skipped
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
                                unsigned=unsigned, quant=quant, nibbles=self.nibbles(kern),
                                check=False)
+
+    def _quant_cut(self, shift, scale, kind, act):
+        """reference.quant_cut of the outputs through this quantizer (shift, scale, kind, act),
+        worked out on first use: the count intervals, or None."""
+        key = (None if shift is None else shift.tobytes(), float(scale), kind, act)
+        if key not in self._quant_cuts:
+            self._quant_cuts[key] = ref.quant_cut(self.k, self.alpha, self.bias, shift, scale,
+                                                  kind, act)
+        return self._quant_cuts[key]
 
 
 class PackedBert(TextModel):

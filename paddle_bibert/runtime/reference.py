@@ -15,7 +15,7 @@ import numpy as np
 from ..export.pack import pack_bits, pack_signs, unpack_bits
 
 __all__ = ["interleave8", "deinterleave8", "popcount_gemm", "bin_linear", "attention", "embed",
-           "layer_norm", "pack_signs", "pack_act", "gelu32"]
+           "layer_norm", "pack_signs", "pack_act", "act_bits", "quant_cut", "sign_cut", "gelu32"]
 
 OP_XOR, OP_AND = 0, 1
 MODE_BOOL, MODE_KEEP, MODE_SOFTMAX = 0, 1, 2
@@ -117,6 +117,28 @@ def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
     return lo.astype(np.int32), hi.astype(np.int32)
 
 
+def quant_cut(k: int, alpha: np.ndarray, bias: np.ndarray, shift, scale: float, kind: int,
+              act: int = ACT_NONE):
+    """The counts ``c = popcount(a XOR w_n)`` whose output's bit through a quantizer,
+    :func:`act_bits` of y(c) = float32((k - 2c) alpha + bias) (:func:`bin_linear`'s y), is 1,
+    per channel, as an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0); None if
+    for some channel they are not one interval.
+
+    The bit is monotone in y for ReLU and the shift, mostly: GELU dips, and a shift whose sum
+    with v is exactly 0 keeps v (:func:`act_bits`), which can set one count's bit alone. So every
+    count is evaluated, k + 1 rows of y, and the intervals are exact where they exist.
+    """
+    c = np.arange(k + 1, dtype=np.float64)[:, None]
+    y = ((k - 2 * c) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    on = act_bits(y, shift, scale, kind, act)
+    some = on.any(0)
+    lo = np.where(some, on.argmax(0), 1)
+    hi = np.where(some, k - on[::-1].argmax(0), 0)
+    if (on.sum(0) != np.maximum(hi - lo + 1, 0)).any():
+        return None
+    return lo.astype(np.int32), hi.astype(np.int32)
+
+
 #: partial sums of the softmax denominator (``SUM_LANES`` in csrc/softmax_map.c)
 SUM_LANES = 8
 
@@ -212,8 +234,14 @@ def gelu32(x: np.ndarray) -> np.ndarray:
 
 
 def pack_act(x: np.ndarray, shift, scale: float, kind: int, act: int = ACT_NONE) -> np.ndarray:
-    """Binarize float activations ``[rows, n]`` to packed bits ``[rows, nwords(n)]``, float32
-    arithmetic in this order:
+    """Binarize float activations ``[rows, n]`` to packed bits ``[rows, nwords(n)]``: the bits of
+    :func:`act_bits`."""
+    return pack_bits(act_bits(x, shift, scale, kind, act))
+
+
+def act_bits(x: np.ndarray, shift, scale: float, kind: int, act: int = ACT_NONE) -> np.ndarray:
+    """The bits (bool, x's shape) of binarized float activations, float32 arithmetic in this
+    order:
 
         v   = act(x)          ACT_RELU: x if x > 0 else +0;  ACT_GELU: :func:`gelu32`
         v   = v + shift       (per channel, last axis; skipped if shift is None; a sum of
@@ -231,5 +259,5 @@ def pack_act(x: np.ndarray, shift, scale: float, kind: int, act: int = ACT_NONE)
         s = v + np.asarray(shift, _F32)
         v = np.where(s == 0, v, s)
     if kind == Q_SIGN:
-        return pack_signs(v)
-    return pack_bits(v / _F32(scale) > _F32(0.5))
+        return np.signbit(v)
+    return v / _F32(scale) > _F32(0.5)
