@@ -676,6 +676,11 @@ def test_kernels_match_numpy_at_any_thread_count(rng, threads):
         out, bits = kern.layer_norm(x, res, g, beta, 1e-12, signs=True)
         np.testing.assert_allclose(out, ref.layer_norm(x, res, g, beta, 1e-12), atol=1e-6)
         np.testing.assert_array_equal(bits, pack_signs(out))
+        shift = rng.standard_normal(300).astype(np.float32)
+        for rows in (390, 40):  # chunks of 32 rows (GELU: 16), a last one short
+            for kind, act in [(ref.Q_UNSIGNED, ref.ACT_RELU), (ref.Q_SIGN, ref.ACT_GELU)]:
+                np.testing.assert_array_equal(kern.pack_act(x[:rows], shift, 0.7, kind, act),
+                                              NUMPY.pack_act(x[:rows], shift, 0.7, kind, act))
     finally:
         Kernels("c", num_threads=before)
 

@@ -114,7 +114,7 @@ static void pack_act_chunk(void *vctx, long c, int tid) {
 void pack_act(const float *x, size_t rows, size_t n, const float *shift, float scale,
               int kind, int act, uint64_t *out) {
     /* GELU costs an erf per value: split into chunks sooner */
-    const size_t chunk = act == ACT_GELU ? (rows * n > (1 << 16) ? 16 : rows) : ROW_CHUNK(rows, n);
+    const size_t chunk = act == ACT_GELU ? (rows * n > ROW_SPLIT ? 16 : rows) : ROW_CHUNK(rows, n);
     pack_act_job j = {x, shift, rows, n, chunk, scale, kind, act, out};
     pool_run(pack_act_chunk, &j, (long)((rows + chunk - 1) / chunk));
 }

@@ -8,10 +8,13 @@
 typedef void task_fn(void *ctx, long chunk, int tid);
 #define MAX_THREADS 256
 
-/* Row chunks of the elementwise kernels (packing, LayerNorm, embedding), split from 64k values
- * (at batch 1, 128 rows of 768): 32 rows, the GEMM's row block (GEMM_TILES * TM), so each
- * thread packs and normalizes the rows whose products it computes. */
-#define ROW_CHUNK(rows, n) ((rows) * (n) > (1 << 16) ? 32 : (rows))
+/* Row chunks of the elementwise kernels (packing, LayerNorm, embedding): 32 rows, the GEMM's
+ * row block (GEMM_TILES * TM), so each thread packs and normalizes the rows whose products it
+ * computes; a job of at most ROW_SPLIT values stays whole. From 8k values: MiniLM's 64 and 128
+ * tokens of 384 split too (from 64k they ran on one thread: a sixth of the main job's student's
+ * two-thread forward). */
+#define ROW_SPLIT (1 << 13)
+#define ROW_CHUNK(rows, n) ((rows) * (n) > ROW_SPLIT ? 32 : (rows))
 
 void pool_run(task_fn *fn, void *ctx, long n);
 /* Threads a job uses (tid < pool_threads()); setting them stops the workers, which start again
