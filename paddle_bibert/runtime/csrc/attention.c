@@ -32,9 +32,10 @@ static void extract_bits(const uint64_t *row, size_t rw, size_t start, size_t le
 }
 
 /* The table-lookup attention (kernel sets with table-lookup products): a block of queries'
- * scores (MODE_BOOL's map, MODE_SOFTMAX's counts) and context are two such products, four query rows at a time, against the
- * head's keys and values as nibble panels (see nib_body): K4 [ceil(L/32), ceil(dh/4), 32]
- * (channels: keys, nibbles of a key's dh bits) and V4 [dh/64 pairs of panels, 16 Lw, 32]
+ * scores (MODE_BOOL's map, MODE_SOFTMAX's counts) and context are two such products, four query
+ * rows at a time, against the head's keys and values as nibble panels (products_avx2_tables.c):
+ * K4 [ceil(L/32), ceil(dh/4), 32] (channels: keys, nibbles of a key's dh bits) and
+ * V4 [dh/64 pairs of panels, 16 Lw, 32]
  * (channels: head dimensions, nibbles of a dimension's bits over the keys), zero past the last
  * key. The context goes so only where dh is a multiple of 64: a lone panel of 32 dimensions
  * spreads a tile's tables over too few outputs to beat the context kernel. */
@@ -313,7 +314,7 @@ static void att_kv_chunk(void *vctx, long t, int tid) {
 }
 
 /* Then chunk t: the queries [ATT_ROWS qb, ATT_ROWS (qb + 1)) of sequence b at head h, numbered
- * (b, qb) first, so a thread's chunks are its rows of the context at every head (see the pool).
+ * (b, qb) first, so a thread's chunks are its rows of the context at every head (see pool.c).
  * The keys and values, read by every block of a sequence, are made once by the first job. */
 static void att_chunk(void *vctx, long t, int tid) {
     const att_job *j = vctx;

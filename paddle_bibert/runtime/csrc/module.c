@@ -32,8 +32,9 @@ static int need(Py_buffer *b, size_t bytes, const char *what) {
     return 1;
 }
 
-/* The optional nibble panels of an N-channel operand of kw words (see nib_body): a buffer of
- * ceil(N / 32) * 32 * 16 kw bytes, or None (b->buf stays NULL). 0 with an exception set. */
+/* The optional nibble panels of an N-channel operand of kw words (products_avx2_tables.c): a
+ * buffer of ceil(N / 32) * 32 * 16 kw bytes, or None (b->buf stays NULL). 0 with an exception
+ * set. */
 static int nibbles_arg(PyObject *obj, Py_buffer *b, size_t N, size_t kw) {
     b->buf = NULL;
     if (obj == Py_None) return 1;
