@@ -633,6 +633,19 @@ def test_softmax_map_attention_matches_numpy(kern, rng, b, l, h, heads):
         a = (p / map_scale > 0.5) & kept
         np.testing.assert_array_equal(ctx[i, :, -dh:], a @ s[i, :, 2])
 
+def test_softmax_attention_keeps_a_table_per_head_size_and_scale(kern, rng):
+    """The kernels keep BiT's table of exponentials between calls: calls alternating two score
+    scales and two head sizes each still give numpy's map (a table reused for another scale or
+    head size would not)."""
+    b, l, h = 2, 40, 64
+    qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
+    keep = rng.random((b, l)) > 0.2
+    for _ in range(2):
+        for heads, score_scale in [(2, 0.9), (2, 0.35), (4, 0.9), (4, -0.5)]:
+            args = (qkv, keep, h, heads, ref.MODE_SOFTMAX, score_scale, np.float32(0.05))
+            np.testing.assert_array_equal(kern.attention(*args), NUMPY.attention(*args))
+
+
 
 @pytest.mark.parametrize("mode", [ref.MODE_BOOL, ref.MODE_SOFTMAX])
 def test_attention_scales_its_context_in_double(kern, rng, mode):

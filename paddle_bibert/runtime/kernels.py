@@ -81,6 +81,9 @@ class Kernels:
         self.compiled = backend != "numpy" and _C is not None
         #: False keeps AVX2's products on XOR and popcount instead of table lookup (to compare)
         self.tables = True
+        #: BiT's tables of exponentials by (head size, score scale): a model's layers call the
+        #: attention with the same few, and a table costs (dh + 1)^2 exponentials
+        self._softmax_tables = {}
         if self.compiled:
             isa = isa or os.environ.get("BIBERT_ISA")
             if isa:
@@ -280,9 +283,23 @@ class Kernels:
                 out = (out.astype(np.float64) * context_scale).astype(np.float32)
             return out
         out = np.empty((b, l, hidden), np.float32)
+        table = self._softmax_table(hidden // heads, float(score_scale)) \
+            if mode == MODE_SOFTMAX else None
         _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out, float(score_scale),
-                     float(map_scale), float(context_scale))
+                     float(map_scale), float(context_scale), table)
         return out
+
+    def _softmax_table(self, dh: int, score_scale: float) -> np.ndarray:
+        """The compiled kernels' table of exponentials for (dh, score_scale), made once."""
+        key = (dh, score_scale)
+        table = self._softmax_tables.get(key)
+        if table is None:
+            if len(self._softmax_tables) >= 256:  # many scales: a caller sweeping them
+                self._softmax_tables.clear()
+            table = np.empty((dh + 1, dh + 1), np.float64)
+            _C.softmax_table(dh, score_scale, table)
+            self._softmax_tables[key] = table
+        return table
 
     # -- full-precision parts --------------------------------------------------------------
 

@@ -208,12 +208,13 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     for (size_t i = i0; i < i1; i++)
         extract_bits(qkvb + (b * L + i) * rw, rw, h * dh, dh, Qb + i * dw);
     memset(kbits, 0, Lw * sizeof(uint64_t));
-    int any = 0;
+    size_t kept = 0;
     for (size_t j = 0; j < L; j++)
         if (kp[j]) {
             kbits[j / 64] |= 1ULL << (j % 64);
-            any = 1;
+            kept++;
         }
+    const int any = kept > 0;
     uint64_t sbits[Lw]; /* the keys BiT's softmax runs over: the kept ones, or all L if none is */
     for (size_t w = 0; w < Lw; w++)
         sbits[w] = any ? kbits[w] : (L - 64 * w >= 64 ? ~0ULL : (1ULL << (L - 64 * w)) - 1);
@@ -244,7 +245,9 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
                 g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
                             LB - jb < TN ? (int)(LB - jb) : TN);
             memset(Ai, 0, Lw * sizeof(uint64_t));
-            const long cut = softmax_map_row(ci, L, (long)dh, kp, any, sscale, E, mscale, on, Ai);
+            /* every key kept runs over all keys as no key kept does, without reading the mask */
+            const long cut = softmax_map_row(ci, L, (long)dh, kp, any && kept < L, sscale, E,
+                                             mscale, on, Ai);
             if (cut != NO_CUT) { /* 1[count < thr], from the counts or by the scores kernel; */
                 const long thr = sscale >= 0.0 ? cut + 1 : cut;
                 if (K4) g_isa->nib_below(ci, L, thr, Ai);
@@ -334,7 +337,7 @@ static void att_chunk(void *vctx, long t, int tid) {
 
 int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
               size_t heads, int mode, double sscale, float mscale, double cscale,
-              float *ctx) {
+              const double *table, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
     const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
@@ -347,9 +350,10 @@ int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, siz
     const int nt = pool_threads() < 1 ? 1 : pool_threads();
     uint64_t *bufs[MAX_THREADS];
     uint8_t *work[MAX_THREADS] = {NULL};
-    double *E = mode == MODE_SOFTMAX ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
+    /* MODE_SOFTMAX's table of exponentials: the caller's, else made here */
+    double *E = mode == MODE_SOFTMAX && !table ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
     uint64_t *kv = malloc(B * heads * kvw * sizeof(uint64_t));
-    int ok = (mode != MODE_SOFTMAX || E != NULL) && kv != NULL;
+    int ok = (mode != MODE_SOFTMAX || table || E != NULL) && kv != NULL;
     for (int i = 0; i < nt; i++) {
         ok &= (bufs[i] = malloc(words * sizeof(uint64_t))) != NULL;
         if (ktab || vtab) /* att_nib's, then MODE_SOFTMAX's counts of a block of queries */
@@ -358,7 +362,8 @@ int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, siz
     }
     if (ok) {
         if (E) softmax_table((long)dh, sscale, E);
-        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E, mscale, cscale, ctx,
+        att_job j = {qkvb, nwords(3 * H), keep, L, H, heads, dh, mode, sscale, E ? E : table,
+                     mscale, cscale, ctx,
                      bufs, kv, kvw, ktab, vtab, work};
         pool_run(att_kv_chunk, &j, (long)(B * heads));
         pool_run(att_chunk, &j, (long)(B * ((L + ATT_ROWS - 1) / ATT_ROWS) * heads));

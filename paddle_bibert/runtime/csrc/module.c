@@ -22,6 +22,7 @@
 #include "isa.h"
 #include "ops.h"
 #include "pool.h"
+#include "softmax_map.h"
 
 static int need(Py_buffer *b, size_t bytes, const char *what) {
     if ((size_t)b->len < bytes) {
@@ -158,32 +159,58 @@ static PyObject *py_bin_linear_cut(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_attention(PyObject *self, PyObject *args) {
-    Py_buffer qkv, keep, out;
+    Py_buffer qkv, keep, out, tab = {0};
     Py_ssize_t B, L, H, heads;
     int mode;
     double sscale = 1.0, mscale = 1.0, cscale = 1.0;
-    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|ddd", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
-                          &sscale, &mscale, &cscale))
+    PyObject *tab_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|dddO", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
+                          &sscale, &mscale, &cscale, &tab_obj))
         return NULL;
     PyObject *ret = NULL;
+    const int has_tab = tab_obj != Py_None;
     if (heads <= 0 || H % heads) {
         PyErr_SetString(PyExc_ValueError, "hidden size is not a multiple of the head count");
     } else if (mode < MODE_BOOL || mode > MODE_SOFTMAX) {
         PyErr_Format(PyExc_ValueError, "unknown attention mode %d", mode);
+    } else if (has_tab && PyObject_GetBuffer(tab_obj, &tab, PyBUF_SIMPLE) < 0) {
+        tab.buf = NULL; /* the exception is set */
     } else if (need(&qkv, (size_t)B * L * nwords(3 * H) * 8, "qkv") &&
                need(&keep, (size_t)B * L, "keep") &&
-               need(&out, (size_t)B * L * H * 4, "out")) {
+               need(&out, (size_t)B * L * H * 4, "out") &&
+               (!has_tab || need(&tab, (size_t)(H / heads + 1) * (H / heads + 1) * 8, "table"))) {
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads, mode, sscale,
-                                              (float)mscale, cscale, out.buf);
+                                              (float)mscale, cscale, has_tab ? tab.buf : NULL,
+                                              out.buf);
         Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
         else {
             ret = Py_None;
             Py_INCREF(ret);
         }
     }
+    if (tab.buf) PyBuffer_Release(&tab);
     PyBuffer_Release(&qkv);
     PyBuffer_Release(&keep);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+/* softmax_table(dh, score_scale, out): BiT's table of exponentials (softmax_map.c), float64
+ * [dh + 1, dh + 1], for the attention calls of that head size and scale */
+static PyObject *py_softmax_table(PyObject *self, PyObject *args) {
+    Py_buffer out;
+    Py_ssize_t dh;
+    double sscale;
+    if (!PyArg_ParseTuple(args, "ndw*", &dh, &sscale, &out)) return NULL;
+    PyObject *ret = NULL;
+    if (dh < 1) {
+        PyErr_Format(PyExc_ValueError, "softmax_table: head size %zd", dh);
+    } else if (need(&out, (size_t)(dh + 1) * (dh + 1) * 8, "out")) {
+        softmax_table((long)dh, sscale, out.buf);
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
     PyBuffer_Release(&out);
     return ret;
 }
@@ -334,7 +361,8 @@ static PyMethodDef methods[] = {
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
     {"attention", py_attention, METH_VARARGS,
      "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1, "
-     "context_scale=1)"},
+     "context_scale=1, table=None)"},
+    {"softmax_table", py_softmax_table, METH_VARARGS, "softmax_table(dh, score_scale, out)"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
     {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits])"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
