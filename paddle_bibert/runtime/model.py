@@ -104,7 +104,8 @@ _SIGN = _Quantizer("ste_sign", {}, None, None)  # sign(v + shift), the shift giv
 
 class _Linear:
     """A binarized linear prepared for the kernels: interleaved bits, scales, bias, and the
-    quantizer of its input (whose scale is folded into alpha)."""
+    quantizer of its input (whose scale is folded into alpha). Called, it gives y; ``bits``
+    gives the bits of y through the quantizer its outputs feed (``feed``), y never written."""
 
     def __init__(self, bits, alpha, bias, k, quantizer: _Quantizer, scaled: bool = False):
         self.n, self.k = int(alpha.shape[0]), int(k)
@@ -115,13 +116,21 @@ class _Linear:
         self.w_bits = np.ascontiguousarray(bits, np.uint64)
         self.w = Kernels.prepare(bits)
         self.q = quantizer
+        self.unsigned = quantizer.kind == Q_UNSIGNED
         # y = (a sign(v + b)) . (alpha_n sign(w)) = (sign(v + b) . sign(w)) * (alpha_n * a)
         scale = 1.0 if scaled else float(quantizer.scale)
         self.alpha = np.ascontiguousarray(np.asarray(alpha, np.float64) * scale, np.float32)
         self.bias = np.ascontiguousarray(bias, np.float32)
-        self._cut = None  # reference.sign_cut of alpha, bias
-        self._quant_cuts = {}  # reference.quant_cut per quantizer the outputs go through
         self._nibbles = None  # Kernels.prepare_nibbles of the bits, made on first use
+        self.feed(_SIGN)
+
+    def feed(self, quantizer: _Quantizer, act: int = ACT_NONE, shift=None):
+        """What ``bits`` gives: act(y), plus ``shift`` (else the quantizer's own), binarized by
+        ``quantizer`` (default: the sign bits of y)."""
+        self._feeds = (quantizer.shift if shift is None else shift, quantizer.scale,
+                       quantizer.kind, act)
+        self._plain = quantizer.plain and shift is None and act == ACT_NONE
+        self._cut = self._unset = object()  # worked out on first use (see _bits_cut)
 
     def nibbles(self, kern: Kernels):
         """The weights' nibble panels where kern's kernel set looks counts up, else None."""
@@ -131,37 +140,34 @@ class _Linear:
             self._nibbles = Kernels.prepare_nibbles(self.w_bits)
         return self._nibbles
 
-    def __call__(self, kern: Kernels, xb, signs=False, then: "_Quantizer" = None,
-                 act: int = ACT_NONE, shift=None):
-        """y, or its sign bits (``signs``), or the bits ``then.bits(act(y))`` would give, with
-        ``shift`` (else then's own) -- without writing y."""
-        unsigned = self.q.kind == Q_UNSIGNED
-        if signs and then is None and not unsigned:
-            if self._cut is None:  # worked out on first use: only sign-fed products need it
-                self._cut = ref.sign_cut(self.k, self.alpha, self.bias)
-            return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
-                                       self._cut, nibbles=self.nibbles(kern), check=False)
-        quant = None
-        if then is not None:
-            quant = (then.shift if shift is None else shift, then.scale, then.kind, act)
-            cut = None if unsigned else self._quant_cut(*quant)
-            if cut is not None:  # the bits by two integer compares, as the sign-fed products
-                return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias, cut,
-                                           nibbles=self.nibbles(kern), check=False)
+    def __call__(self, kern: Kernels, xb):
+        """y, float32 [rows, n]."""
         # operands made here (shapes checked above) and activations from the kernels: the
         # kernels' per-call checks are skipped
-        return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs,
-                               unsigned=unsigned, quant=quant, nibbles=self.nibbles(kern),
-                               check=False)
+        return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias,
+                               unsigned=self.unsigned, nibbles=self.nibbles(kern), check=False)
 
-    def _quant_cut(self, shift, scale, kind, act):
-        """reference.quant_cut of the outputs through this quantizer (shift, scale, kind, act),
-        worked out on first use: the count intervals, or None."""
-        key = (None if shift is None else shift.tobytes(), float(scale), kind, act)
-        if key not in self._quant_cuts:
-            self._quant_cuts[key] = ref.quant_cut(self.k, self.alpha, self.bias, shift, scale,
-                                                  kind, act)
-        return self._quant_cuts[key]
+    def bits(self, kern: Kernels, xb):
+        """The packed bits ``feed`` declared, of y."""
+        if self._cut is self._unset:
+            self._cut = self._bits_cut()
+        if self._cut is not None:  # the bits by two integer compares per output
+            return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
+                                       self._cut, nibbles=self.nibbles(kern), check=False)
+        return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs=True,
+                               unsigned=self.unsigned,
+                               quant=None if self._plain else self._feeds,
+                               nibbles=self.nibbles(kern), check=False)
+
+    def _bits_cut(self):
+        """The count intervals of the bits ``feed`` declared (reference.sign_cut of a plain
+        sign, reference.quant_cut of a quantizer), or None where the product's epilogue computes
+        them: {0, 1} inputs, or a channel whose counts with bit 1 are not one interval."""
+        if self.unsigned:
+            return None
+        if self._plain:
+            return ref.sign_cut(self.k, self.alpha, self.bias)
+        return ref.quant_cut(self.k, self.alpha, self.bias, *self._feeds)
 
 
 class PackedBert(TextModel):
@@ -242,6 +248,7 @@ class PackedBert(TextModel):
                                        np.concatenate([m.bias for m in (q, k, v)]), h, q.q,
                                        scaled=True)
             self._attention(layer, c, t, p, dh, quantizer)
+            self._feeds(layer)
             self.layers.append(layer)
         self.pooler = lin("pooler", h)
         self.cls_w = np.ascontiguousarray(t["classifier.weight"], np.float32)
@@ -267,6 +274,19 @@ class PackedBert(TextModel):
         layer["score_scale"] = a_q * a_k * float(np.float32(1.0 / math.sqrt(dh)))
         layer["map_scale"] = a_p
         layer["ctx_scale"] = a_v * (a_p if mode == "softmax" else 1.0)
+
+    def _feeds(self, layer):
+        """What each sign-fed product's bits are: Q/K/V's the signs after the attention's
+        shifts, the FFN input's those of the FFN output's quantizer after the activation."""
+        shift, fused, h = layer["att_shift"], layer["qkv"], self.hidden
+        if fused is not None:
+            fused.feed(_SIGN, shift=shift)
+        for i, m in enumerate("qkv"):
+            layer[m].feed(_SIGN, shift=None if shift is None else shift[i * h:(i + 1) * h])
+        ffn_in, q = layer["ffn_in"], layer["ffn_out"].q
+        if not (q.plain and self.act == ACT_GELU):
+            ffn_in.feed(q, act=self.act)
+        # else the signs of h: sign(gelu(h)) == sign(h)
 
     @property
     def backend(self) -> str:
@@ -342,12 +362,10 @@ class PackedBert(TextModel):
             x, xb = self._norm(kern, x, a, layer["ln1"], ffn_in.q)
             rec(p + "ln1", x)
             xb = ffn_in.q.bits(kern, x) if xb is None else xb
-            if ffn_out.q.plain and self.act == ACT_GELU:
-                hb = ffn_in(kern, xb, signs=True)  # bits(gelu(h)) == bits(h)
-                if trace is not None:
+            if trace is None or (ffn_out.q.plain and self.act == ACT_GELU):
+                hb = ffn_in.bits(kern, xb)  # act, shift and threshold in the product's epilogue
+                if trace is not None:  # (bits(gelu(h)) == bits(h))
                     rec(p + "ffn_in", ffn_in(kern, xb))
-            elif trace is None:  # act, shift and threshold applied in the product's epilogue
-                hb = ffn_in(kern, xb, then=ffn_out.q, act=self.act)
             else:
                 hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
             f = ffn_out(kern, hb)
@@ -376,21 +394,16 @@ class PackedBert(TextModel):
         packed input, if the LayerNorm gave it."""
         shift, fused = layer["att_shift"], layer["qkv"]
         # Q/K/V floats never exist unless traced: the products give their (shifted) sign bits
-        then = None if shift is None else _SIGN
         if fused is not None:
             xb = fused.q.bits(kern, x) if xb is None else xb
             if not tracing:
-                return fused(kern, xb, signs=True, then=then, shift=shift)
+                return fused.bits(kern, xb)
             y = fused(kern, xb)
         else:  # each projection binarizes its input with its own shift
             lins = [layer[m] for m in "qkv"]
             xbs = [m.q.bits(kern, x) for m in lins]
-            h = self.hidden
-            if not tracing and h % 64 == 0:  # whole words: the three bit rows concatenate
-                return np.concatenate([
-                    m(kern, xb, signs=True, then=then,
-                      shift=None if shift is None else shift[i * h:(i + 1) * h])
-                    for i, (m, xb) in enumerate(zip(lins, xbs))], 1)
+            if not tracing and self.hidden % 64 == 0:  # whole words: the bit rows concatenate
+                return np.concatenate([m.bits(kern, xb) for m, xb in zip(lins, xbs)], 1)
             y = np.concatenate([m(kern, xb) for m, xb in zip(lins, xbs)], 1)
         rec(y)
         return kern.pack_signs(y) if shift is None else kern.pack_act(y, shift)
