@@ -59,19 +59,36 @@ T256 void pack_avx2(const float *x, size_t n, uint64_t *out) {
 
 /* The same bits, 8 values at a time (GELU's erf stays scalar): max(v, 0) is ReLU's v > 0 ? v : 0
  * (-0.0 and NaN give +0.0), the shift is kept where v + shift != 0 (unordered: NaN sums too),
- * and the division is IEEE's, so every bit equals act_bit's. */
+ * and the division is IEEE's, so every bit equals act_bit's. Each word is gathered in a
+ * register (or-ing each group of 8 into the stored word waited on the store before). */
+static AI T256 void pack_act_words(const float *x, size_t n, const float *shift, float scale,
+                                   int kind, int act, uint64_t *out) {
+    size_t k = 0;
+    for (; k + 64 <= n; k += 64) {
+        uint64_t word = 0;
+        for (int q = 0; q < 8; q++)
+            word |= (uint64_t)act_bits8(_mm256_loadu_ps(x + k + 8 * q),
+                                        shift ? shift + k + 8 * q : NULL, scale, kind, act)
+                    << (8 * q);
+        out[k / 64] = word;
+    }
+    if (k == n) return;
+    uint64_t word = 0; /* the last word: groups of 8, then single values */
+    size_t j = k;
+    for (; j + 8 <= n; j += 8)
+        word |= (uint64_t)act_bits8(_mm256_loadu_ps(x + j), shift ? shift + j : NULL, scale, kind,
+                                    act) << (j - k);
+    for (; j < n; j++) word |= act_bit(x[j], shift, j, scale, kind, act) << (j - k);
+    out[k / 64] = word;
+}
+
 T256 void pack_act_row_avx2(const float *x, size_t n, const float *shift, float scale,
                             int kind, int act, uint64_t *out) {
-    if (act == ACT_GELU) {
-        pack_act_row_generic(x, n, shift, scale, kind, act, out);
-        return;
-    }
-    memset(out, 0, nwords(n) * sizeof(uint64_t));
-    size_t k = 0;
-    for (; k + 8 <= n; k += 8)
-        out[k / 64] |= (uint64_t)act_bits8(_mm256_loadu_ps(x + k), shift ? shift + k : NULL, scale,
-                                           kind, act) << (k % 64);
-    for (; k < n; k++) out[k / 64] |= act_bit(x[k], shift, k, scale, kind, act) << (k % 64);
+    if (act == ACT_GELU) pack_act_row_generic(x, n, shift, scale, kind, act, out);
+    else if (kind == Q_SIGN && act == ACT_NONE && shift) /* elastic signs: compiled for them */
+        pack_act_words(x, n, shift, scale, Q_SIGN, ACT_NONE, out);
+    else
+        pack_act_words(x, n, shift, scale, kind, act, out);
 }
 #endif
 
