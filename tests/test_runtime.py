@@ -201,6 +201,44 @@ def test_layer_norm_signs_are_the_packed_signs_of_its_output(kern, rng, rows, h)
         np.testing.assert_array_equal(bits, pack_signs(out))
 
 
+@pytest.mark.parametrize("rows, h", [(9, 70), (300, 384)])
+def test_layer_norm_quantizer_bits_are_pack_act_of_its_output(kern, rng, rows, h):
+    """The quantizers' bits the LayerNorm writes beside its output (the next products' inputs:
+    a shifted sign, BiT's {0, 1} threshold, the plain sign, one of them twice) equal what
+    reference.pack_act gives of the output, on rows split across the threads too; outputs that
+    are exactly the bias (0 among them) and shifts that cancel them are in the rows."""
+    x, r = (rng.standard_normal((rows, h)).astype(np.float32) for _ in range(2))
+    g, bt = rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
+    g[:3], bt[:3] = 0.0, np.array([0.0, -1.0, 2.0], np.float32)  # outputs exactly 0, -1, 2
+    shift = (0.3 * rng.standard_normal(h)).astype(np.float32)
+    shift[:3] = [0.0, 1.0, -2.0]  # sums of exactly 0
+    quants = [(shift, 1.0, ref.Q_SIGN), (-shift, np.float32(0.7), ref.Q_UNSIGNED), (None, 1.0, ref.Q_SIGN),
+              (shift, 1.0, ref.Q_SIGN)]
+    for k in (kern, NUMPY):
+        out, bits = k.layer_norm(x, r, g, bt, 1e-12, quants=quants)
+        np.testing.assert_array_equal(out, k.layer_norm(x, r, g, bt, 1e-12))
+        assert len(bits) == len(quants)
+        for (sh, scale, kind), b in zip(quants, bits):
+            np.testing.assert_array_equal(b, ref.pack_act(out, sh, scale, kind))
+        assert k.layer_norm(x, r, g, bt, 1e-12, quants=[])[1] == []
+
+
+@needs_c
+def test_layer_norm_refuses_bad_quantizers():
+    """A shift of the wrong length, an unknown kind, too many quantizers, or signs and quantizers
+    at once: a one-line error naming it."""
+    kern = Kernels("c")
+    x = np.ones((2, 8), np.float32)
+    g, bt = np.ones(8, np.float32), np.zeros(8, np.float32)
+    for quants, match in [([(np.zeros(7, np.float32), 1.0, ref.Q_SIGN)], "shift of shape"),
+                          ([(None, 1.0, 5)], "unknown kind"),
+                          ([(None, 1.0, ref.Q_SIGN)] * 5, "at most 4")]:
+        with pytest.raises(ValueError, match=match):
+            kern.layer_norm(x, None, g, bt, 1e-12, quants=quants)
+    with pytest.raises(ValueError, match="not both"):
+        kern.layer_norm(x, None, g, bt, 1e-12, signs=True, quants=[])
+
+
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_empty_batch_rejected(backend, tmp_path):
     if backend == "c" and not compiled_available():

@@ -315,20 +315,33 @@ class Kernels:
                  _f32(tok), out)
         return out
 
-    def layer_norm(self, x, residual, weight, bias, eps: float, signs: bool = False):
+    def layer_norm(self, x, residual, weight, bias, eps: float, signs: bool = False,
+                   quants=None):
         """``LayerNorm(x + residual)`` over the last axis of ``[T, H]`` (residual may be None);
         with ``signs`` also its packed sign bits, ``(out, bits)``, as :meth:`pack_signs` of out
-        would give them (what a following sign-binarized layer consumes)."""
+        would give them (what a following sign-binarized layer consumes); with ``quants``, a
+        sequence of ``(shift, scale, kind)`` (at most 4), ``(out, [bits, ...])``, each as
+        :meth:`pack_act` of out would give them: written while each row is in cache."""
         x = _rows(_f32(x), "layer_norm")
+        if signs and quants is not None:
+            raise ValueError("layer_norm: pass signs or quants, not both")
+        want = [(None, 1.0, Q_SIGN)] if signs else [
+            (self._check_act(x.shape[1], sh, kind, ACT_NONE, "layer_norm"), scale, kind)
+            for sh, scale, kind in quants or ()]
         if not self.compiled:
             out = ref.layer_norm(x, residual, weight, bias, eps)
-            return (out, ref.pack_signs(out)) if signs else out
-        out = np.empty_like(x)
-        res = None if residual is None else _f32(residual)
-        bits = np.empty((x.shape[0], nwords(x.shape[1])), np.uint64) if signs else None
-        _C.layer_norm(x, res, x.shape[0], x.shape[1], _f32(weight), _f32(bias), float(eps), out,
-                      bits)
-        return (out, bits) if signs else out
+            bits = [ref.pack_act(out, sh, scale, kind) for sh, scale, kind in want]
+        else:
+            out = np.empty_like(x)
+            res = None if residual is None else _f32(residual)
+            nw = nwords(x.shape[1])
+            bits = [np.empty((x.shape[0], nw), np.uint64) for _ in want]
+            _C.layer_norm(x, res, x.shape[0], x.shape[1], _f32(weight), _f32(bias), float(eps),
+                          out, [(sh, float(scale), int(kind), b)
+                                for (sh, scale, kind), b in zip(want, bits)])
+        if signs:
+            return out, bits[0]
+        return out if quants is None else (out, bits)
 
 
 def get_kernels(backend: str = "auto", isa: Optional[str] = None,

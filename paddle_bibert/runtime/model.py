@@ -92,6 +92,11 @@ class _Quantizer:
             a is None or a.tobytes() == b.tobytes()) and (
             self.kind == Q_SIGN or self.scale == other.scale)
 
+    @property
+    def spec(self):
+        """(shift, scale, kind): what ``Kernels.layer_norm``'s ``quants`` take."""
+        return self.shift, self.scale, self.kind
+
     def bits(self, kern: Kernels, x, act: int = ACT_NONE):
         """The packed bits of x ([rows, channels] float32, as the kernels write it)."""
         if self.plain and act == ACT_NONE:
@@ -342,11 +347,11 @@ class PackedBert(TextModel):
 
         keep = ids != self.pad_token_id  # padded keys get attention 0
         x = kern.embed(ids, tt, self.word_bits, self.word_alpha, self.pos, self.tok)
-        x, xb = self._norm(kern, x, None, self.emb_ln, self._qkv_quantizer(0))
+        x, xbs = self._norm(kern, x, None, self.emb_ln, self._qkv_quantizers(0))
         rec("embeddings", x)
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
-            qkv = self._qkv_bits(kern, layer, x, lambda v: rec(p + "qkv", v), trace is not None, xb)
+            qkv = self._qkv_bits(kern, layer, xbs, lambda v: rec(p + "qkv", v), trace is not None)
             # A in {0, a_p}, V in {-a_v, a_v}: the integer context times ctx_scale, by the
             # kernel (a trace keeps the integers)
             scale = layer["ctx_scale"] if trace is None else 1.0
@@ -359,9 +364,8 @@ class PackedBert(TextModel):
             out = layer["out"]
             a = out(kern, out.q.bits(kern, ctx))
             ffn_in, ffn_out = layer["ffn_in"], layer["ffn_out"]
-            x, xb = self._norm(kern, x, a, layer["ln1"], ffn_in.q)
+            x, (xb,) = self._norm(kern, x, a, layer["ln1"], [ffn_in.q])
             rec(p + "ln1", x)
-            xb = ffn_in.q.bits(kern, x) if xb is None else xb
             if trace is None or (ffn_out.q.plain and self.act == ACT_GELU):
                 hb = ffn_in.bits(kern, xb)  # act, shift and threshold in the product's epilogue
                 if trace is not None:  # (bits(gelu(h)) == bits(h))
@@ -369,7 +373,7 @@ class PackedBert(TextModel):
             else:
                 hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
             f = ffn_out(kern, hb)
-            x, xb = self._norm(kern, x, f, layer["ln2"], self._qkv_quantizer(i + 1))
+            x, xbs = self._norm(kern, x, f, layer["ln2"], self._qkv_quantizers(i + 1))
             rec(p + "ln2", x)
         first = np.ascontiguousarray(x.reshape(b, l, h)[:, 0])
         pooled = np.tanh(self.pooler(kern, self.pooler.q.bits(kern, first)))
@@ -377,31 +381,31 @@ class PackedBert(TextModel):
             trace["pooled"] = pooled
         return pooled @ self.cls_w + self.cls_b
 
-    def _qkv_quantizer(self, i):
-        """The quantizer of layer i's one Q/K/V product input, if it has one (else None)."""
-        return self.layers[i]["qkv"].q if i < len(self.layers) and self.layers[i]["qkv"] else None
+    def _qkv_quantizers(self, i):
+        """The quantizers of layer i's Q/K/V product inputs: one where the three binarize alike
+        (one product), else Q's, K's, V's; none past the last layer."""
+        if i == len(self.layers):
+            return []
+        layer = self.layers[i]
+        return [layer["qkv"].q] if layer["qkv"] else [layer[m].q for m in "qkv"]
 
     @staticmethod
-    def _norm(kern, x, res, ln, q):
-        """LayerNorm(x + res), and where the next product binarizes it by its sign alone (q plain),
-        its sign bits from the same kernel call (else None)."""
-        if q is not None and q.plain:
-            return kern.layer_norm(x, res, *ln, signs=True)
-        return kern.layer_norm(x, res, *ln), None
+    def _norm(kern, x, res, ln, quantizers):
+        """LayerNorm(x + res), and its bits through each of the next products' input
+        quantizers, from the same kernel call."""
+        return kern.layer_norm(x, res, *ln, quants=[q.spec for q in quantizers])
 
-    def _qkv_bits(self, kern, layer, x, rec, tracing, xb=None):
-        """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``; ``xb``: the
-        packed input, if the LayerNorm gave it."""
+    def _qkv_bits(self, kern, layer, xbs, rec, tracing):
+        """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``, from the
+        packed inputs ``xbs`` (see _qkv_quantizers)."""
         shift, fused = layer["att_shift"], layer["qkv"]
         # Q/K/V floats never exist unless traced: the products give their (shifted) sign bits
         if fused is not None:
-            xb = fused.q.bits(kern, x) if xb is None else xb
             if not tracing:
-                return fused.bits(kern, xb)
-            y = fused(kern, xb)
+                return fused.bits(kern, xbs[0])
+            y = fused(kern, xbs[0])
         else:  # each projection binarizes its input with its own shift
             lins = [layer[m] for m in "qkv"]
-            xbs = [m.q.bits(kern, x) for m in lins]
             if not tracing and self.hidden % 64 == 0:  # whole words: the bit rows concatenate
                 return np.concatenate([m.bits(kern, xb) for m, xb in zip(lins, xbs)], 1)
             y = np.concatenate([m(kern, xb) for m, xb in zip(lins, xbs)], 1)

@@ -144,24 +144,30 @@ typedef struct {
     size_t T, H, chunk;
     double eps;
     float *out;
-    uint64_t *bits; /* or NULL: the sign bits of out too, [T, nwords(H)] */
+    int nb;
+    const ln_bits_t *bits; /* the binarizations of out, [T, nwords(H)] each */
 } ln_job;
 
 static void ln_chunk(void *vctx, long c, int tid) {
     const ln_job *j = vctx;
-    const size_t H = j->H, t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
+    const size_t H = j->H, nw = nwords(H), t1 = (c + 1) * j->chunk < j->T ? (c + 1) * j->chunk : j->T;
     (void)tid;
     for (size_t t = c * j->chunk; t < t1; t++) {
+        const float *o = j->out + t * H;
         g_isa->ln_row(j->x + t * H, j->res ? j->res + t * H : NULL, H, j->g, j->b, j->eps,
                       j->out + t * H);
-        /* packed while the row is in this core's L1: a separate pass would read it back,
+        /* binarized while the row is in this core's L1: a separate pass would read it back,
          * at two threads partly from the other core's cache */
-        if (j->bits) g_isa->pack(j->out + t * H, H, j->bits + t * nwords(H));
+        for (int q = 0; q < j->nb; q++) {
+            const ln_bits_t *b = j->bits + q;
+            if (b->kind == Q_SIGN && !b->shift) g_isa->pack(o, H, b->out + t * nw);
+            else g_isa->pack_act_row(o, H, b->shift, b->scale, b->kind, ACT_NONE, b->out + t * nw);
+        }
     }
 }
 
 void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
-                const float *bta, double eps, float *out, uint64_t *bits) {
-    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK(T, H), eps, out, bits};
+                const float *bta, double eps, float *out, int nb, const ln_bits_t *bits) {
+    ln_job j = {x, res, g, bta, T, H, ROW_CHUNK(T, H), eps, out, nb, bits};
     pool_run(ln_chunk, &j, (long)((T + j.chunk - 1) / j.chunk));
 }

@@ -270,31 +270,76 @@ static PyObject *py_embed(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* The binarizations of layer_norm's output: a sequence of (shift or None, scale, kind, out)
+ * for T rows of H values, its buffers acquired into bufs[2 q] (shift) and bufs[2 q + 1] (out).
+ * -1 with an exception set (what was acquired released). */
+enum { LN_MAX_BITS = 4 };
+static int ln_bits_arg(PyObject *seq, size_t T, size_t H, ln_bits_t *bits, Py_buffer *bufs) {
+    PyObject *fast = PySequence_Fast(seq, "layer_norm: bits must be a sequence");
+    if (!fast) return -1;
+    const Py_ssize_t nb = PySequence_Fast_GET_SIZE(fast);
+    Py_ssize_t q = 0, got = 0; /* got: the binarizations whose buffers are held */
+    if (nb > LN_MAX_BITS)
+        PyErr_Format(PyExc_ValueError, "layer_norm: %zd binarizations, at most %d", nb, LN_MAX_BITS);
+    for (; nb <= LN_MAX_BITS && q < nb; q++) {
+        PyObject *sh;
+        bufs[2 * q].buf = NULL;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, q), "Ofiw*", &sh, &bits[q].scale,
+                              &bits[q].kind, &bufs[2 * q + 1]))
+            break;
+        got = q + 1;
+        if (sh != Py_None && PyObject_GetBuffer(sh, &bufs[2 * q], PyBUF_SIMPLE) < 0) {
+            bufs[2 * q].buf = NULL;
+            break;
+        }
+        if ((sh != Py_None && !need(&bufs[2 * q], H * 4, "shift")) ||
+            !need(&bufs[2 * q + 1], T * nwords(H) * 8, "bits"))
+            break;
+        if (bits[q].kind != Q_SIGN && bits[q].kind != Q_UNSIGNED) {
+            PyErr_Format(PyExc_ValueError, "layer_norm: quantizer kind %d", bits[q].kind);
+            break;
+        }
+        bits[q].shift = bufs[2 * q].buf;
+        bits[q].out = bufs[2 * q + 1].buf;
+    }
+    Py_DECREF(fast);
+    if (q == nb) return (int)nb;
+    for (Py_ssize_t i = 0; i < got; i++) {
+        if (bufs[2 * i].buf) PyBuffer_Release(&bufs[2 * i]);
+        PyBuffer_Release(&bufs[2 * i + 1]);
+    }
+    return -1;
+}
+
 static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
-    Py_buffer x, res = {0}, g, bt, out, bits = {0};
-    PyObject *res_obj, *bits_obj = Py_None;
+    Py_buffer x, res = {0}, g, bt, out, bufs[2 * LN_MAX_BITS];
+    PyObject *res_obj, *bits_obj = NULL;
     Py_ssize_t T, H;
     double eps;
+    ln_bits_t bits[LN_MAX_BITS];
     if (!PyArg_ParseTuple(args, "y*Onny*y*dw*|O", &x, &res_obj, &T, &H, &g, &bt, &eps, &out,
                           &bits_obj))
         return NULL;
     PyObject *ret = NULL;
-    int has_res = res_obj != Py_None, has_bits = bits_obj != Py_None;
-    int got_res = !has_res || PyObject_GetBuffer(res_obj, &res, PyBUF_SIMPLE) == 0;
-    int got_bits = got_res && (!has_bits || PyObject_GetBuffer(bits_obj, &bits, PyBUF_WRITABLE) == 0);
+    const int has_res = res_obj != Py_None;
+    const int got_res = !has_res || PyObject_GetBuffer(res_obj, &res, PyBUF_SIMPLE) == 0;
+    const int nb = !got_res ? -1 : bits_obj ? ln_bits_arg(bits_obj, T, H, bits, bufs) : 0;
     size_t sz = (size_t)T * H * 4;
-    if (got_res && got_bits && need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
+    if (nb >= 0 && need(&x, sz, "x") && (!has_res || need(&res, sz, "residual")) &&
         need(&g, (size_t)H * 4, "weight") && need(&bt, (size_t)H * 4, "bias") &&
-        need(&out, sz, "out") && (!has_bits || need(&bits, (size_t)T * nwords(H) * 8, "bits"))) {
+        need(&out, sz, "out")) {
         Py_BEGIN_ALLOW_THREADS layer_norm(x.buf, has_res ? res.buf : NULL, T, H, g.buf, bt.buf,
-                                          eps, out.buf, has_bits ? bits.buf : NULL);
+                                          eps, out.buf, nb, bits);
         Py_END_ALLOW_THREADS
         ret = Py_None;
         Py_INCREF(ret);
     }
+    for (int q = 0; q < nb; q++) {
+        if (bufs[2 * q].buf) PyBuffer_Release(&bufs[2 * q]);
+        PyBuffer_Release(&bufs[2 * q + 1]);
+    }
     PyBuffer_Release(&x);
     if (has_res && got_res) PyBuffer_Release(&res);
-    if (has_bits && got_bits) PyBuffer_Release(&bits);
     PyBuffer_Release(&g);
     PyBuffer_Release(&bt);
     PyBuffer_Release(&out);
@@ -364,7 +409,7 @@ static PyMethodDef methods[] = {
      "context_scale=1, table=None)"},
     {"softmax_table", py_softmax_table, METH_VARARGS, "softmax_table(dh, score_scale, out)"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
-    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits])"},
+    {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits]): bits a sequence of (shift, scale, kind, out)"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
     {"get_isa", py_get_isa, METH_NOARGS, "the kernel set in use"},
     {"set_isa", py_set_isa, METH_VARARGS, "set_isa(name)"},

@@ -23,8 +23,16 @@ int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, siz
 /* embed.c: the binarized word embedding plus the position and token-type tables */
 void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
            const float *walpha, size_t H, const float *pos, const float *tok, float *out);
-/* layer_norm.c: LayerNorm of x (+ res), and optionally its sign bits */
+/* layer_norm.c: LayerNorm of x (+ res), and the bits of nb binarizations of it: a quantizer's
+ * (pack_act's, no activation) or, kind Q_SIGN without a shift, the sign bits; into out
+ * [T, nwords(H)] each */
+typedef struct {
+    const float *shift;
+    float scale;
+    int kind;
+    uint64_t *out;
+} ln_bits_t;
 void layer_norm(const float *x, const float *res, size_t T, size_t H, const float *g,
-                const float *bta, double eps, float *out, uint64_t *bits);
+                const float *bta, double eps, float *out, int nb, const ln_bits_t *bits);
 
 #endif
