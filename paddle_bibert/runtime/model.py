@@ -253,7 +253,7 @@ class PackedBert(TextModel):
                                        np.concatenate([m.bias for m in (q, k, v)]), h, q.q,
                                        scaled=True)
             self._attention(layer, c, t, p, dh, quantizer)
-            self._feeds(layer)
+            self._declare_feeds(layer)
             self.layers.append(layer)
         self.pooler = lin("pooler", h)
         self.cls_w = np.ascontiguousarray(t["classifier.weight"], np.float32)
@@ -280,7 +280,7 @@ class PackedBert(TextModel):
         layer["map_scale"] = a_p
         layer["ctx_scale"] = a_v * (a_p if mode == "softmax" else 1.0)
 
-    def _feeds(self, layer):
+    def _declare_feeds(self, layer):
         """What each sign-fed product's bits are: Q/K/V's the signs after the attention's
         shifts, the FFN input's those of the FFN output's quantizer after the activation."""
         shift, fused, h = layer["att_shift"], layer["qkv"], self.hidden
