@@ -316,18 +316,20 @@ class Kernels:
         return out
 
     def layer_norm(self, x, residual, weight, bias, eps: float, signs: bool = False,
-                   quants=None):
+                   quants=None, check: bool = True):
         """``LayerNorm(x + residual)`` over the last axis of ``[T, H]`` (residual may be None);
         with ``signs`` also its packed sign bits, ``(out, bits)``, as :meth:`pack_signs` of out
         would give them (what a following sign-binarized layer consumes); with ``quants``, a
         sequence of ``(shift, scale, kind)`` (at most 4), ``(out, [bits, ...])``, each as
-        :meth:`pack_act` of out would give them: written while each row is in cache."""
+        :meth:`pack_act` of out would give them: written while each row is in cache.
+        ``check=False`` skips the checks of the quantizers (see :meth:`bin_linear`)."""
         x = _rows(_f32(x), "layer_norm")
         if signs and quants is not None:
             raise ValueError("layer_norm: pass signs or quants, not both")
-        want = [(None, 1.0, Q_SIGN)] if signs else [
-            (self._check_act(x.shape[1], sh, kind, ACT_NONE, "layer_norm"), scale, kind)
-            for sh, scale, kind in quants or ()]
+        want = [(None, 1.0, Q_SIGN)] if signs else list(quants or ())
+        if check:
+            want = [(self._check_act(x.shape[1], sh, kind, ACT_NONE, "layer_norm"), scale, kind)
+                    for sh, scale, kind in want]
         if not self.compiled:
             out = ref.layer_norm(x, residual, weight, bias, eps)
             bits = [ref.pack_act(out, sh, scale, kind) for sh, scale, kind in want]

@@ -392,8 +392,8 @@ class PackedBert(TextModel):
     @staticmethod
     def _norm(kern, x, res, ln, quantizers):
         """LayerNorm(x + res), and its bits through each of the next products' input
-        quantizers, from the same kernel call."""
-        return kern.layer_norm(x, res, *ln, quants=[q.spec for q in quantizers])
+        quantizers, from the same kernel call (the quantizers' shapes checked at load)."""
+        return kern.layer_norm(x, res, *ln, quants=[q.spec for q in quantizers], check=False)
 
     def _qkv_bits(self, kern, layer, xbs, rec, tracing):
         """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``, from the
