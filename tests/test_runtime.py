@@ -226,17 +226,26 @@ def test_layer_norm_quantizer_bits_are_pack_act_of_its_output(kern, rng, rows, h
 @needs_c
 def test_layer_norm_refuses_bad_quantizers():
     """A shift of the wrong length, an unknown kind, too many quantizers, or signs and quantizers
-    at once: a one-line error naming it."""
-    kern = Kernels("c")
+    at once: a one-line error naming it, on both backends; the compiled kernel's own checks
+    refuse the kind and the count when the Python checks are skipped."""
     x = np.ones((2, 8), np.float32)
     g, bt = np.ones(8, np.float32), np.zeros(8, np.float32)
-    for quants, match in [([(np.zeros(7, np.float32), 1.0, ref.Q_SIGN)], "shift of shape"),
-                          ([(None, 1.0, 5)], "unknown kind"),
-                          ([(None, 1.0, ref.Q_SIGN)] * 5, "at most 4")]:
+    for kern in (Kernels("c"), NUMPY):
+        for quants, match in [([(np.zeros(7, np.float32), 1.0, ref.Q_SIGN)], "shift of shape"),
+                              ([(None, 1.0, 5)], "unknown kind"),
+                              ([(None, 1.0, ref.Q_SIGN)] * 5, "at most 4")]:
+            with pytest.raises(ValueError, match=match):
+                kern.layer_norm(x, None, g, bt, 1e-12, quants=quants)
+        with pytest.raises(ValueError, match="not both"):
+            kern.layer_norm(x, None, g, bt, 1e-12, signs=True, quants=[])
+    from paddle_bibert.runtime.kernels import _C
+    out, bits = np.empty_like(x), np.empty((2, 1), np.uint64)
+    for spec, match in [([(None, 1.0, 5, bits)], "kind 5"),
+                        ([(None, 1.0, ref.Q_SIGN, bits)] * 5, "at most 4"),
+                        ([(np.zeros(7, np.float32), 1.0, ref.Q_SIGN, bits)], "shift"),
+                        ([(None, 1.0, ref.Q_SIGN, np.empty(1, np.uint64))], "bits")]:
         with pytest.raises(ValueError, match=match):
-            kern.layer_norm(x, None, g, bt, 1e-12, quants=quants)
-    with pytest.raises(ValueError, match="not both"):
-        kern.layer_norm(x, None, g, bt, 1e-12, signs=True, quants=[])
+            _C.layer_norm(x, None, 2, 8, g, bt, 1e-12, out, spec)
 
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
@@ -259,6 +268,20 @@ def test_empty_batch_rejected(backend, tmp_path):
         runtime(np.zeros((0, 8), np.int64))
     with pytest.raises(ValueError, match="outside"):
         runtime(np.array([[1, 2, 999]]))
+
+
+@needs_c
+def test_attention_refuses_bad_head_counts_and_table_sizes(rng):
+    """A head count below 1 is refused before any array is made; the compiled table of
+    exponentials refuses a head size whose (dh + 1)^2 doubles would overflow the size check."""
+    from paddle_bibert.runtime.kernels import _C
+    qkv = pack_signs(rng.standard_normal((1, 4, 3 * 64)).astype(np.float32))
+    for kern in (Kernels("c"), NUMPY):
+        with pytest.raises(ValueError, match="split in -2 heads"):
+            kern.attention(qkv, np.ones((1, 4), bool), 64, -2)
+    for dh in (0, 2 ** 32 - 1):
+        with pytest.raises(ValueError, match="head size"):
+            _C.softmax_table(dh, 1.0, np.empty(4, np.float64))
 
 
 @needs_c

@@ -269,7 +269,7 @@ class Kernels:
             raise ValueError(f"attention: expected non-empty [B, L, words] bits, got "
                              f"{qkv_bits.shape}")
         b, l, words = qkv_bits.shape
-        if words != nwords(3 * hidden) or hidden % heads:
+        if heads < 1 or words != nwords(3 * hidden) or hidden % heads:
             raise ValueError(f"attention: {words} words per token do not hold Q, K, V of "
                              f"hidden size {hidden} split in {heads} heads")
         keep = np.ascontiguousarray(keep, dtype=np.uint8)
@@ -327,6 +327,8 @@ class Kernels:
         if signs and quants is not None:
             raise ValueError("layer_norm: pass signs or quants, not both")
         want = [(None, 1.0, Q_SIGN)] if signs else list(quants or ())
+        if len(want) > 4:
+            raise ValueError(f"layer_norm: {len(want)} quantizers, at most 4")
         if check:
             want = [(self._check_act(x.shape[1], sh, kind, ACT_NONE, "layer_norm"), scale, kind)
                     for sh, scale, kind in want]

@@ -174,7 +174,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     } else if (mode < MODE_BOOL || mode > MODE_SOFTMAX) {
         PyErr_Format(PyExc_ValueError, "unknown attention mode %d", mode);
     } else if (has_tab && PyObject_GetBuffer(tab_obj, &tab, PyBUF_SIMPLE) < 0) {
-        tab.buf = NULL; /* the exception is set */
+        tab = (Py_buffer){0}; /* the exception is set */
     } else if (need(&qkv, (size_t)B * L * nwords(3 * H) * 8, "qkv") &&
                need(&keep, (size_t)B * L, "keep") &&
                need(&out, (size_t)B * L * H * 4, "out") &&
@@ -189,7 +189,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
             Py_INCREF(ret);
         }
     }
-    if (tab.buf) PyBuffer_Release(&tab);
+    PyBuffer_Release(&tab); /* obj NULL if not acquired: left as it is */
     PyBuffer_Release(&qkv);
     PyBuffer_Release(&keep);
     PyBuffer_Release(&out);
@@ -204,7 +204,7 @@ static PyObject *py_softmax_table(PyObject *self, PyObject *args) {
     double sscale;
     if (!PyArg_ParseTuple(args, "ndw*", &dh, &sscale, &out)) return NULL;
     PyObject *ret = NULL;
-    if (dh < 1) {
+    if (dh < 1 || dh > 65536) { /* (dh + 1)^2 doubles: no overflow below that */
         PyErr_Format(PyExc_ValueError, "softmax_table: head size %zd", dh);
     } else if (need(&out, (size_t)(dh + 1) * (dh + 1) * 8, "out")) {
         softmax_table((long)dh, sscale, out.buf);
@@ -271,25 +271,31 @@ static PyObject *py_embed(PyObject *self, PyObject *args) {
 }
 
 /* The binarizations of layer_norm's output: a sequence of (shift or None, scale, kind, out)
- * for T rows of H values, its buffers acquired into bufs[2 q] (shift) and bufs[2 q + 1] (out).
- * -1 with an exception set (what was acquired released). */
+ * for T rows of H values, its buffers acquired into bufs[2 q] (shift; obj NULL if None) and
+ * bufs[2 q + 1] (out); PyBuffer_Release leaves a buffer whose obj is NULL as it is. -1 with an
+ * exception set (what was acquired released). */
 enum { LN_MAX_BITS = 4 };
+static void ln_bits_release(Py_buffer *bufs, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&bufs[2 * i]), PyBuffer_Release(&bufs[2 * i + 1]);
+}
+
 static int ln_bits_arg(PyObject *seq, size_t T, size_t H, ln_bits_t *bits, Py_buffer *bufs) {
-    PyObject *fast = PySequence_Fast(seq, "layer_norm: bits must be a sequence");
-    if (!fast) return -1;
-    const Py_ssize_t nb = PySequence_Fast_GET_SIZE(fast);
+    /* a tuple of its own: parsing an item can run Python code that changes a list */
+    PyObject *items = PySequence_Tuple(seq);
+    if (!items) return -1;
+    const Py_ssize_t nb = PyTuple_GET_SIZE(items);
     Py_ssize_t q = 0, got = 0; /* got: the binarizations whose buffers are held */
     if (nb > LN_MAX_BITS)
         PyErr_Format(PyExc_ValueError, "layer_norm: %zd binarizations, at most %d", nb, LN_MAX_BITS);
     for (; nb <= LN_MAX_BITS && q < nb; q++) {
         PyObject *sh;
-        bufs[2 * q].buf = NULL;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, q), "Ofiw*", &sh, &bits[q].scale,
+        bufs[2 * q] = (Py_buffer){0};
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(items, q), "Ofiw*", &sh, &bits[q].scale,
                               &bits[q].kind, &bufs[2 * q + 1]))
             break;
         got = q + 1;
         if (sh != Py_None && PyObject_GetBuffer(sh, &bufs[2 * q], PyBUF_SIMPLE) < 0) {
-            bufs[2 * q].buf = NULL;
+            bufs[2 * q] = (Py_buffer){0};
             break;
         }
         if ((sh != Py_None && !need(&bufs[2 * q], H * 4, "shift")) ||
@@ -299,15 +305,12 @@ static int ln_bits_arg(PyObject *seq, size_t T, size_t H, ln_bits_t *bits, Py_bu
             PyErr_Format(PyExc_ValueError, "layer_norm: quantizer kind %d", bits[q].kind);
             break;
         }
-        bits[q].shift = bufs[2 * q].buf;
+        bits[q].shift = sh == Py_None ? NULL : bufs[2 * q].buf;
         bits[q].out = bufs[2 * q + 1].buf;
     }
-    Py_DECREF(fast);
+    Py_DECREF(items);
     if (q == nb) return (int)nb;
-    for (Py_ssize_t i = 0; i < got; i++) {
-        if (bufs[2 * i].buf) PyBuffer_Release(&bufs[2 * i]);
-        PyBuffer_Release(&bufs[2 * i + 1]);
-    }
+    ln_bits_release(bufs, got);
     return -1;
 }
 
@@ -334,10 +337,7 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
         ret = Py_None;
         Py_INCREF(ret);
     }
-    for (int q = 0; q < nb; q++) {
-        if (bufs[2 * q].buf) PyBuffer_Release(&bufs[2 * q]);
-        PyBuffer_Release(&bufs[2 * q + 1]);
-    }
+    if (nb > 0) ln_bits_release(bufs, nb);
     PyBuffer_Release(&x);
     if (has_res && got_res) PyBuffer_Release(&res);
     PyBuffer_Release(&g);

@@ -126,7 +126,8 @@ static long map_cut(const double *e, long lo, long hi, int dir, double sum, floa
  *           interleaved partial sums, key j into lane j % SUM_LANES in key order, then added
  *           pairwise: independent chains instead of one L-long chain of dependent additions)
  *     bit j = 1[p_j / mscale > 0.5]  in float32 (mscale = a_p: {0, a_p} = a_p clip(round(p / a_p)))
- * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0.
+ * Masked keys get p = 0 (as exp(-1e4) does in float32), so bit 0. any = 0 runs over every
+ * key without reading kp: the caller's choice where none is kept, or all are.
  * A count takes dh + 1 values, so every exp(s_j - max s) is an entry of the table
  * E[m][c] = exp(s(c) - s(m)) (m: the count of the top score), evaluated by the same expression
  * as a direct computation, so every bit is the same. The test on p_j is monotone in the table
