@@ -273,7 +273,7 @@ def test_empty_batch_rejected(backend, tmp_path):
 @needs_c
 def test_attention_refuses_bad_head_counts_and_table_sizes(rng):
     """A head count below 1 is refused before any array is made; the compiled table of
-    exponentials refuses a head size whose (dh + 1)^2 doubles would overflow the size check."""
+    exponentials refuses a head size whose (dh + 2)(dh + 1) doubles would overflow the size check."""
     from paddle_bibert.runtime.kernels import _C
     qkv = pack_signs(rng.standard_normal((1, 4, 3 * 64)).astype(np.float32))
     for kern in (Kernels("c"), NUMPY):
@@ -706,6 +706,43 @@ def test_softmax_attention_keeps_a_table_per_head_size_and_scale(kern, rng):
             args = (qkv, keep, h, heads, ref.MODE_SOFTMAX, score_scale, np.float32(0.05))
             np.testing.assert_array_equal(kern.attention(*args), NUMPY.attention(*args))
 
+
+
+@needs_c
+@pytest.mark.parametrize("dh, score_scale", [(32, 0.4), (32, -0.3), (64, 1e-300), (7, 2.5)])
+def test_softmax_table_flags_the_rows_monotone_over_every_count(dh, score_scale):
+    """The table's last row flags each row m that falls (rises, for a negative scale) from count
+    m over all dh + 1 counts; the exponentials are exp(s(c) - s(m)), s(c) = (dh - 2c) scale."""
+    from paddle_bibert.runtime.kernels import _C
+    table = np.full((dh + 2, dh + 1), np.nan)
+    _C.softmax_table(dh, score_scale, table)
+    c = np.arange(dh + 1)
+    s = (dh - 2 * c).astype(np.float64) * score_scale
+    np.testing.assert_array_equal(table[:-1], np.exp(s[None, :] - s[:, None]))
+    steps = np.diff(table[:-1], axis=1)
+    mono = (steps <= 0).all(1) if score_scale >= 0 else (steps >= 0).all(1)
+    np.testing.assert_array_equal(table[-1], mono.astype(np.float64))
+    assert mono.any()
+
+
+@needs_c
+def test_softmax_map_without_the_tables_flags_checks_each_row(rng):
+    """With every flag cleared the map checks each row's counts itself (the path of a row
+    whose exponentials are not monotone): still numpy's map."""
+    from paddle_bibert.runtime.kernels import _C
+    b, l, h, heads = 2, 70, 128, 4
+    qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
+    keep = (rng.random((b, l)) > 0.3).astype(np.uint8)
+    for score_scale in (0.45, -0.2):
+        table = np.empty((h // heads + 2, h // heads + 1))
+        _C.softmax_table(h // heads, score_scale, table)
+        assert table[-1].all()
+        table[-1] = 0.0
+        out = np.empty((b, l, h), np.float32)
+        _C.attention(qkv, keep, b, l, h, heads, ref.MODE_SOFTMAX, out, score_scale, 0.04, 1.0,
+                     table)
+        np.testing.assert_array_equal(out, NUMPY.attention(qkv, keep, h, heads, ref.MODE_SOFTMAX,
+                                                           score_scale, np.float32(0.04)))
 
 
 @pytest.mark.parametrize("mode", [ref.MODE_BOOL, ref.MODE_SOFTMAX])

@@ -290,13 +290,14 @@ class Kernels:
         return out
 
     def _softmax_table(self, dh: int, score_scale: float) -> np.ndarray:
-        """The compiled kernels' table of exponentials for (dh, score_scale), made once."""
+        """The compiled kernels' table of exponentials for (dh, score_scale), made once: ``dh + 1``
+        rows of them, then a row of flags (which rows are monotone over every count)."""
         key = (dh, score_scale)
         table = self._softmax_tables.get(key)
         if table is None:
             if len(self._softmax_tables) >= 256:  # many scales: a caller sweeping them
                 self._softmax_tables.clear()
-            table = np.empty((dh + 1, dh + 1), np.float64)
+            table = np.empty((dh + 2, dh + 1), np.float64)
             _C.softmax_table(dh, score_scale, table)
             self._softmax_tables[key] = table
         return table

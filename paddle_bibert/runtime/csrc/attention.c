@@ -351,7 +351,7 @@ int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, siz
     uint64_t *bufs[MAX_THREADS];
     uint8_t *work[MAX_THREADS] = {NULL};
     /* MODE_SOFTMAX's table of exponentials: the caller's, else made here */
-    double *E = mode == MODE_SOFTMAX && !table ? malloc((dh + 1) * (dh + 1) * sizeof(double)) : NULL;
+    double *E = mode == MODE_SOFTMAX && !table ? malloc(softmax_table_len((long)dh) * sizeof(double)) : NULL;
     uint64_t *kv = malloc(B * heads * kvw * sizeof(uint64_t));
     int ok = (mode != MODE_SOFTMAX || table || E != NULL) && kv != NULL;
     for (int i = 0; i < nt; i++) {

@@ -178,7 +178,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     } else if (need(&qkv, (size_t)B * L * nwords(3 * H) * 8, "qkv") &&
                need(&keep, (size_t)B * L, "keep") &&
                need(&out, (size_t)B * L * H * 4, "out") &&
-               (!has_tab || need(&tab, (size_t)(H / heads + 1) * (H / heads + 1) * 8, "table"))) {
+               (!has_tab || need(&tab, softmax_table_len((long)(H / heads)) * 8, "table"))) {
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads, mode, sscale,
                                               (float)mscale, cscale, has_tab ? tab.buf : NULL,
@@ -196,17 +196,17 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     return ret;
 }
 
-/* softmax_table(dh, score_scale, out): BiT's table of exponentials (softmax_map.c), float64
- * [dh + 1, dh + 1], for the attention calls of that head size and scale */
+/* softmax_table(dh, score_scale, out): BiT's table of exponentials and its rows' flags
+ * (softmax_map.c), float64 [dh + 2, dh + 1], for the attention calls of that head size and scale */
 static PyObject *py_softmax_table(PyObject *self, PyObject *args) {
     Py_buffer out;
     Py_ssize_t dh;
     double sscale;
     if (!PyArg_ParseTuple(args, "ndw*", &dh, &sscale, &out)) return NULL;
     PyObject *ret = NULL;
-    if (dh < 1 || dh > 65536) { /* (dh + 1)^2 doubles: no overflow below that */
+    if (dh < 1 || dh > 65536) { /* (dh + 2)(dh + 1) doubles: no overflow below that */
         PyErr_Format(PyExc_ValueError, "softmax_table: head size %zd", dh);
-    } else if (need(&out, (size_t)(dh + 1) * (dh + 1) * 8, "out")) {
+    } else if (need(&out, softmax_table_len((long)dh) * 8, "out")) {
         softmax_table((long)dh, sscale, out.buf);
         ret = Py_None;
         Py_INCREF(ret);

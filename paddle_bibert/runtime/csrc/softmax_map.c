@@ -6,7 +6,15 @@
  * dh and 0 where there is no key. */
 static AI void count_range_body(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                                 int32_t dh, int32_t *lo, int32_t *hi) {
-    int32_t l = dh, h = 0; /* int32, selects instead of branches: the loop vectorizes (AVX2) */
+    int32_t l = dh, h = 0; /* int32, selects instead of branches: the loops vectorize (AVX2) */
+    if (!any) { /* every key (the usual row: nothing padded): min and max, the mask unread */
+        for (size_t j = 0; j < L; j++) {
+            l = cnt[j] < l ? cnt[j] : l;
+            h = cnt[j] > h ? cnt[j] : h;
+        }
+        *lo = l, *hi = h;
+        return;
+    }
     for (size_t j = 0; j < L; j++) {
         const int32_t c = cnt[j], kept_j = !any | (kp[j] != 0);
         const int32_t cl = kept_j ? c : dh, ch = kept_j ? c : 0;
@@ -22,7 +30,9 @@ void count_range_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int an
 }
 
 /* Softmax denominator lanes: lane[r] += e[cnt[j]] for the kept keys j = r mod 8 (a masked key
- * adds +0.0), j < 8 floor(L / 8), in key order; returns the keys done (the caller adds the tail). */
+ * adds +0.0), j < 8 floor(L / 8), in key order; returns the keys done (the caller adds the tail).
+ * The lanes are +0.0 on entry (a kernel may start from its own zeros instead of reading them
+ * back just after the caller stored them). */
 size_t table_lanes_generic(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                            const double *e, double lane[8]) {
     size_t j0 = 0;
@@ -40,28 +50,35 @@ T256 void count_range_avx2(const int32_t *cnt, size_t L, const uint8_t *kp, int 
     count_range_body(cnt, L, kp, any, dh, lo, hi);
 }
 
+/* The table entries of 4 counts (two 64-bit words of them: indices moved out of a vector
+ * register, not loaded one by one: the loads bound this loop). */
+static AI T256 __m256d table_entries4(const double *e, __m128i c4) {
+    const uint64_t a = (uint64_t)_mm_cvtsi128_si64(c4), b = (uint64_t)_mm_extract_epi64(c4, 1);
+    return _mm256_set_pd(e[b >> 32], e[(uint32_t)b], e[a >> 32], e[(uint32_t)a]);
+}
+
 /* table_lanes_generic with masked gathers of 4 entries: lanes 0-3 in one register, 4-7 in the
  * other, each still adding key 8i + r's entry (or +0.0) in key order. */
 T256 size_t table_lanes_avx2(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                              const double *e, double lane[8]) {
-    __m256d acc0 = _mm256_loadu_pd(lane), acc1 = _mm256_loadu_pd(lane + 4);
-    const __m256i all = _mm256_set1_epi64x(-1);
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd(); /* the lanes' +0.0 */
+    const __m256i all = _mm256_set1_epi64x(-1), z = _mm256_setzero_si256();
     size_t j0 = 0;
     for (; j0 + 8 <= L; j0 += 8) {
-        __m256i m0 = all, m1 = all; /* the kept keys' lanes: all bits set */
-        if (any) {
+        const __m256i c8 = _mm256_loadu_si256((const __m256i *)(cnt + j0)); /* counts >= 0 */
+        __m256d g0 = table_entries4(e, _mm256_castsi256_si128(c8));
+        __m256d g1 = table_entries4(e, _mm256_extracti128_si256(c8, 1));
+        if (any) { /* the kept keys' lanes: all bits set */
             uint32_t k0, k1;
             memcpy(&k0, kp + j0, 4);
             memcpy(&k1, kp + j0 + 4, 4);
-            const __m256i z = _mm256_setzero_si256();
-            m0 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k0)), z), all);
-            m1 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k1)), z), all);
+            const __m256i m0 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k0)), z), all);
+            const __m256i m1 = _mm256_xor_si256(_mm256_cmpeq_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128((int)k1)), z), all);
+            g0 = _mm256_and_pd(g0, _mm256_castsi256_pd(m0));
+            g1 = _mm256_and_pd(g1, _mm256_castsi256_pd(m1));
         }
-        const int32_t *c = cnt + j0;
-        const __m256d g0 = _mm256_set_pd(e[c[3]], e[c[2]], e[c[1]], e[c[0]]);
-        const __m256d g1 = _mm256_set_pd(e[c[7]], e[c[6]], e[c[5]], e[c[4]]);
-        acc0 = _mm256_add_pd(acc0, _mm256_and_pd(g0, _mm256_castsi256_pd(m0)));
-        acc1 = _mm256_add_pd(acc1, _mm256_and_pd(g1, _mm256_castsi256_pd(m1)));
+        acc0 = _mm256_add_pd(acc0, g0);
+        acc1 = _mm256_add_pd(acc1, g1);
     }
     _mm256_storeu_pd(lane, acc0);
     _mm256_storeu_pd(lane + 4, acc1);
@@ -132,8 +149,9 @@ static long map_cut(const double *e, long lo, long hi, int dir, double sum, floa
  * E[m][c] = exp(s(c) - s(m)) (m: the count of the top score), evaluated by the same expression
  * as a direct computation, so every bit is the same. The test on p_j is monotone in the table
  * entry (IEEE division and rounding are), and the entry falls as the count moves away from the
- * top one: where the table row is monotone over the counts present (checked), the map is the
- * kept keys whose count is at most (sscale >= 0; at least, sscale < 0) one cut (map_cut).
+ * top one: where the table row is monotone over the counts present (checked, or flagged by
+ * softmax_table over every count), the map is the kept keys whose count is at most
+ * (sscale >= 0; at least, sscale < 0) one cut (map_cut).
  * Returns that cut, or NO_CUT after writing the map into Ai (zeroed) key by key. */
 enum { SUM_LANES = 8 }; /* table_lanes' 8 */
 
@@ -152,8 +170,11 @@ long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, i
     for (int w = SUM_LANES / 2; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) lane[i] = lane[2 * i] + lane[2 * i + 1];
     const double sum = lane[0];
+    /* monotone over every count (softmax_table's flag), else checked over those present */
+    const int everywhere = E[(size_t)(dh + 1) * (dh + 1) + top] != 0.0;
     int mono = 1;
-    for (long c = lo; c < hi; c++) mono &= sscale >= 0.0 ? e[c + 1] <= e[c] : e[c + 1] >= e[c];
+    for (long c = lo; !everywhere && c < hi; c++)
+        mono &= sscale >= 0.0 ? e[c + 1] <= e[c] : e[c + 1] >= e[c];
     if (mono) return map_cut(e, lo, hi, sscale >= 0.0 ? 1 : -1, sum, mscale);
     for (long c = 0; c <= dh; c++) on[c] = map_has(e, c, sum, mscale);
     for (size_t j = 0; j < L; j++)
@@ -161,10 +182,18 @@ long softmax_map_row(const int32_t *cnt, size_t L, long dh, const uint8_t *kp, i
     return NO_CUT;
 }
 
-/* E[m][c] = exp(s(c) - s(m)), s(c) = (dh - 2c) * sscale, for counts m, c in 0..dh. */
+/* E[m][c] = exp(s(c) - s(m)), s(c) = (dh - 2c) * sscale, for counts m, c in 0..dh; then
+ * E[dh + 1][m] = 1.0 where row m falls monotonically from the top count over every count (as
+ * exp is, mathematically), so over those of any row (softmax_map_row need not check), else 0.0. */
 void softmax_table(long dh, double sscale, double *E) {
     for (long m = 0; m <= dh; m++)
         for (long c = 0; c <= dh; c++)
             E[m * (dh + 1) + c] = exp((double)(dh - 2 * c) * sscale - (double)(dh - 2 * m) * sscale);
+    for (long m = 0; m <= dh; m++) {
+        const double *e = E + m * (dh + 1);
+        int mono = 1;
+        for (long c = 0; c < dh; c++) mono &= sscale >= 0.0 ? e[c + 1] <= e[c] : e[c + 1] >= e[c];
+        E[(dh + 1) * (dh + 1) + m] = mono ? 1.0 : 0.0;
+    }
 }
 
