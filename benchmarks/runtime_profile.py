@@ -6,8 +6,10 @@
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --compare_tables
 
 Batch ``--batch`` of ``--seq_len`` random token ids; after ``--warmup`` forwards, ``--repeats``
-forwards are timed and each kernel's share is its summed wall time per forward. What no kernel
-accounts for (Python between the calls, numpy glue) is the last row. Thread counts run one after
+forwards are timed and each kernel's share is its summed wall time per forward. The model runs
+one kernel call at a time (``one_call`` off; a forward is otherwise one call of the kernels,
+the same logits), so what no kernel accounts for (Python between the calls, numpy glue) is the
+last row: what the one-call forward saves, roughly. Thread counts run one after
 the other in this process (the kernels' pool is resized between them). ``--compare_tables``
 profiles each thread count twice, the binary products by table lookup (AVX2's default) and by
 XOR and popcount, in alternating rounds, and prints the ratio of the two forwards.
@@ -55,6 +57,7 @@ def profile(path, batch, seq_len, isa, threads, warmup, repeats, tables=True):
     from paddle_bibert.runtime import load_packed
 
     model = load_packed(path, isa=isa, num_threads=threads)
+    model.one_call = False  # one kernel call at a time, each timed (the same logits)
     if seq_len > model.pos.shape[0]:
         sys.exit(f"error: --seq_len {seq_len} exceeds the file's {model.pos.shape[0]} positions; "
                  f"pass --seq_len {model.pos.shape[0]} or less")

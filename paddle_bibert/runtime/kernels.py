@@ -283,13 +283,13 @@ class Kernels:
                 out = (out.astype(np.float64) * context_scale).astype(np.float32)
             return out
         out = np.empty((b, l, hidden), np.float32)
-        table = self._softmax_table(hidden // heads, float(score_scale)) \
+        table = self.softmax_table(hidden // heads, float(score_scale)) \
             if mode == MODE_SOFTMAX else None
         _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out, float(score_scale),
                      float(map_scale), float(context_scale), table)
         return out
 
-    def _softmax_table(self, dh: int, score_scale: float) -> np.ndarray:
+    def softmax_table(self, dh: int, score_scale: float) -> np.ndarray:
         """The compiled kernels' table of exponentials for (dh, score_scale), made once: ``dh + 1``
         rows of them, then a row of flags (which rows are monotone over every count)."""
         key = (dh, score_scale)

@@ -53,6 +53,7 @@ from ..export.format import (ACT_QUANTIZERS, ELASTIC, LINEARS, MAP_QUANTIZERS, Q
 from ..export.pack import nwords
 from .kernels import (ACT_GELU, ACT_NONE, ACT_RELU, MODE_BOOL, MODE_KEEP, MODE_SOFTMAX, Q_SIGN,
                       Q_UNSIGNED, Kernels)
+from . import plan
 from . import reference as ref
 from .text import TextModel
 
@@ -152,13 +153,28 @@ class _Linear:
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias,
                                unsigned=self.unsigned, nibbles=self.nibbles(kern), check=False)
 
-    def bits(self, kern: Kernels, xb):
-        """The packed bits ``feed`` declared, of y."""
+    @property
+    def feeds(self):
+        """(shift, scale, kind, act): what ``feed`` declared."""
+        return self._feeds
+
+    @property
+    def plain_feed(self) -> bool:
+        """Whether ``bits`` gives the plain sign bits of y."""
+        return self._plain
+
+    def cut(self):
+        """The count intervals ``bits`` compares with, or None (see ``_bits_cut``)."""
         if self._cut is self._unset:
             self._cut = self._bits_cut()
-        if self._cut is not None:  # the bits by two integer compares per output
+        return self._cut
+
+    def bits(self, kern: Kernels, xb):
+        """The packed bits ``feed`` declared, of y."""
+        cut = self.cut()
+        if cut is not None:  # the bits by two integer compares per output
             return kern.bin_linear_cut(xb, self.w, self.n, self.k, self.alpha, self.bias,
-                                       self._cut, nibbles=self.nibbles(kern), check=False)
+                                       cut, nibbles=self.nibbles(kern), check=False)
         return kern.bin_linear(xb, self.w, self.n, self.k, self.alpha, self.bias, signs=True,
                                unsigned=self.unsigned,
                                quant=None if self._plain else self._feeds,
@@ -184,7 +200,12 @@ class PackedBert(TextModel):
     ``isa`` picks the compiled kernel set (``avx512``, ``avx2``, ``popcnt``, ``generic``);
     ``num_threads`` sizes the kernels' thread pool (default: ``BIBERT_NUM_THREADS``, else
     ``OMP_NUM_THREADS``, else the CPU count; process-wide). ``self.backend`` says what runs.
+    ``one_call`` (default True): with the compiled kernels, a forward is one call of them
+    (``plan.py``), the same logits as one kernel call at a time (False: what
+    ``benchmarks/runtime_profile.py`` times kernel by kernel).
     """
+
+    one_call = True
 
     def __init__(self, packed: PackedFile, backend: str = "auto", isa: Optional[str] = None,
                  num_threads: Optional[int] = None):
@@ -198,6 +219,7 @@ class PackedBert(TextModel):
             raise PackedFormatError(f"unsupported FFN activation {c.get('hidden_act')!r}; the "
                                     f"runtime runs {sorted(_ACTS)}")
         self.kernels = Kernels(backend, isa, num_threads)
+        self._plan = self._plan_nibbles = None  # the one-call forward's (plan.py), made on use
         t = packed.tensors
         self._packed_vocab = decode_vocab(t[VOCAB_TENSOR]) if VOCAB_TENSOR in t else None
         try:
@@ -336,9 +358,23 @@ class PackedBert(TextModel):
         trace["logits"] = self._forward(input_ids, token_type_ids, trace)
         return trace
 
+    def _one_call_plan(self):
+        """The one-call forward's plan for the kernel set in use (remade if that changed
+        whether the products look counts up), or None."""
+        if not (self.one_call and self.kernels.compiled):
+            return None
+        nibbles = self.kernels.uses_nibbles
+        if self._plan is None or self._plan_nibbles != nibbles:
+            self._plan, self._plan_nibbles = plan.make_plan(self, self.kernels), nibbles
+        return self._plan
+
     def _forward(self, input_ids, token_type_ids, trace: Optional[dict]):
         ids, tt = self._check(input_ids, token_type_ids)
         kern, (b, l), h = self.kernels, ids.shape, self.hidden
+        one_call = self._one_call_plan() if trace is None else None
+        if one_call is not None:
+            pooled = plan.run(one_call, ids, tt, ids != self.pad_token_id, h)
+            return np.tanh(pooled) @ self.cls_w + self.cls_b
 
         def rec(name, v):
             if trace is not None:
@@ -347,7 +383,7 @@ class PackedBert(TextModel):
 
         keep = ids != self.pad_token_id  # padded keys get attention 0
         x = kern.embed(ids, tt, self.word_bits, self.word_alpha, self.pos, self.tok)
-        x, xbs = self._norm(kern, x, None, self.emb_ln, self._qkv_quantizers(0))
+        x, xbs = self._norm(kern, x, None, self.emb_ln, self.qkv_quantizers(0))
         rec("embeddings", x)
         for i, layer in enumerate(self.layers):
             p = f"layers.{i}."
@@ -373,7 +409,7 @@ class PackedBert(TextModel):
             else:
                 hb = ffn_out.q.bits(kern, rec(p + "ffn_in", ffn_in(kern, xb)), act=self.act)
             f = ffn_out(kern, hb)
-            x, xbs = self._norm(kern, x, f, layer["ln2"], self._qkv_quantizers(i + 1))
+            x, xbs = self._norm(kern, x, f, layer["ln2"], self.qkv_quantizers(i + 1))
             rec(p + "ln2", x)
         first = np.ascontiguousarray(x.reshape(b, l, h)[:, 0])
         pooled = np.tanh(self.pooler(kern, self.pooler.q.bits(kern, first)))
@@ -381,7 +417,7 @@ class PackedBert(TextModel):
             trace["pooled"] = pooled
         return pooled @ self.cls_w + self.cls_b
 
-    def _qkv_quantizers(self, i):
+    def qkv_quantizers(self, i):
         """The quantizers of layer i's Q/K/V product inputs: one where the three binarize alike
         (one product), else Q's, K's, V's; none past the last layer."""
         if i == len(self.layers):
@@ -397,7 +433,7 @@ class PackedBert(TextModel):
 
     def _qkv_bits(self, kern, layer, xbs, rec, tracing):
         """Packed sign bits of Q | K | V (after their shifts), ``[T, nwords(3H)]``, from the
-        packed inputs ``xbs`` (see _qkv_quantizers)."""
+        packed inputs ``xbs`` (see qkv_quantizers)."""
         shift, fused = layer["att_shift"], layer["qkv"]
         # Q/K/V floats never exist unless traced: the products give their (shifted) sign bits
         if fused is not None:

@@ -15,12 +15,14 @@
  *   softmax_map.c            BiT's softmax map of a row of integer scores
  *   pack.c, layer_norm.c, embed.c   the row-wise operations, with their per-set row kernels
  *   pool.c                   the thread pool every operation runs on
+ *   forward.c, plan.c        a model's whole forward in one call, and its plan from Python
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include "isa.h"
 #include "ops.h"
+#include "plan.h"
 #include "pool.h"
 #include "softmax_map.h"
 
@@ -408,6 +410,10 @@ static PyMethodDef methods[] = {
      "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1, "
      "context_scale=1, table=None)"},
     {"softmax_table", py_softmax_table, METH_VARARGS, "softmax_table(dh, score_scale, out)"},
+    {"make_plan", py_make_plan, METH_VARARGS,
+     "make_plan(spec): a packed model's one-call forward plan (see paddle_bibert/runtime/plan.py)"},
+    {"forward", py_forward, METH_VARARGS,
+     "forward(plan, ids, token_types, keep, B, L, pooled): the pooler's output before its tanh"},
     {"embed", py_embed, METH_VARARGS, "embed(ids, tt, T, L, wbits, walpha, H, pos, tok, out)"},
     {"layer_norm", py_layer_norm, METH_VARARGS, "layer_norm(x, res, T, H, g, b, eps, out[, bits]): bits a sequence of (shift, scale, kind, out)"},
     {"available_isas", py_available_isas, METH_NOARGS, "kernel sets this CPU supports"},
