@@ -4,6 +4,7 @@
     python benchmarks/runtime_profile.py --shape bert-base          # random weights, BiBERT's recipe
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --threads 1,2
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --compare_tables
+    python benchmarks/runtime_profile.py student.bibert --compare_one_call --seq_len 1,128
 
 Batch ``--batch`` of ``--seq_len`` random token ids; after ``--warmup`` forwards, ``--repeats``
 forwards are timed and each kernel's share is its summed wall time per forward. The model runs
@@ -13,6 +14,8 @@ last row: what the one-call forward saves, roughly. Thread counts run one after
 the other in this process (the kernels' pool is resized between them). ``--compare_tables``
 profiles each thread count twice, the binary products by table lookup (AVX2's default) and by
 XOR and popcount, in alternating rounds, and prints the ratio of the two forwards.
+``--compare_one_call`` times the forward as one call of the kernels (how a model runs) and
+kernel by kernel, in alternating rounds, at each ``--seq_len`` (comma-separated) and thread count.
 """
 
 import argparse
@@ -90,23 +93,33 @@ def main(argv=None):
     ap.add_argument("path", nargs="?", help="a .bibert file (else --shape)")
     ap.add_argument("--shape", help="profile a random model of this shape (packed.py's SHAPES)")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq_len", type=int, default=128)
+    ap.add_argument("--seq_len", default="128",
+                    help="tokens a sequence (comma-separated lengths with --compare_one_call)")
     ap.add_argument("--isa", help="force a kernel set (avx512, avx2, popcnt, generic)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--compare_tables", action="store_true",
                     help="also time the products without table lookup (AVX2), in alternating rounds")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of --compare_tables")
+    ap.add_argument("--compare_one_call", action="store_true",
+                    help="time the forward as one call and kernel by kernel, in alternating rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of either comparison")
     args = ap.parse_args(argv)
     if bool(args.path) == bool(args.shape):
         ap.error("give a .bibert file or --shape, not both and not neither")
     try:
         threads = [int(t) for t in args.threads.split(",")]
+        lengths = [int(n) for n in args.seq_len.split(",")]
     except ValueError:
-        ap.error(f"--threads takes comma-separated integers, got {args.threads!r}")
-    if min(threads) < 1 or min(args.batch, args.seq_len, args.repeats) < 1 or args.warmup < 0:
+        ap.error(f"--threads and --seq_len take comma-separated integers, got {args.threads!r} "
+                 f"and {args.seq_len!r}")
+    if min(threads + lengths) < 1 or min(args.batch, args.repeats) < 1 or args.warmup < 0:
         ap.error("--threads, --batch, --seq_len and --repeats must be >= 1, --warmup >= 0")
+    if len(lengths) > 1 and not args.compare_one_call:
+        ap.error("several --seq_len lengths are for --compare_one_call; pass one")
+    if args.compare_tables and args.compare_one_call:
+        ap.error("pass --compare_tables or --compare_one_call, not both")
+    args.seq_len = lengths[0]
     if args.compare_tables:
         from paddle_bibert.runtime import available_isas
         from paddle_bibert.runtime.kernels import NIBBLE_ISAS
@@ -115,14 +128,18 @@ def main(argv=None):
         if isa not in NIBBLE_ISAS:
             ap.error(f"--compare_tables: the {isa} kernels have no table lookup; pass --isa "
                      f"{NIBBLE_ISAS[0]} (on a CPU that has it)")
-        if args.rounds < 1:
-            ap.error("--rounds must be >= 1")
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     if args.path and not os.path.isfile(args.path):
         ap.error(f"{args.path}: no such file; pass a .bibert file written by paddle_bibert.export")
     print(header(argv) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.path or random_file(args.shape, os.path.join(tmp, "model.bibert"))
         for t in threads:
+            if args.compare_one_call:
+                for n in lengths:
+                    compare_one_call(path, args, t, n)
+                continue
             if args.compare_tables:
                 compare_tables(path, args, t)
                 continue
@@ -149,6 +166,42 @@ def compare_tables(path, args, threads):
           f"{', '.join(f'{x:.2f}' for x in totals[True])}; XOR and popcount "
           f"{', '.join(f'{x:.2f}' for x in totals[False])}. Medians {on:.2f} and {off:.2f}: "
           f"table lookup {off / on:.2f}x as fast.\n")
+
+
+def forward_ms(path, batch, seq_len, isa, threads, warmup, repeats, one_call):
+    """ms a forward of the model as it runs (no kernel timed), as one call or kernel by kernel."""
+    import numpy as np
+
+    from paddle_bibert.runtime import load_packed
+
+    model = load_packed(path, isa=isa, num_threads=threads)
+    if seq_len > model.pos.shape[0]:
+        sys.exit(f"error: --seq_len {seq_len} exceeds the file's {model.pos.shape[0]} positions; "
+                 f"pass --seq_len {model.pos.shape[0]} or less")
+    model.one_call = one_call
+    ids = np.random.default_rng(0).integers(1, int(model.config["vocab_size"]), (batch, seq_len))
+    for _ in range(warmup):
+        model(ids)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model(ids)
+    return (time.perf_counter() - t0) / repeats * 1e3
+
+
+def compare_one_call(path, args, threads, seq_len):
+    """The forward as one call and kernel by kernel, ``--rounds`` times each, alternating."""
+    import statistics
+
+    totals = {True: [], False: []}
+    for _ in range(args.rounds):
+        for one_call in (True, False):
+            totals[one_call].append(forward_ms(path, args.batch, seq_len, args.isa, threads,
+                                               args.warmup, args.repeats, one_call))
+    one, each = (statistics.median(totals[k]) for k in (True, False))
+    print(f"batch {args.batch} x {seq_len} tokens, {threads} thread(s), ms a forward by round: "
+          f"one call {', '.join(f'{x:.3f}' for x in totals[True])}; kernel by kernel "
+          f"{', '.join(f'{x:.3f}' for x in totals[False])}. Medians {one:.3f} and {each:.3f}: "
+          f"one call {each - one:.3f} ms ({(each - one) / each:.0%}) faster.\n")
 
 
 def header(argv):

@@ -42,7 +42,10 @@ def test_every_kernel_call_of_a_forward_is_counted(tmp_path):
     (["--shape", "bert-base", "--threads", "1,two"], "comma-separated integers"),
     (["--shape", "bert-base", "--threads", "0"], "must be >= 1"),
     (["no-such-file.bibert"], "no such file"),
-    (["--shape", "bert-base", "--compare_tables", "--isa", "generic"], "no table lookup")])
+    (["--shape", "bert-base", "--compare_tables", "--isa", "generic"], "no table lookup"),
+    (["--shape", "bert-base", "--seq_len", "1,128"], "are for --compare_one_call"),
+    (["--shape", "bert-base", "--compare_tables", "--compare_one_call"], "not both"),
+    (["--shape", "bert-base", "--compare_one_call", "--rounds", "0"], "--rounds must be >= 1")])
 def test_bad_arguments_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         _tool().main(argv)
@@ -73,3 +76,19 @@ def test_a_length_beyond_the_files_positions_is_a_one_line_error(tmp_path, capsy
     export_packed(model, path)
     with pytest.raises(SystemExit, match="exceeds the file's 64 positions; pass --seq_len 64 or less"):
         _tool().main([path, "--threads", "1", "--seq_len", "65"])
+
+
+def test_compare_one_call_times_the_forward_both_ways_at_each_length(tmp_path, capsys):
+    import re
+
+    model = make_model(seed=3)
+    binarize_model(model)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    _tool().main([path, "--threads", "1", "--compare_one_call", "--rounds", "2", "--repeats", "2",
+                  "--warmup", "1", "--seq_len", "1,9"])
+    out = capsys.readouterr().out
+    for n in (1, 9):
+        m = re.search(rf"batch 1 x {n} tokens, 1 thread\(s\), ms a forward by round: one call "
+                      r"([\d.]+), ([\d.]+); kernel by kernel ([\d.]+), ([\d.]+)\. Medians", out)
+        assert m and all(float(x) > 0 for x in m.groups()), out
