@@ -119,6 +119,15 @@ def main(argv=None):
         ap.error("several --seq_len lengths are for --compare_one_call; pass one")
     if args.compare_tables and args.compare_one_call:
         ap.error("pass --compare_tables or --compare_one_call, not both")
+    if args.compare_one_call:
+        from paddle_bibert.runtime import compiled_available
+
+        if not compiled_available():
+            ap.error("--compare_one_call: the compiled kernels are not built (the numpy backend "
+                     "runs kernel by kernel only); run `pip install -e .` with a C compiler")
+        if args.warmup < 1:
+            ap.error("--compare_one_call: pass --warmup 1 or more (the first forward makes the "
+                     "plan)")
     args.seq_len = lengths[0]
     if args.compare_tables:
         from paddle_bibert.runtime import available_isas

@@ -43,13 +43,14 @@ def test_one_call_forward_gives_the_per_kernel_logits(tmp_path, rng, isa, config
         assert np.ptp(one[:, 0]) > 0  # the inputs are told apart
 
 
-@pytest.mark.parametrize("recipe", ["bibert", "bit"])
+@pytest.mark.parametrize("recipe, hidden", [("bibert", 64), ("bit", 64), ("bit", 128)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_one_call_forward_with_separate_qkv_rows_at_any_thread_count(tmp_path, rng, recipe,
-                                                                     threads):
-    """Hidden 64: BiT's Q/K/V binarize with their own shifts, three products whose rows the
-    forward lays side by side; the pool's threads split every operation of it."""
-    model = trained_1bit_model(recipe, seed=3, hidden_size=64, intermediate_size=128)
+                                                                     hidden, threads):
+    """Hidden 64 and 128: BiT's Q/K/V binarize with their own shifts, three products whose rows
+    (one and two words) the forward lays side by side; the pool's threads split every
+    operation of it."""
+    model = trained_1bit_model(recipe, seed=3, hidden_size=hidden, intermediate_size=2 * hidden)
     export_packed(model, str(tmp_path / "m.bibert"))
     before = Kernels("c").num_threads
     try:
@@ -61,18 +62,60 @@ def test_one_call_forward_with_separate_qkv_rows_at_any_thread_count(tmp_path, r
         Kernels("c", num_threads=before)
 
 
+@pytest.mark.skipif("avx2" not in ISAS, reason="no table lookup on this CPU")
 def test_one_call_plan_follows_the_kernel_sets_table_lookup(tmp_path, rng):
-    """The plan carries the weights' nibble panels where the products look counts up: turning
-    that off remakes it without them (the same logits either way)."""
+    """The plan carries the weights' nibble panels where the products look counts up (AVX2):
+    turning that off, or switching to a kernel set without it, remakes the plan without them
+    (the same logits every way)."""
     model = trained_1bit_model("bit", seed=2)
     export_packed(model, str(tmp_path / "m.bibert"))
+    try:
+        runtime = load_packed(str(tmp_path / "m.bibert"), backend="c", isa="avx2")
+        ids = padded_ids(rng, 4, 40)
+        first = runtime(ids)
+        plan = runtime._plan
+        assert runtime._plan_nibbles is True
+        runtime.kernels.tables = False
+        np.testing.assert_array_equal(runtime(ids), first)
+        assert runtime._plan_nibbles is False and runtime._plan is not plan
+        runtime.kernels.tables = True
+        Kernels("c", isa="generic")
+        np.testing.assert_array_equal(runtime(ids), first)
+        assert runtime._plan_nibbles is False and runtime.backend == "c-generic"
+    finally:
+        Kernels("c", isa=ISAS[0])
+
+
+def test_one_call_forwards_run_side_by_side_and_the_model_pickles(tmp_path, rng):
+    """Two threads' forwards on one model (each call its own buffers, the GIL released) give the
+    serial logits; a model that ran pickles without its plan and makes it again."""
+    import pickle
+    import threading
+
+    model = trained_1bit_model("bit", seed=6)
+    export_packed(model, str(tmp_path / "m.bibert"))
     runtime = load_packed(str(tmp_path / "m.bibert"), backend="c")
-    ids = padded_ids(rng, 4, 40)
-    first = runtime(ids)
-    plan, nibbles = runtime._plan, runtime._plan_nibbles
-    runtime.kernels.tables = False
-    np.testing.assert_array_equal(runtime(ids), first)
-    assert runtime._plan_nibbles is False and (runtime._plan is not plan) == nibbles
+    batches = [padded_ids(np.random.default_rng(i), 4, 40) for i in range(2)]
+    want = [runtime(ids) for ids in batches]
+    got = [[], []]
+
+    def work(i):
+        for _ in range(20):
+            got[i].append(runtime(batches[i]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert len(got[i]) == 20
+        for logits in got[i]:
+            np.testing.assert_array_equal(logits, want[i])
+    copy = pickle.loads(pickle.dumps(runtime))
+    assert copy._plan is None
+    np.testing.assert_array_equal(copy(batches[0]), want[0])
+    assert copy._plan is not None
 
 
 def test_one_call_forward_leaves_traces_and_the_numpy_backend_to_the_kernel_calls(tmp_path,
@@ -94,9 +137,10 @@ def test_one_call_forward_leaves_traces_and_the_numpy_backend_to_the_kernel_call
 
 
 def test_one_call_plans_and_inputs_that_do_not_fit_are_refused(tmp_path, rng):
-    """A plan whose arrays are shorter than its dimensions say, or whose products do not chain,
-    ids outside the tables, a sequence longer than the position table, an object that is no
-    plan: ValueError, before anything is read."""
+    """A plan whose arrays are shorter than its dimensions say, whose products do not chain, with
+    half a count cut, a quantizer of no kind or two Q/K/V products; ids or token types outside
+    the tables, a batch past the ids, a sequence past the positions, a short keep mask or
+    output, an object that is no plan: ValueError, before anything is read."""
     from paddle_bibert.runtime import plan as plan_mod
     from paddle_bibert.runtime.kernels import _C
 
@@ -104,18 +148,40 @@ def test_one_call_plans_and_inputs_that_do_not_fit_are_refused(tmp_path, rng):
     export_packed(model, str(tmp_path / "m.bibert"))
     runtime = load_packed(str(tmp_path / "m.bibert"), backend="c")
     h, f, heads, emb, layers, pool = spec = plan_mod.spec(runtime, runtime.kernels)
-    with pytest.raises(ValueError, match="word scales"):
-        _C.make_plan((h, f, heads, emb[:4] + (runtime.word_alpha[:-1],) + emb[5:], layers, pool))
-    with pytest.raises(ValueError, match="a linear of"):
-        _C.make_plan((h, f + 64, heads, emb, layers, pool))
+    first = layers[0]
+    qkv = first[1][0]
+
+    def with_first_layer(*items):
+        return (h, f, heads, emb, (tuple(items),) + layers[1:], pool)
+
+    bad = {
+        "word scales": (h, f, heads, emb[:4] + (runtime.word_alpha[:-1],) + emb[5:], layers, pool),
+        "a linear of": (h, f + 64, heads, emb, layers, pool),
+        "half a cut": with_first_layer(first[0], (qkv[:8] + (None,) + qkv[9:],), *first[2:]),
+        "quantizer kind": with_first_layer(((None, 1.0, 5),), *first[1:]),
+        "one Q/K/V product, or three": with_first_layer(first[0] * 2, first[1] * 2, *first[2:]),
+        "a LayerNorm's weight": with_first_layer(*first[:10], (first[10][0][:-1],) + first[10][1:],
+                                                 *first[11:]),
+    }
+    for message, broken in bad.items():
+        with pytest.raises(ValueError, match=message):
+            _C.make_plan(broken)
+    with pytest.raises(TypeError):
+        _C.make_plan(list(spec))
     plan = _C.make_plan(spec)
     ok = padded_ids(rng, 2, 8)
+    keep, zeros, out = ok != runtime.pad_token_id, np.zeros_like(ok), np.empty((2, h), np.float32)
     too_long = rng.integers(1, 9, (1, runtime.pos.shape[0] + 1))
-    for ids, tt in ((ok + 10 ** 6, np.zeros_like(ok)), (ok, np.full_like(ok, 7)),
-                    (too_long, np.zeros_like(too_long))):
+    for args in ((ok + 10 ** 6, zeros, keep, 2, 8, out), (ok, zeros + 7, keep, 2, 8, out),
+                 (-ok, zeros, keep, 2, 8, out)):
+        with pytest.raises(ValueError, match="has id"):
+            _C.forward(plan, *args)
+    for args in ((ok, zeros, keep, 3, 8, out), (too_long, np.zeros_like(too_long), too_long != 0,
+                                                1, too_long.shape[1], out),
+                 (ok, zeros, keep[:1], 2, 8, out), (ok, zeros, keep, 2, 8, out[:1])):
         with pytest.raises(ValueError, match="do not fit"):
-            plan_mod.run(plan, ids, tt, ids != 0, h)
+            _C.forward(plan, *args)
     with pytest.raises(ValueError):
-        _C.forward(object(), ok, ok, ok != 0, 2, 8, np.empty((2, h), np.float32))
-    pooled = plan_mod.run(plan, ok, np.zeros_like(ok), ok != runtime.pad_token_id, h)
+        _C.forward(object(), ok, zeros, keep, 2, 8, out)
+    pooled = plan_mod.run(plan, ok, zeros, keep, h)
     np.testing.assert_array_equal(np.tanh(pooled) @ runtime.cls_w + runtime.cls_b, runtime(ok))

@@ -728,12 +728,13 @@ def test_softmax_table_flags_the_rows_monotone_over_every_count(dh, score_scale)
 @needs_c
 def test_softmax_map_without_the_tables_flags_checks_each_row(rng):
     """With every flag cleared the map checks each row's counts itself (the path of a row
-    whose exponentials are not monotone): still numpy's map."""
+    whose exponentials are not monotone), with keys padded and with none: still numpy's map."""
     from paddle_bibert.runtime.kernels import _C
     b, l, h, heads = 2, 70, 128, 4
     qkv = pack_signs(rng.standard_normal((b, l, 3 * h)).astype(np.float32))
-    keep = (rng.random((b, l)) > 0.3).astype(np.uint8)
-    for score_scale in (0.45, -0.2):
+    for keep, score_scale in [(rng.random((b, l)) > 0.3, 0.45), (rng.random((b, l)) > 0.3, -0.2),
+                              (np.ones((b, l)), 0.45)]:  # padded keys, and none
+        keep = keep.astype(np.uint8)
         table = np.empty((h // heads + 2, h // heads + 1))
         _C.softmax_table(h // heads, score_scale, table)
         assert table[-1].all()
@@ -937,6 +938,22 @@ def test_every_instruction_set_gives_the_same_logits(rng, tmp_path, recipe, kern
     looked_up = [lin._nibbles is not None for layer in runtime.layers for lin in layer.values()
                  if hasattr(lin, "_nibbles")]
     assert any(looked_up) == kern.uses_nibbles, looked_up
+
+
+def test_unsigned_products_of_more_rows_than_one_call_counts_at_once(kern, rng):
+    """{0,1} inputs keep each row's popcount; past 4,096 rows the product goes in slabs of rows:
+    every output (floats, bits through a quantizer) still numpy's."""
+    m, n, k = 4100, 40, 130
+    a01 = pack_bits(rng.random((m, k)) > 0.6)
+    w = pack_signs(rng.standard_normal((n, k)))
+    w_il, nib = kern.prepare(w), kern.prepare_nibbles(w)
+    alpha = (rng.random(n) + 0.1).astype(np.float32)
+    bias = (rng.standard_normal(n) * 0.3).astype(np.float32)
+    quant = (np.full(n, 0.05, np.float32), 0.7, ref.Q_UNSIGNED, ref.ACT_RELU)
+    for kw in ({}, {"quant": quant}):
+        np.testing.assert_array_equal(
+            kern.bin_linear(a01, w_il, n, k, alpha, bias, unsigned=True, nibbles=nib, **kw),
+            NUMPY.bin_linear(a01, w_il, n, k, alpha, bias, unsigned=True, **kw))
 
 
 def test_table_lookup_sign_cut_past_15_bits_stays_exact(kern):

@@ -358,10 +358,18 @@ class PackedBert(TextModel):
         trace["logits"] = self._forward(input_ids, token_type_ids, trace)
         return trace
 
+    def __getstate__(self):
+        """Pickled (and copied) without the plan, a handle on the kernels' memory; made again on
+        the next forward."""
+        state = dict(self.__dict__)
+        state["_plan"] = state["_plan_nibbles"] = None
+        return state
+
     def _one_call_plan(self):
         """The one-call forward's plan for the kernel set in use (remade if that changed
-        whether the products look counts up), or None."""
-        if not (self.one_call and self.kernels.compiled):
+        whether the products look counts up), or None. Made from the tensors of the first
+        forward: a model's tensors do not change after it."""
+        if not (self.one_call and self.kernels.compiled and plan.available()):
             return None
         nibbles = self.kernels.uses_nibbles
         if self._plan is None or self._plan_nibbles != nibbles:

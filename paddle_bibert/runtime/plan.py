@@ -10,7 +10,13 @@ import numpy as np
 
 from .kernels import MODE_SOFTMAX, Kernels, _C
 
-__all__ = ["make_plan", "run", "spec"]
+__all__ = ["available", "make_plan", "run", "spec"]
+
+
+def available() -> bool:
+    """Whether the compiled kernels hold the one-call forward (an extension built from older
+    sources does not: the model then calls its kernels one at a time)."""
+    return _C is not None and hasattr(_C, "make_plan")
 
 
 def make_plan(model, kern: Kernels):

@@ -30,6 +30,9 @@ enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
  * chunks spread that cost (about 6 instructions per pair table against ~3 per pair table and
  * panel in the products) over more panels. */
 enum { NIB_PANELS = 24 };
+/* Rows one call counts at once where it keeps each row's popcount ({0,1} inputs): those counts
+ * live on the stack (32 KiB), so a longer batch goes in slabs of this many rows. */
+enum { ONES_ROWS = 4096 };
 
 /* The outputs of one tile's counts loc[r * ldl + l] (rows m0 + r < m0 + mr, channels n0 + l in nb
  * blocks of 8, those below N): raw counts, or the binary linear epilogue (see popc_gemm). */
@@ -175,6 +178,14 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
 void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t N, int op,
                int32_t *cnt, float *out_f, uint32_t *out_bits, const float *alpha,
                const float *bias, long K, int unsig, const outq_t *q, const uint8_t *w4) {
+    if (unsig && M > ONES_ROWS) { /* in slabs of rows (each row's outputs its own: the same) */
+        const size_t ldb = 2 * nwords(N); /* uint32 per output row */
+        for (size_t m0 = 0; m0 < M; m0 += ONES_ROWS)
+            popc_gemm(a + m0 * kw, M - m0 < ONES_ROWS ? M - m0 : ONES_ROWS, kw, b, N, op,
+                      cnt ? cnt + m0 * N : NULL, out_f ? out_f + m0 * N : NULL,
+                      out_bits ? out_bits + m0 * ldb : NULL, alpha, bias, K, unsig, q, w4);
+        return;
+    }
     long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
     for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
     gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};

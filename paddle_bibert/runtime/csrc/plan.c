@@ -151,12 +151,15 @@ static int parse_embeddings(plan_obj *po, PyObject *t) {
            parse_norm(po, ln, p->H, &p->emb_ln);
 }
 
-/* make_plan((H, F, heads, embeddings, layers, (pool_quant, pooler))) -> plan */
+/* make_plan((H, F, heads, embeddings, layers, (pool_quant, pooler))) -> plan. Every level is
+ * a tuple (its items live as long as it does, whatever Python code a conversion runs). */
 PyObject *py_make_plan(PyObject *self, PyObject *args) {
     Py_ssize_t H, F, heads;
-    PyObject *emb, *layers, *pool_q, *pooler;
-    if (!PyArg_ParseTuple(args, "(nnnOO!(OO))", &H, &F, &heads, &emb, &PyTuple_Type, &layers,
-                          &pool_q, &pooler))
+    PyObject *spec, *emb, *layers, *pool, *pool_q, *pooler;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &spec) ||
+        !PyArg_ParseTuple(spec, "nnnO!O!O!", &H, &F, &heads, &PyTuple_Type, &emb, &PyTuple_Type,
+                          &layers, &PyTuple_Type, &pool) ||
+        !PyArg_ParseTuple(pool, "OO", &pool_q, &pooler))
         return NULL;
     if (H < 1 || F < 1 || heads < 1 || H % heads || H > (1 << 20) || F > (1 << 22))
         return PyErr_Format(PyExc_ValueError, "plan: hidden %zd, FFN %zd, %zd heads", H, F, heads);
@@ -177,6 +180,25 @@ PyObject *py_make_plan(PyObject *self, PyObject *args) {
     return cap;
 }
 
+/* The token ids and types of [B, L] copied (the caller's arrays could change while the forward
+ * runs without the GIL) and checked against the plan's tables; NULL with an exception set. */
+static int64_t *checked_ids(const plan_obj *po, const Py_buffer *ids, const Py_buffer *tt,
+                            size_t T) {
+    int64_t *c = malloc(2 * T * sizeof(int64_t));
+    if (!c) return PyErr_NoMemory(), NULL;
+    memcpy(c, ids->buf, T * 8);
+    memcpy(c + T, tt->buf, T * 8);
+    for (size_t t = 0; t < T; t++)
+        if (c[t] < 0 || (size_t)c[t] >= po->vocab || c[T + t] < 0 || (size_t)c[T + t] >= po->ntypes) {
+            free(c);
+            PyErr_Format(PyExc_ValueError, "forward: token %zu has id %lld, type %lld; the plan's "
+                         "tables take ids below %zu, types below %zu", t, (long long)c[t],
+                         (long long)c[T + t], po->vocab, po->ntypes);
+            return NULL;
+        }
+    return c;
+}
+
 /* forward(plan, ids, token_types, keep, B, L, pooled): the pooler's output before its tanh. */
 PyObject *py_forward(PyObject *self, PyObject *args) {
     PyObject *cap;
@@ -185,28 +207,27 @@ PyObject *py_forward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oy*y*y*nnw*", &cap, &ids, &tt, &keep, &B, &L, &out)) return NULL;
     const plan_obj *po = PyCapsule_GetPointer(cap, CAPSULE);
     PyObject *ret = NULL;
-    const int64_t *id = ids.buf, *ty = tt.buf;
-    /* B bounded by the ids' buffer before any product is taken */
-    int in_range = po && B > 0 && L > 0 && (size_t)L <= po->npos &&
-                   (size_t)B <= (size_t)ids.len / 8 / (size_t)L;
-    const size_t T = in_range ? (size_t)B * L : 0;
-    in_range = in_range && (size_t)tt.len >= T * 8 && (size_t)keep.len >= T &&
-               (size_t)out.len / 4 / po->p.H >= (size_t)B;
-    for (size_t t = 0; in_range && t < T; t++)
-        in_range = id[t] >= 0 && (size_t)id[t] < po->vocab && ty[t] >= 0 &&
-                   (size_t)ty[t] < po->ntypes;
+    /* B bounded by the ids' buffer before any product is taken, and T by what the forward's
+     * buffers can hold without overflow */
+    int fits = po && B > 0 && L > 0 && (size_t)L <= po->npos &&
+               (size_t)B <= (size_t)ids.len / 8 / (size_t)L;
+    const size_t T = fits ? (size_t)B * L : 0;
+    fits = fits && T <= (SIZE_MAX / 64) / (4 * po->p.H + po->p.F) && (size_t)tt.len >= T * 8 &&
+           (size_t)keep.len >= T && (size_t)out.len / 4 / po->p.H >= (size_t)B;
+    int64_t *id = NULL;
     if (!po) {
         /* PyCapsule_GetPointer set the exception */
-    } else if (!in_range) {
+    } else if (!fits) {
         PyErr_SetString(PyExc_ValueError, "forward: ids, token types, keep or out do not fit "
                         "the plan and [B, L]");
-    } else {
+    } else if ((id = checked_ids(po, &ids, &tt, T))) {
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = forward(&po->p, id, ty, keep.buf, B, L, out.buf);
+        Py_BEGIN_ALLOW_THREADS rc = forward(&po->p, id, id + T, keep.buf, B, L, out.buf);
         Py_END_ALLOW_THREADS
         if (rc) PyErr_NoMemory();
         else ret = Py_None, Py_INCREF(ret);
     }
+    free(id);
     Py_buffer *bufs[] = {&ids, &tt, &keep, &out};
     for (int i = 0; i < 4; i++) PyBuffer_Release(bufs[i]);
     return ret;
