@@ -45,7 +45,8 @@ def test_every_kernel_call_of_a_forward_is_counted(tmp_path):
     (["--shape", "bert-base", "--compare_tables", "--isa", "generic"], "no table lookup"),
     (["--shape", "bert-base", "--seq_len", "1,128"], "are for --compare_one_call"),
     (["--shape", "bert-base", "--compare_tables", "--compare_one_call"], "not both"),
-    (["--shape", "bert-base", "--compare_one_call", "--rounds", "0"], "--rounds must be >= 1")])
+    (["--shape", "bert-base", "--compare_one_call", "--rounds", "0"], "--rounds must be >= 1"),
+    (["--shape", "bert-base", "--compare_one_call", "--warmup", "0"], "--warmup 1 or more")])
 def test_bad_arguments_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         _tool().main(argv)
