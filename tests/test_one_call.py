@@ -15,10 +15,21 @@ pytestmark = pytest.mark.skipif(not compiled_available(), reason="extension not 
 ISAS = available_isas()
 
 
-@pytest.fixture(params=ISAS or ["generic"])
+# Each kernel set; and AVX2 with its products on XOR and popcount, the path the AVX-512 set
+# takes (fused tiles, no nibble panels in the plan), so AVX2-only CPUs test it too.
+ISA_CASES = (ISAS or ["generic"]) + (["avx2-no-tables"] if "avx2" in ISAS else [])
+
+
+@pytest.fixture(params=ISA_CASES)
 def isa(request):
     yield request.param
-    Kernels("c", isa=ISAS[0])  # the kernel set is process-wide: the fastest again after
+    Kernels("c", isa=ISAS[0]).tables = True  # process-wide: the fastest set again after
+
+
+def _load(path, isa):
+    runtime = load_packed(path, backend="c", isa=isa.split("-")[0])
+    runtime.kernels.tables = not isa.endswith("-no-tables")
+    return runtime
 
 
 def _both_ways(runtime, ids):
@@ -36,9 +47,10 @@ def test_one_call_forward_gives_the_per_kernel_logits(tmp_path, rng, isa, config
     ReLU and GELU FFNs, {0,1} FFN inputs), padded batches of 70 tokens and an unpadded one."""
     model = trained_1bit_model(config, seed=7)
     export_packed(model, str(tmp_path / "m.bibert"))
-    runtime = load_packed(str(tmp_path / "m.bibert"), backend="c", isa=isa)
+    runtime = _load(str(tmp_path / "m.bibert"), isa)
     for ids in (padded_ids(rng, 5, 70), rng.integers(1, 60, (2, 9))):
         one, per_kernel = _both_ways(runtime, ids)
+        assert runtime._plan_nibbles == runtime.kernels.uses_nibbles
         np.testing.assert_array_equal(one, per_kernel)
         assert np.ptp(one[:, 0]) > 0  # the inputs are told apart
 
