@@ -7,8 +7,10 @@ batch 1 and 32:
 
 * the full-precision model is saved by Paddle (``save_pretrained``), exported to ONNX
   (``paddle.onnx.export``), also with ONNX Runtime's BERT fusions
-  (``onnxruntime.transformers.optimizer``, ``opt_level=0``), and each graph quantized with
-  ``onnxruntime.quantization.quantize_dynamic`` (INT8 weights, QInt8);
+  (``onnxruntime.transformers.optimizer``, ``opt_level=0``) and its fused attention (which that
+  optimizer does not find in Paddle's export: ``onnx_attention.py``), and each graph quantized
+  with ``onnxruntime.quantization.quantize_dynamic`` (INT8 weights, QInt8; the fused attention
+  becomes QAttention);
 * its binarized twin is written as a packed ``.bibert`` file with its vocabulary;
 * every backend runs in processes of its own, once per setting (threads 1 and 2; Paddle also
   with MKL's other code path; ONNX Runtime with the plain and the fused graph), and is scored
@@ -129,27 +131,50 @@ def run_worker(kind, path, env, extra, quick, batches=BATCHES):
 
 # ------------------------------------------------------------------------------ files
 
-def export_onnx(model, prefix, shape):
-    """``prefix.onnx`` (plain), ``prefix_fused.onnx`` (ONNX Runtime's BERT fusions) and the
-    dynamic-INT8 version of each; returns {name: path}."""
+def export_onnx(model, prefix, shape, trained):
+    """``prefix.onnx`` (plain), ``prefix_fused.onnx`` (ONNX Runtime's BERT fusions and its
+    fused attention) and the dynamic-INT8 version of each; returns {name: path}."""
     import paddle
+    from onnx_attention import fuse_attention
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
     spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
             paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
     paddle.onnx.export(model, prefix, input_spec=spec, opset_version=14)
+    heads = SHAPES[shape]["num_attention_heads"]
     # opt_level 0: the Python fusions only (level 1+ asks for torch); the session optimizes more
-    fused = optimize_model(prefix + ".onnx", model_type="bert",
-                           num_heads=SHAPES[shape]["num_attention_heads"],
+    fused = optimize_model(prefix + ".onnx", model_type="bert", num_heads=heads,
                            hidden_size=SHAPES[shape]["hidden_size"], opt_level=0)
     fused.save_model_to_file(prefix + "_fused.onnx")
+    # the attention, which the optimizer does not fuse in Paddle's export (see onnx_attention)
+    pad = int(model.config.pad_token_id)
+    if fuse_attention(prefix + "_fused.onnx", prefix + "_fused.onnx", heads, pad) != \
+            SHAPES[shape]["num_hidden_layers"]:
+        raise RuntimeError(f"{prefix}_fused.onnx: not every layer's attention was fused")
     paths = {"fp32 plain": prefix + ".onnx", "fp32 fused": prefix + "_fused.onnx"}
+    if trained:  # random weights this large send float rounding through the layers chaotically
+        _check_same_outputs(paths["fp32 plain"], paths["fp32 fused"], pad)
     for graph in ("plain", "fused"):
         paths[f"int8 {graph}"] = f"{prefix}_{graph}_int8.onnx"
         quantize_dynamic(paths[f"fp32 {graph}"], paths[f"int8 {graph}"],
                          weight_type=QuantType.QInt8)
     return paths
+
+
+def _check_same_outputs(plain, fused, pad_token_id):
+    """The fused graph gives the plain graph's logits (up to float rounding) on a padded batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    ids, tt = _inputs(4)
+    for row, keep in enumerate((SEQ_LEN, 100, 17)):
+        ids[row + 1, keep:] = pad_token_id
+    out = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids, "token_type_ids": tt})[0] for p in (plain, fused)]
+    err = np.abs(out[0] - out[1]).max()
+    if not err <= 1e-3 * max(1.0, np.abs(out[0]).max()):
+        raise RuntimeError(f"{fused}: logits differ from the plain graph's by {err:.3g}")
 
 
 def prepare(shape, workdir, trained):
@@ -180,7 +205,7 @@ def prepare(shape, workdir, trained):
     fp.eval(), bi.eval()
     d = os.path.join(workdir, shape)
     fp.save_pretrained(os.path.join(d, "paddle"))
-    onnx = export_onnx(fp, os.path.join(d, "model"), shape)
+    onnx = export_onnx(fp, os.path.join(d, "model"), shape, bool(trained))
     packed = os.path.join(d, "model.bibert")
     export_packed(bi, packed, tokenizer=tok, **text)
     files = {"paddle fp32": ("paddle", {"": os.path.join(d, "paddle")}),
