@@ -392,17 +392,29 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for res in results:
-        shown = [k for k in res["rows"] if k in res["accuracy"]]  # trained rows only
-        for i, k in enumerate(shown):
+        points = []
+        for k in (k for k in res["rows"] if k in res["accuracy"]):  # trained rows only
             r = res["rows"][k]
-            ms = r["runs"][r["best"]["1"]]["latency_ms"]["1"]
-            ax.scatter(ms, res["accuracy"][k], s=8 * r["mib"], alpha=0.6)
-            ax.annotate(f"{k}\n{r['mib']:.1f} MiB", (ms, res["accuracy"][k]), fontsize=7,
-                        xytext=(6, -4 - 14 * (i % 2)), textcoords="offset points")
+            points.append((r["runs"][r["best"]["1"]]["latency_ms"]["1"], res["accuracy"][k],
+                           r["mib"], k))
+        for i, (ms, acc, mib, k) in enumerate(sorted(points)):
+            ax.scatter(ms, acc, s=8 * mib, alpha=0.6)
+            # labels above and below in turn, clear of the marker: neighbours in latency differ
+            up = i % 2 == 0
+            gap = (8 * mib) ** 0.5 / 2 + 3
+            ax.annotate(f"{k}\n{mib:.1f} MiB", (ms, acc), fontsize=7, ha="center",
+                        va="bottom" if up else "top", xytext=(0, gap if up else -gap),
+                        textcoords="offset points")
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.3)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_xlim()
+    ax.set_xticks([t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500) if lo <= t <= hi])
     ax.set_xlabel("latency at batch 1, seq_len 128 (ms, log scale)")
     ax.set_ylabel("dev accuracy (Rotten Tomatoes)")
     ax.set_title("MiniLM on CPU: accuracy vs latency (marker area ~ file size)", fontsize=9)
