@@ -10,8 +10,9 @@ attention is one ``com.microsoft.Attention`` node, which ``quantize_dynamic`` tu
 projections to the context's reshape, as that node: the Q, K and V weights side by side, the
 score scale read off the graph, the key mask ``input_ids != pad``.
 
-Only the pattern Paddle writes is matched (anything else is a ``ValueError``); the caller checks
-the fused graph's outputs against the plain graph's.
+Only the pattern Paddle writes is matched: each head split and merge, transpose, softmax axis and
+mask is checked, and anything else is a ``ValueError``. The caller also compares the fused
+graph's outputs with the unfused graph's.
 """
 
 import numpy as np
@@ -22,21 +23,15 @@ MASK = "attention_key_mask"  # [B, L] int32: 1 for a real token, 0 for padding
 
 
 def fuse_attention(src: str, dst: str, num_heads: int, pad_token_id: int,
-                   ids_input: str = "input_ids") -> int:
-    """Write ``src`` with every attention block as one Attention node to ``dst``; return the
-    number of blocks fused."""
+                   ids_input: str = "input_ids") -> list:
+    """Write ``src`` with every attention block as one Attention node to ``dst``; return, per
+    block, the name of its output in ``src`` and in ``dst``."""
     model = onnx.load(src)
     graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    made = {o: n for n in graph.node for o in n.output}
-    users = {}
-    for n in graph.node:
-        for x in n.input:
-            users.setdefault(x, []).append(n)
-
+    g = _Graph(graph, num_heads, (ids_input, pad_token_id))
     fused, new_inits, rename = {}, [], {}
     for k, softmax in enumerate(n for n in graph.node if n.op_type == "Softmax"):
-        block = _attention_block(softmax, made, users, consts, (ids_input, pad_token_id))
+        block = g.attention_block(softmax)
         w = np.concatenate([block["q"][1], block["k"][1], block["v"][1]], axis=1)
         b = np.concatenate([block["q"][2], block["k"][2], block["v"][2]])
         names = (f"attention_{k}_qkv_weight", f"attention_{k}_qkv_bias")
@@ -44,16 +39,18 @@ def fuse_attention(src: str, dst: str, num_heads: int, pad_token_id: int,
                       numpy_helper.from_array(b.astype(np.float32), names[1])]
         out = f"attention_{k}_output"
         # where the context's reshape was: every input of the new node is made by then
-        fused[block["end"].output[0]] = helper.make_node(
+        fused[block["end"]] = helper.make_node(
             "Attention", [block["x"], *names, MASK], [out], name=f"Attention_{k}",
             domain="com.microsoft", num_heads=num_heads, scale=block["scale"],
             mask_filter_value=block["mask_value"])
-        rename[block["end"].output[0]] = out
+        rename[block["end"]] = out
         # its type, which ONNX's shape inference cannot give a com.microsoft node (and
         # quantize_dynamic needs for the products after it)
         graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
     if not fused:
         raise ValueError(f"{src}: no attention block (Softmax) found")
+    if any(o.name in rename for o in graph.output):
+        raise ValueError(f"{src}: an attention block's output is a graph output")
 
     nodes = [helper.make_node("Equal", [ids_input, "attention_pad_id"], ["attention_is_pad"]),
              helper.make_node("Not", ["attention_is_pad"], ["attention_not_pad"]),
@@ -70,10 +67,14 @@ def fuse_attention(src: str, dst: str, num_heads: int, pad_token_id: int,
     inits = [i for i in list(graph.initializer) + new_inits if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(inits)
+    made = {o for n in nodes for o in n.output}
+    infos = [v for v in graph.value_info if v.name in made]  # none for tensors dropped
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, dst)
-    return len(fused)
+    return list(rename.items())
 
 
 def _live(nodes, outputs):
@@ -86,76 +87,130 @@ def _live(nodes, outputs):
     return live[::-1]
 
 
-def _attention_block(softmax, made, users, consts, pad):
-    """One attention block around ``softmax``: its input x, each projection's (x, weight, bias),
-    the score scale, the mask's fill value and the node whose output is the block's."""
-    where = f"attention block at {softmax.name or softmax.output[0]}"
+def _net_perm(perms):
+    """The permutation of axes that Transposes applied in order give."""
+    axes = list(range(4))
+    for p in perms:
+        axes = [axes[i] for i in p]
+    return tuple(axes)
 
-    def one(name, op):
-        node = made.get(name)
+
+class _Graph:
+    """Look-ups over one graph, and the match of one attention block in it."""
+
+    def __init__(self, graph, num_heads, pad):
+        self.consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.made = {o: n for n in graph.node for o in n.output}
+        self.users = {}
+        for n in graph.node:
+            for x in n.input:
+                self.users.setdefault(x, []).append(n)
+        self.num_heads, self.pad = num_heads, pad
+        self.where = ""
+
+    def fail(self, what):
+        raise ValueError(f"attention block at {self.where}: {what}")
+
+    def one(self, name, op):
+        """The node making ``name``, which must be an ``op``."""
+        node = self.made.get(name)
         if node is None or node.op_type != op:
-            raise ValueError(f"{where}: expected {op} making {name}, found "
-                             f"{node.op_type if node else 'a graph input'}")
+            self.fail(f"expected {op} making {name}, found "
+                      f"{node.op_type if node else 'no node (a graph input or constant)'}")
         return node
 
-    def scalar(name):
-        v = consts.get(name)
-        return float(v) if v is not None and v.size == 1 else None
-
-    def user(name, op):
-        found = [n for n in users.get(name, []) if n.op_type == op]
-        if len(found) != 1:
-            raise ValueError(f"{where}: expected one {op} reading {name}")
+    def user(self, name, op, slot):
+        """The one ``op`` reading ``name`` as its input ``slot``."""
+        found = [n for n in self.users.get(name, []) if n.op_type == op]
+        if len(found) != 1 or found[0].input[slot] != name:
+            self.fail(f"expected one {op} reading {name} as its input {slot}")
         return found[0]
 
-    def projection(name):
-        """Back from a head-split operand to MatMul(x, W) + b, through Transpose/Reshape and
-        scalar Mul/Add (the scale Paddle puts on the queries): (x, W, b), scale."""
-        scale, node = 1.0, made.get(name)
-        while node is not None and node.op_type in ("Transpose", "Reshape", "Mul", "Add"):
-            s = scalar(node.input[1]) if node.op_type in ("Mul", "Add") else None
-            if node.op_type == "Mul":
-                if s is None:
-                    raise ValueError(f"{where}: a product of tensors on the way to {name}")
+    def const(self, name):
+        v = self.consts.get(name)
+        if v is None:
+            self.fail(f"{name} is not a constant")
+        return v
+
+    def scalar(self, name):
+        v = self.consts.get(name)
+        return float(v.ravel()[0]) if v is not None and v.size == 1 else None
+
+    def attention_block(self, softmax):
+        """The block around ``softmax``: its input x, each projection's (x, weight, bias), the
+        score scale, the mask's fill value, and the name of the block's output."""
+        self.where = softmax.name or softmax.output[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in softmax.attribute}
+        if attrs.get("axis", -1) not in (-1, 3):
+            self.fail(f"softmax over axis {attrs['axis']}, not the keys'")
+        add = self.one(softmax.input[0], "Add")
+        scores = self.one(add.input[0], "MatMul")
+        q, q_scale = self.projection(scores.input[0], (0, 2, 1, 3))
+        k, k_scale = self.projection(scores.input[1], (0, 2, 3, 1))
+        context = self.user(softmax.output[0], "MatMul", 0)
+        v, v_scale = self.projection(context.input[1], (0, 2, 1, 3))
+        if not q[0] == k[0] == v[0]:
+            self.fail("Q, K and V read different inputs")
+        if v_scale != 1.0:
+            self.fail(f"values scaled by {v_scale}")
+        merge = self.user(context.output[0], "Transpose", 0)
+        if _net_perm([_perm(merge)]) != (0, 2, 1, 3):
+            self.fail(f"heads merged through perm {_perm(merge)}")
+        end = self.user(merge.output[0], "Reshape", 0)
+        hidden = q[1].shape[1]
+        if list(self.const(end.input[1])[2:]) != [hidden] and \
+                list(self.const(end.input[1])) != [0, 0, hidden]:
+            self.fail(f"heads merged to shape {list(self.const(end.input[1]))}")
+        return {"x": q[0], "q": q, "k": k, "v": v, "scale": q_scale * k_scale,
+                "mask_value": self.mask_value(add.input[1]), "end": end.output[0]}
+
+    def projection(self, name, perm):
+        """Back from a head-split operand to MatMul(x, W) + b, through Reshape [B, L, heads,
+        head size], Transposes whose net permutation must be ``perm``, and scalar Mul/Add (the
+        scale Paddle puts on the queries): (x, W, b), scale."""
+        scale, perms, node = 1.0, [], self.made.get(name)
+        while node is not None and node.op_type in ("Transpose", "Mul", "Add"):
+            s = self.scalar(node.input[1]) if node.op_type != "Transpose" else None
+            if node.op_type == "Transpose":
+                perms.append(_perm(node))
+            elif node.op_type == "Mul" and s is not None:
                 scale *= s
-            elif node.op_type == "Add" and s is not None:
-                if s != 0.0:
-                    raise ValueError(f"{where}: a scores offset of {s}")
-            elif node.op_type == "Add":  # the projection's bias
-                mm = one(node.input[0], "MatMul")
-                if mm.input[1] not in consts or node.input[1] not in consts:
-                    raise ValueError(f"{where}: a projection without constant weights")
-                return (mm.input[0], consts[mm.input[1]], consts[node.input[1]]), scale
-            node = made.get(node.input[0])
-        raise ValueError(f"{where}: no MatMul + bias behind {name}")
+            elif node.op_type == "Add" and s == 0.0:
+                pass
+            else:
+                self.fail(f"{node.op_type} of {node.input[1]} on the way to {name}")
+            node = self.made.get(node.input[0])
+        if node is None or node.op_type != "Reshape":
+            self.fail(f"no head split (Reshape) behind {name}")
+        if _net_perm(perms[::-1]) != perm:
+            self.fail(f"transposes {perms[::-1]} to {name}, not {perm}")
+        split = [int(d) for d in self.const(node.input[1])]
+        bias_add = self.one(node.input[0], "Add")
+        mm = self.one(bias_add.input[0], "MatMul")
+        w, b = self.const(mm.input[1]), self.const(bias_add.input[1])
+        heads = self.num_heads
+        if w.ndim != 2 or b.shape != (w.shape[1],) or w.shape[1] % heads or \
+                split[2:] != [heads, w.shape[1] // heads]:
+            self.fail(f"heads split to {split} for {heads} heads of a {w.shape} projection")
+        return (mm.input[0], w, b), scale
 
-    add = one(softmax.input[0], "Add")
-    scores = one(add.input[0], "MatMul")
-    q, q_scale = projection(scores.input[0])
-    k, k_scale = projection(scores.input[1])
-    context = user(softmax.output[0], "MatMul")
-    v, v_scale = projection(context.input[1])
-    if not q[0] == k[0] == v[0]:
-        raise ValueError(f"{where}: Q, K and V read different inputs")
-    if v_scale != 1.0:
-        raise ValueError(f"{where}: values scaled by {v_scale}")
-    end = user(user(context.output[0], "Transpose").output[0], "Reshape")
-    return {"x": q[0], "q": q, "k": k, "v": v, "scale": q_scale * k_scale,
-            "mask_value": _mask_value(add.input[1], made, consts, pad, where), "end": end}
+    def mask_value(self, name):
+        """The additive mask Paddle builds, unsqueeze(cast(input_ids == pad) * m + 0, [1, 2]): m."""
+        unsq = self.one(name, "Unsqueeze")
+        if [int(a) for a in self.const(unsq.input[1])] != [1, 2]:
+            self.fail("the mask is not spread over heads and queries (Unsqueeze axes 1, 2)")
+        add = self.one(unsq.input[0], "Add")
+        if np.any(self.const(add.input[1]) != 0):
+            self.fail("the mask has an offset")
+        mul = self.one(add.input[0], "Mul")
+        m = self.const(mul.input[1])
+        equal = self.one(self.one(mul.input[0], "Cast").input[0], "Equal")
+        pad = self.consts.get(equal.input[1])
+        if m.size != 1 or equal.input[0] != self.pad[0] or pad is None or pad.size != 1 or \
+                int(pad) != self.pad[1]:
+            self.fail(f"the scores' mask is not cast({self.pad[0]} == {self.pad[1]}) * m")
+        return float(m.ravel()[0])
 
 
-def _mask_value(name, made, consts, pad, where):
-    """The additive mask Paddle builds, unsqueeze(cast(input_ids == pad) * m + 0): m."""
-    node = made.get(name)
-    while node is not None and node.op_type in ("Unsqueeze", "Add", "Cast"):
-        if node.op_type == "Add" and float(consts.get(node.input[1], np.ones(1)).ravel()[0]):
-            break
-        node = made.get(node.input[0])
-    m = consts.get(node.input[1]) if node is not None and node.op_type == "Mul" else None
-    cast = made.get(node.input[0]) if m is not None else None
-    equal = made.get(cast.input[0]) if cast is not None and cast.op_type == "Cast" else None
-    v = consts.get(equal.input[1]) if equal is not None and equal.op_type == "Equal" else None
-    if (m is None or m.size != 1 or v is None or v.size != 1 or equal.input[0] != pad[0]
-            or int(v) != pad[1]):
-        raise ValueError(f"{where}: the scores' mask is not cast({pad[0]} == {pad[1]}) * m")
-    return float(m.ravel()[0])
+def _perm(node):
+    return tuple(helper.get_attribute_value(a) for a in node.attribute if a.name == "perm")[0]
