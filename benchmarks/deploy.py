@@ -5,7 +5,8 @@ same inputs.
 For each shape (MiniLM-L6-H384, the main job's model, and BERT-base) at seq_len 128 and
 batch 1 and 32:
 
-* the full-precision model is saved by Paddle (``save_pretrained``), exported to ONNX
+* the full-precision model is saved by Paddle (``save_pretrained`` for the dynamic graph, and
+  ``paddle.jit.save`` for Paddle Inference, run with oneDNN and without), exported to ONNX
   (``paddle.onnx.export``), also with ONNX Runtime's BERT fusions
   (``onnxruntime.transformers.optimizer``, ``opt_level=0``) and its fused attention (which that
   optimizer does not find in Paddle's export: ``onnx_attention.py``), and each graph quantized
@@ -13,15 +14,16 @@ batch 1 and 32:
   becomes QAttention);
 * its binarized twin is written as a packed ``.bibert`` file with its vocabulary;
 * every backend runs in processes of its own, once per setting (threads 1 and 2; Paddle also
-  with MKL's other code path; ONNX Runtime with the plain and the fused graph), and is scored
-  at its best setting per batch size: median latency (after half a second of untimed calls),
-  throughput, peak RSS of the process;
+  with MKL's other code path, and dynamic graph or Paddle Inference; ONNX Runtime with the plain
+  and the fused graph), and is scored at its best setting per batch size: median latency (after
+  half a second of untimed calls), throughput, peak RSS of the process;
 * then, since a shared host drifts over the minutes one pass takes, each backend's best batch-1
   setting is timed again in ``--rounds`` interleaved rounds (a process per backend per round,
   the order rotated), and the batch-1 ratios are given per round;
 * with ``--trained DIR`` (a quickstart output folder: ``teacher/best_model``,
   ``student/best_model``) the MiniLM row uses those trained models and adds each one's dev
-  accuracy on Rotten Tomatoes: the teacher through Paddle, ONNX Runtime FP32 and INT8, the
+  accuracy on Rotten Tomatoes: the teacher through Paddle (its dynamic graph), ONNX Runtime
+  FP32 and INT8, the
   binarized student through the packed runtime (text in, the file's own tokenizer).
 
 Random weights for BERT-base (speed does not depend on them). Needs the ``deploy`` extra
@@ -56,8 +58,11 @@ ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2", "popcnt": "POPCNT"}
 THREADS = ("1", "2")
 
 
-def settings(kind, isa=None):
-    """{setting name: (environment, worker arguments)} of one backend."""
+def settings(kind, isa=None, graph=""):
+    """{setting name: (environment, worker arguments)} of one backend's graph."""
+    if kind == "paddle" and graph == "inference":  # Paddle Inference, with oneDNN and without
+        return {f"{name}, oneDNN {on}": (env, ["--onednn", on])
+                for name, env in PADDLE_SETTINGS.items() for on in ("on", "off")}
     if kind == "paddle":
         return {name: (env, []) for name, env in PADDLE_SETTINGS.items()}
     if kind == "ort":
@@ -77,7 +82,9 @@ def _inputs(b):
 
 def worker(args):
     """Time one backend on one file; print a JSON line (latency per batch, peak RSS)."""
-    if args.worker == "paddle":
+    if args.worker == "paddle" and args.onednn:
+        run = _paddle_inference(args.path, int(os.environ["OMP_NUM_THREADS"]), args.onednn == "on")
+    elif args.worker == "paddle":
         import paddle
         from paddlenlp.transformers import BertForSequenceClassification
 
@@ -116,6 +123,28 @@ def worker(args):
     print(json.dumps(out))
 
 
+def _paddle_inference(prefix, threads, onednn):
+    """A Paddle Inference predictor of ``prefix`` (``paddle.jit.save``) as run(ids, tt)."""
+    import paddle.inference as pi
+
+    config = pi.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads)
+    config.enable_mkldnn() if onednn else config.disable_mkldnn()
+    config.switch_ir_optim(True)
+    config.disable_glog_info()
+    predictor = pi.create_predictor(config)
+    inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
+    output = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run(ids, tt):
+        for handle, x in zip(inputs, (ids, tt)):
+            handle.copy_from_cpu(x)
+        predictor.run()
+        return output.copy_to_cpu()
+    return run
+
+
 def run_worker(kind, path, env, extra, quick, batches=BATCHES):
     full = {k: v for k, v in os.environ.items()
             if k not in ("MKL_DEBUG_CPU_TYPE", "BIBERT_NUM_THREADS", "BIBERT_ISA")}
@@ -130,6 +159,17 @@ def run_worker(kind, path, env, extra, quick, batches=BATCHES):
 
 
 # ------------------------------------------------------------------------------ files
+
+def save_inference(model, prefix):
+    """The static graph Paddle Inference runs (``paddle.jit.save``: prefix.json, .pdiparams)."""
+    import copy
+
+    import paddle
+
+    spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+            paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
+    paddle.jit.save(paddle.jit.to_static(copy.deepcopy(model), input_spec=spec), prefix)
+
 
 def export_onnx(model, prefix, shape, trained):
     """``prefix.onnx`` (plain), ``prefix_fused.onnx`` (ONNX Runtime's BERT fusions and its
@@ -216,10 +256,12 @@ def prepare(shape, workdir, trained):
     fp.eval(), bi.eval()
     d = os.path.join(workdir, shape)
     fp.save_pretrained(os.path.join(d, "paddle"))
+    save_inference(fp, os.path.join(d, "inference", "model"))
     onnx = export_onnx(fp, os.path.join(d, "model"), shape, bool(trained))
     packed = os.path.join(d, "model.bibert")
     export_packed(bi, packed, tokenizer=tok, **text)
-    files = {"paddle fp32": ("paddle", {"": os.path.join(d, "paddle")}),
+    files = {"paddle fp32": ("paddle", {"": os.path.join(d, "paddle"),
+                                        "inference": os.path.join(d, "inference", "model")}),
              "onnxruntime fp32": ("ort", {g: p for g, p in onnx.items() if g.startswith("fp32")}),
              "onnxruntime int8": ("ort", {g: p for g, p in onnx.items() if g.startswith("int8")})}
     isas = runnable_isas()
@@ -309,7 +351,7 @@ def run_shape(shape, workdir, trained, quick, rounds, log):
         isa = backend.split(",")[0].split()[-1] if kind == "packed" else None
         runs, how = {}, {}
         for graph, path in graphs.items():
-            for name, (env, extra) in settings(kind, isa).items():
+            for name, (env, extra) in settings(kind, isa, graph).items():
                 key = f"{graph} {name}".strip()
                 how[key] = (kind, path, env, extra)
                 runs[key] = run_worker(kind, path, env, extra, quick)
@@ -455,6 +497,7 @@ def main():
     ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="2", help=argparse.SUPPRESS)
+    ap.add_argument("--onednn", choices=["on", "off"], help=argparse.SUPPRESS)
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

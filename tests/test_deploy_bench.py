@@ -98,3 +98,31 @@ def test_packed_rows_are_the_kernel_sets_this_cpu_runs(monkeypatch):
     with pytest.raises(SystemExit) as e:
         bench.runnable_isas()
     assert "C kernels are not built" in str(e.value)
+
+
+def test_paddle_inference_settings_and_predictor_give_the_models_logits(tmp_path):
+    """Paddle's row also runs Paddle Inference (paddle.jit.save), with oneDNN and without, at
+    each Paddle setting; its predictor gives the dynamic graph's logits."""
+    import paddle
+    from paddlenlp.transformers import BertForSequenceClassification
+
+    from test_surgery import tiny_bert_config
+
+    bench = _bench()
+    runs = bench.settings("paddle", graph="inference")
+    assert len(runs) == 2 * len(bench.PADDLE_SETTINGS)
+    assert {tuple(extra) for _, extra in runs.values()} == {("--onednn", "on"), ("--onednn", "off")}
+    assert {env["OMP_NUM_THREADS"] for env, _ in runs.values()} == {"1", "2"}
+
+    paddle.seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())  # Paddle's own small init
+    model.eval()
+    ids = np.array([[2, 17, 33, 9, 41, 0], [5, 6, 7, 8, 9, 10]])
+    tt = np.zeros_like(ids)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(tt)).numpy()
+    bench.save_inference(model, str(tmp_path / "inference" / "model"))
+    for onednn in (True, False):
+        got = bench._paddle_inference(str(tmp_path / "inference" / "model"), 1, onednn)(ids, tt)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert np.ptp(want) > 0
