@@ -454,14 +454,12 @@ def plot(results, path):
             r = res["rows"][k]
             points.append((r["runs"][r["best"]["1"]]["latency_ms"]["1"], res["accuracy"][k],
                            r["mib"], k))
-        for i, (ms, acc, mib, k) in enumerate(sorted(points)):
-            ax.scatter(ms, acc, s=8 * mib, alpha=0.6)
-            # labels above and below in turn, clear of the marker: neighbours in latency differ
-            up = i % 2 == 0
-            gap = (8 * mib) ** 0.5 / 2 + 3
-            ax.annotate(f"{k}\n{mib:.1f} MiB", (ms, acc), fontsize=7, ha="center",
-                        va="bottom" if up else "top", xytext=(0, gap if up else -gap),
-                        textcoords="offset points")
+        for ms, acc, mib, k in sorted(points):
+            ax.scatter(ms, acc, s=8 * mib, alpha=0.6, label=f"{k}: {ms:.1f} ms, {mib:.1f} MiB")
+    # a legend, not labels by the markers: the FP32 and INT8 ones sit close together
+    legend = ax.legend(fontsize=7, loc="upper left")
+    for handle in legend.legend_handles:
+        handle.set_sizes([30])
     ax.set_xscale("log")
     ax.margins(x=0.15, y=0.3)
     ax.xaxis.set_major_formatter(ScalarFormatter())
