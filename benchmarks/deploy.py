@@ -160,15 +160,21 @@ def run_worker(kind, path, env, extra, quick, batches=BATCHES):
 
 # ------------------------------------------------------------------------------ files
 
+def _input_spec():
+    """Both exports' inputs: token ids and token types, [batch, length] of any size."""
+    import paddle
+
+    return [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+            paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
+
+
 def save_inference(model, prefix):
     """The static graph Paddle Inference runs (``paddle.jit.save``: prefix.json, .pdiparams)."""
     import copy
 
     import paddle
 
-    spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
-            paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
-    paddle.jit.save(paddle.jit.to_static(copy.deepcopy(model), input_spec=spec), prefix)
+    paddle.jit.save(paddle.jit.to_static(copy.deepcopy(model), input_spec=_input_spec()), prefix)
 
 
 def export_onnx(model, prefix, shape, trained):
@@ -179,9 +185,7 @@ def export_onnx(model, prefix, shape, trained):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
-    spec = [paddle.static.InputSpec([None, None], "int64", "input_ids"),
-            paddle.static.InputSpec([None, None], "int64", "token_type_ids")]
-    paddle.onnx.export(model, prefix, input_spec=spec, opset_version=14)
+    paddle.onnx.export(model, prefix, input_spec=_input_spec(), opset_version=14)
     heads = SHAPES[shape]["num_attention_heads"]
     # opt_level 0: the Python fusions only (level 1+ asks for torch); the session optimizes more
     fused = optimize_model(prefix + ".onnx", model_type="bert", num_heads=heads,
