@@ -2,8 +2,8 @@
 the packed 1-bit runtime (AVX-512, AVX2 and plain POPCNT kernels, those the CPU runs), on the
 same inputs.
 
-For each shape (MiniLM-L6-H384, the main job's model, and BERT-base) at seq_len 128 and
-batch 1 and 32:
+For each shape (MiniLM-L6-H384, the main job's model, and BERT-base) at batch 1 and 32, at
+seq_len 128 (``--seq_len``: a shorter one, as most sentences are, shows what fixed costs do):
 
 * the full-precision model is saved by Paddle (``save_pretrained`` for the dynamic graph, and
   ``paddle.jit.save`` for Paddle Inference, run with oneDNN and without), exported to ONNX
@@ -53,6 +53,7 @@ sys.path.insert(0, HERE)
 from packed import PADDLE_SETTINGS, SHAPES, _median_ms, _rss_mib, random_model  # noqa: E402
 
 SEQ_LEN, BATCHES, VOCAB = 128, (1, 32), 30522
+MAX_SEQ_LEN = 512  # the position embeddings of both shapes
 ISAS = ("avx512", "avx2", "popcnt")  # the runtime's x86 kernel sets, fastest first
 ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2", "popcnt": "POPCNT"}
 THREADS = ("1", "2")
@@ -73,10 +74,10 @@ def settings(kind, isa=None, graph=""):
 
 # ------------------------------------------------------------------------------ workers
 
-def _inputs(b):
+def _inputs(b, seq_len):
     import numpy as np
 
-    ids = np.random.default_rng(b).integers(1, VOCAB, (b, SEQ_LEN))
+    ids = np.random.default_rng(b).integers(1, VOCAB, (b, seq_len))
     return ids, np.zeros_like(ids)
 
 
@@ -113,7 +114,7 @@ def worker(args):
             return model(ids, tt)
     out = {"latency_ms": {}}
     for b in (int(x) for x in args.batches.split(",")):
-        ids, tt = _inputs(b)
+        ids, tt = _inputs(b, args.seq_len)
         out["latency_ms"][b] = _median_ms(lambda: run(ids, tt), *(
             (3, 1) if args.quick else (20, 10) if b == 1 else (3, 20)))[0]
     out["rss_mib"] = _rss_mib()
@@ -177,7 +178,7 @@ def save_inference(model, prefix):
     paddle.jit.save(paddle.jit.to_static(copy.deepcopy(model), input_spec=_input_spec()), prefix)
 
 
-def export_onnx(model, prefix, shape, trained):
+def export_onnx(model, prefix, shape, trained, seq_len):
     """``prefix.onnx`` (plain), ``prefix_fused.onnx`` (ONNX Runtime's BERT fusions and its
     fused attention) and the dynamic-INT8 version of each; returns {name: path}."""
     import paddle
@@ -197,7 +198,7 @@ def export_onnx(model, prefix, shape, trained):
     if len(blocks) != SHAPES[shape]["num_hidden_layers"]:
         raise RuntimeError(f"{prefix}_fused.onnx: not every layer's attention was fused")
     _check_fused_attention(prefix + "_unfused_attention.onnx", prefix + "_fused.onnx", blocks[0],
-                           pad, logits=trained)
+                           pad, trained, seq_len)
     os.remove(prefix + "_unfused_attention.onnx")
     paths = {"fp32 plain": prefix + ".onnx", "fp32 fused": prefix + "_fused.onnx"}
     for graph in ("plain", "fused"):
@@ -207,7 +208,7 @@ def export_onnx(model, prefix, shape, trained):
     return paths
 
 
-def _check_fused_attention(before, after, first_block, pad_token_id, logits):
+def _check_fused_attention(before, after, first_block, pad_token_id, logits, seq_len):
     """The graph with its attention fused gives the first block's output of the graph before (up
     to float rounding) on a padded batch; with ``logits`` (trained weights) the logits too: with
     random weights this large, float rounding turns into different logits over the layers."""
@@ -216,8 +217,8 @@ def _check_fused_attention(before, after, first_block, pad_token_id, logits):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    ids, tt = _inputs(4)
-    for row, keep in enumerate((SEQ_LEN, 100, 17)):
+    ids, tt = _inputs(4, seq_len)
+    for row, keep in enumerate((seq_len, max(2, seq_len * 3 // 4), max(2, seq_len // 8))):
         ids[row + 1, keep:] = pad_token_id
     outs = []
     for path, block in zip((before, after), first_block):
@@ -232,7 +233,7 @@ def _check_fused_attention(before, after, first_block, pad_token_id, logits):
             raise RuntimeError(f"{after}: {what} from the unfused graph's by {err:.3g}")
 
 
-def prepare(shape, workdir, trained):
+def prepare(shape, workdir, trained, seq_len):
     """Every backend's file for one shape: {backend: (kind, {graph: path})}, file sizes, and the
     models (for the accuracy pass)."""
     from paddle_bibert import BinarizeConfig, binarize_model, export_packed, load_binarized
@@ -250,18 +251,20 @@ def prepare(shape, workdir, trained):
         # the length the models were trained with (the quickstart's default before task files)
         length = read_task_file(os.path.join(trained, "student", "best_model")).get(
             "max_seq_length", 64)
-        # the file takes the timed length; the accuracy pass cuts inputs to the trained one
-        text = dict(task="movie-reviews", labels=["negative", "positive"], max_seq_length=SEQ_LEN)
+        # the file takes the longer of the timed and the trained length; the accuracy pass
+        # cuts inputs to the trained one
+        text = dict(task="movie-reviews", labels=["negative", "positive"],
+                    max_seq_length=max(seq_len, length))
     else:
-        length = SEQ_LEN
+        length = seq_len
         fp, bi = random_model(shape), random_model(shape)
         binarize_model(bi, BinarizeConfig.from_recipe("bibert"))
-        text = dict(task="sst-2", max_seq_length=SEQ_LEN)
+        text = dict(task="sst-2", max_seq_length=seq_len)
     fp.eval(), bi.eval()
     d = os.path.join(workdir, shape)
     fp.save_pretrained(os.path.join(d, "paddle"))
     save_inference(fp, os.path.join(d, "inference", "model"))
-    onnx = export_onnx(fp, os.path.join(d, "model"), shape, bool(trained))
+    onnx = export_onnx(fp, os.path.join(d, "model"), shape, bool(trained), seq_len)
     packed = os.path.join(d, "model.bibert")
     export_packed(bi, packed, tokenizer=tok, **text)
     files = {"paddle fp32": ("paddle", {"": os.path.join(d, "paddle"),
@@ -346,16 +349,17 @@ def accuracy(models, chosen):
 
 # ------------------------------------------------------------------------------ report
 
-def run_shape(shape, workdir, trained, quick, rounds, log):
+def run_shape(shape, workdir, trained, quick, rounds, log, seq_len=SEQ_LEN):
     t0 = time.time()
     trained = trained if shape == "minilm" else None  # the main job trains MiniLM
-    files, models = prepare(shape, workdir, trained)
+    files, models = prepare(shape, workdir, trained, seq_len)
     rows = {}
     for backend, (kind, graphs) in files.items():
         isa = backend.split(",")[0].split()[-1] if kind == "packed" else None
         runs, how = {}, {}
         for graph, path in graphs.items():
             for name, (env, extra) in settings(kind, isa, graph).items():
+                extra = [*extra, "--seq_len", str(seq_len)]  # (the rounds reuse it from how)
                 key = f"{graph} {name}".strip()
                 how[key] = (kind, path, env, extra)
                 runs[key] = run_worker(kind, path, env, extra, quick)
@@ -369,7 +373,7 @@ def run_shape(shape, workdir, trained, quick, rounds, log):
     interleaved_rounds(rows, rounds, quick, lambda m: log(f"  {shape} {m}"))
     chosen = {k: r["graph"] for k, r in rows.items()}
     acc, n = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0))
-    return {"shape": shape, "rows": rows, "accuracy": acc, "n_dev": n,
+    return {"shape": shape, "seq_len": seq_len, "rows": rows, "accuracy": acc, "n_dev": n,
             "seconds": time.time() - t0}
 
 
@@ -410,7 +414,7 @@ def table(res):
            for k, r in rows.items()}
     head = ("| backend (best setting at batch 1) | file MiB | batch 1 ms | batch 32 ms | "
             "batch 32 seq/s | peak RSS MiB |" + (" dev acc |" if res["accuracy"] else ""))
-    out = [f"**{res['shape']}**, seq_len {SEQ_LEN}" + (
+    out = [f"**{res['shape']}**, seq_len {res.get('seq_len', SEQ_LEN)}" + (
         f"; dev accuracy on Rotten Tomatoes ({res['n_dev']} sentences): the trained teacher for "
         "Paddle and ONNX Runtime, the trained binarized student (BiT's recipe, the main job's) "
         "for the packed runtime; the BiBERT-recipe row is the teacher binarized with BiBERT's "
@@ -470,7 +474,7 @@ def plot(results, path):
     ax.xaxis.set_minor_formatter(NullFormatter())
     lo, hi = ax.get_xlim()
     ax.set_xticks([t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500) if lo <= t <= hi])
-    ax.set_xlabel("latency at batch 1, seq_len 128 (ms, log scale)")
+    ax.set_xlabel(f"latency at batch 1, seq_len {results[0].get('seq_len', SEQ_LEN)} (ms, log scale)")
     ax.set_ylabel("dev accuracy (Rotten Tomatoes)")
     ax.set_title("MiniLM on CPU: accuracy vs latency (marker area ~ file size)", fontsize=9)
     fig.tight_layout()
@@ -494,6 +498,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="3 repeats: a smoke run, not a figure")
     ap.add_argument("--rounds", type=int, default=5,
                     help="interleaved rounds of the batch-1 comparison after the settings pass")
+    ap.add_argument("--seq_len", type=int, default=SEQ_LEN,
+                    help="tokens a sequence, every backend (the targets' comparison is at 128)")
     ap.add_argument("--json", help="also write the raw results (every setting of every backend)")
     ap.add_argument("--from_json", help="print the report (and --plot) of a run saved by --json")
     ap.add_argument("--worker", choices=["paddle", "ort", "packed"], help=argparse.SUPPRESS)
@@ -506,6 +512,9 @@ def main():
         return worker(args)
     if args.rounds < 0:
         sys.exit(f"error: --rounds must be >= 0, got {args.rounds}")
+    if not 2 <= args.seq_len <= MAX_SEQ_LEN:
+        sys.exit(f"error: --seq_len must be in [2, {MAX_SEQ_LEN}] (BERT's positions), "
+                 f"got {args.seq_len}")
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
@@ -526,7 +535,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bibert-deploy-")
     try:
         results = [run_shape(s, workdir, args.trained, args.quick, args.rounds,
-                             lambda m: print(m, flush=True))
+                             lambda m: print(m, flush=True), args.seq_len)
                    for s in args.shapes]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -64,6 +64,38 @@ def test_bad_rounds_is_one_line(value, monkeypatch, capsys):
     assert "--rounds must be >= 0" in str(e.value)
 
 
+@pytest.mark.parametrize("value", ["1", "513"])
+def test_bad_seq_len_is_one_line(value, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(sys, "argv", ["deploy.py", "--seq_len", value])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert str(e.value) == f"error: --seq_len must be in [2, 512] (BERT's positions), got {value}"
+
+
+def test_every_timed_process_gets_the_sequence_length(monkeypatch):
+    """--seq_len reaches each worker of the settings pass and of the interleaved rounds, the
+    worker's inputs have that length, and the report's header says it."""
+    bench = _bench()
+    files = {k: ("ort", {f"{k.split()[-1]} plain": f"/files/{k}"}) if "onnx" in k else
+             ("packed" if "packed" in k else "paddle", {"": f"/files/{k}"}) for k in NAMES}
+    monkeypatch.setattr(bench, "prepare", lambda shape, workdir, trained, seq_len: (files, {}))
+    calls = []
+
+    def fake_worker(kind, path, env, extra, quick, batches=bench.BATCHES):
+        calls.append(extra)
+        ms = MS[path.split("/")[-1]][0]
+        return {"latency_ms": {str(b): b * ms for b in batches}, "rss_mib": 1.0, "backend": "c-x"}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    monkeypatch.setattr(bench, "file_mib", lambda path: 1.0)
+    res = bench.run_shape("bert-base", "/tmp", None, True, 2, lambda m: None, seq_len=24)
+    rounds = 2 * len(NAMES)
+    assert len(calls) > rounds and all(e[-2:] == ["--seq_len", "24"] for e in calls)
+    assert res["seq_len"] == 24 and bench.table(res).startswith("**bert-base**, seq_len 24;")
+    assert bench._inputs(3, 24)[0].shape == (3, 24)
+
+
 def _result(packed):
     """A run's saved result: every backend's best setting, the packed rows those of ``packed``."""
     lat = {"paddle fp32": 80.0, "onnxruntime fp32": 40.0, "onnxruntime int8": 20.0}
