@@ -797,6 +797,37 @@ def test_kernels_match_numpy_at_any_thread_count(rng, threads):
         Kernels("c", num_threads=before)
 
 
+@needs_c
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("n, k", [(77, 700), (700, 3072)])  # weights under and over 256 KiB
+def test_short_products_cut_finer_give_numpy_numbers(rng, threads, n, k):
+    """A product of a few rows is cut into at least two chunks a thread: by rows where its
+    weights are small, by channels where they are not (both with the nibble panels and
+    without); every row count from 1 to 40 gives numpy's counts, floats and bits."""
+    before = Kernels("c").num_threads
+    kern = Kernels("c", num_threads=threads)
+    try:
+        w = pack_signs(rng.standard_normal((n, k)).astype(np.float32))
+        w_il, nib = Kernels.prepare(w), Kernels.prepare_nibbles(w)
+        alpha = rng.random(n).astype(np.float32)
+        bias = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        for m in (1, 3, 4, 9, 13, 32, 40):
+            a = pack_signs(rng.standard_normal((m, k)).astype(np.float32))
+            want = NUMPY.popcount_gemm(a, w_il, n)
+            for tables in (True, False):
+                kern.tables = tables
+                panels = nib if kern.uses_nibbles else None
+                np.testing.assert_array_equal(kern.popcount_gemm(a, w_il, n, nibbles=panels), want)
+                args = (a, w_il, n, k, alpha, bias)
+                np.testing.assert_array_equal(kern.bin_linear(*args, nibbles=panels),
+                                              NUMPY.bin_linear(*args))
+                np.testing.assert_array_equal(kern.bin_linear(*args, signs=True, nibbles=panels),
+                                              NUMPY.bin_linear(*args, signs=True))
+    finally:
+        kern.tables = True
+        Kernels("c", num_threads=before)
+
+
 @pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_runtime_matches_paddle_on_elastic_recipes(rng, tmp_path, recipe, backend):

@@ -18,14 +18,16 @@ typedef struct {
     const outq_t *q;  /* out_bits through this quantizer instead of the sign (NULL: the sign) */
     const uint8_t *w4, *a4; /* the table-lookup path: nibble panels and row offsets, or NULL */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
+    long tiles, panels;        /* a chunk's row tiles and weight panels (chunk_shape) */
 } gemm_job;
 
-/* A GEMM chunk is GEMM_TILES row tiles (TM rows each) x GEMM_PANELS weight panels (TN * 8
- * channels each): its activation rows stay in L1 across the panels, each panel across the
- * rows, and its outputs are whole 1 KiB runs of a few rows. (Chunks of one panel over all rows
- * write each output line in 128-byte pieces at a stride of 4N bytes, which at batch 32 costs
- * more than the popcounts.) */
-enum { GEMM_TILES = 8, GEMM_PANELS = 8 };
+/* A GEMM chunk is ROW_BLOCK rows (8 row tiles of TM rows) x GEMM_PANELS weight panels (TN * 8
+ * channels each), unless the job is short (chunk_shape): its activation rows stay in L1 across
+ * the panels, each panel across the rows, and its outputs are whole 1 KiB runs of a few rows.
+ * (Chunks of one panel over all rows write each output line in 128-byte pieces at a stride of
+ * 4N bytes, which at batch 32 costs more than the popcounts.) */
+enum { GEMM_PANELS = 8 };
+_Static_assert(ROW_BLOCK % TM == 0 && ROW_UNIT % TM == 0, "row chunks of whole tiles");
 /* On the table-lookup path a chunk's rows build their tables once for all its panels: wider
  * chunks spread that cost (about 6 instructions per pair table against ~3 per pair table and
  * panel in the products) over more panels. */
@@ -125,14 +127,37 @@ static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) 
     return 1;
 }
 
+/* A job with fewer than two chunks a thread (a short input: at 32 tokens a MiniLM linear was
+ * one chunk, the second thread idle) is cut finer. Where its weights outgrow a core's L2
+ * (SPLIT_WEIGHTS), a short input's products wait on them: the channels are split, so a thread
+ * reads only its panels' (split by rows, both threads read all of them, and BERT-base ran 8
+ * tokens slower than on one thread). Else the rows are (row_block, as the elementwise kernels
+ * cut them), so each thread keeps its rows from kernel to kernel. Sets g->tiles, g->panels. */
+enum { SPLIT_WEIGHTS = 256 << 10 };
+
+static void chunk_shape(gemm_job *g) {
+    const long want = 2 * (long)pool_threads(), step = g->a4 ? 2 : 1; /* pairs on tables */
+    g->tiles = ROW_BLOCK / TM;
+    g->panels = g->a4 ? NIB_PANELS : GEMM_PANELS;
+    const long groups = (g->nmt + g->tiles - 1) / g->tiles;
+    if (want <= 2 || groups * ((g->nnt + g->panels - 1) / g->panels) >= want) return;
+    const size_t bytes = g->N * g->kw * (g->a4 ? 16 : 8); /* nibble panels: twice the bits */
+    if (bytes <= SPLIT_WEIGHTS) {
+        g->tiles = (long)(row_block(g->M) / TM);
+        return;
+    }
+    const long per = (want + groups - 1) / groups; /* panel ranges a row chunk */
+    const long p = g->nnt / per / step * step;
+    g->panels = p < step ? step : p;
+}
+
 static void gemm_chunk(void *vctx, long chunk, int tid) {
     const gemm_job *g = vctx;
     tile_fn *const tile = g_isa->tile;
     lin_tile_fn *const lin = g_isa->lin_tile;
-    const long panels = g->a4 ? NIB_PANELS : GEMM_PANELS;
-    const long npg = (g->nnt + panels - 1) / panels;
-    const long it0 = (chunk / npg) * GEMM_TILES, jt0 = (chunk % npg) * panels;
-    const long it1 = it0 + GEMM_TILES < g->nmt ? it0 + GEMM_TILES : g->nmt;
+    const long panels = g->panels, npg = (g->nnt + panels - 1) / panels;
+    const long it0 = (chunk / npg) * g->tiles, jt0 = (chunk % npg) * panels;
+    const long it1 = it0 + g->tiles < g->nmt ? it0 + g->tiles : g->nmt;
     const long jt1 = jt0 + panels < g->nnt ? jt0 + panels : g->nnt;
     const size_t M = g->M, kw = g->kw, N = g->N;
     (void)tid;
@@ -200,8 +225,8 @@ void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t
     g.NB = (long)((N + 7) / 8);
     g.nmt = (long)((M + TM - 1) / TM);
     g.nnt = (g.NB + TN - 1) / TN;
-    g.groups = (g.nmt + GEMM_TILES - 1) / GEMM_TILES;
-    const long panels = g.a4 ? NIB_PANELS : GEMM_PANELS;
-    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + panels - 1) / panels));
+    chunk_shape(&g);
+    g.groups = (g.nmt + g.tiles - 1) / g.tiles;
+    pool_run(gemm_chunk, &g, g.groups * ((g.nnt + g.panels - 1) / g.panels));
     free(a4);
 }
