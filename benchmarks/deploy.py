@@ -344,7 +344,15 @@ def accuracy(models, chosen):
         preds["packed"].append(student(a, t))
     acc = {k: float((np.concatenate(p).argmax(1) == labels).mean()) for k, p in preds.items()}
     out = {k: acc["packed" if k.startswith("packed") else k] for k in chosen if "BiBERT" not in k}
-    return out, len(dev)
+    return out, len(dev), dev_lengths(ids)
+
+
+def dev_lengths(ids):
+    """The dev sentences' token counts (with [CLS] and [SEP]): median and 90th percentile, the
+    lengths a user's inputs have, against the timed seq_len."""
+    import numpy as np
+
+    return [float(np.percentile([len(x) for x in ids], q)) for q in (50, 90)]
 
 
 # ------------------------------------------------------------------------------ report
@@ -372,9 +380,9 @@ def run_shape(shape, workdir, trained, quick, rounds, log, seq_len=SEQ_LEN):
             rows[backend]["kernels"] = runs[best["1"]]["backend"]
     interleaved_rounds(rows, rounds, quick, lambda m: log(f"  {shape} {m}"))
     chosen = {k: r["graph"] for k, r in rows.items()}
-    acc, n = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0))
+    acc, n, lengths = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0, None))
     return {"shape": shape, "seq_len": seq_len, "rows": rows, "accuracy": acc, "n_dev": n,
-            "seconds": time.time() - t0}
+            "dev_tokens": lengths, "seconds": time.time() - t0}
 
 
 def interleaved_rounds(rows, rounds, quick, log):
@@ -414,8 +422,11 @@ def table(res):
            for k, r in rows.items()}
     head = ("| backend (best setting at batch 1) | file MiB | batch 1 ms | batch 32 ms | "
             "batch 32 seq/s | peak RSS MiB |" + (" dev acc |" if res["accuracy"] else ""))
+    lengths = res.get("dev_tokens")
+    tokens = (f"; {lengths[0]:g} tokens at the median, {lengths[1]:g} at the 90th percentile"
+              if lengths else "")
     out = [f"**{res['shape']}**, seq_len {res.get('seq_len', SEQ_LEN)}" + (
-        f"; dev accuracy on Rotten Tomatoes ({res['n_dev']} sentences): the trained teacher for "
+        f"; dev accuracy on Rotten Tomatoes ({res['n_dev']} sentences{tokens}): the trained teacher for "
         "Paddle and ONNX Runtime, the trained binarized student (BiT's recipe, the main job's) "
         "for the packed runtime; the BiBERT-recipe row is the teacher binarized with BiBERT's "
         "Bi-Attention, untrained, timed only" if res["accuracy"] else

@@ -158,3 +158,17 @@ def test_paddle_inference_settings_and_predictor_give_the_models_logits(tmp_path
         got = bench._paddle_inference(str(tmp_path / "inference" / "model"), 1, onednn)(ids, tt)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert np.ptp(want) > 0
+
+
+def test_report_gives_the_dev_sentences_lengths():
+    """With trained models the header says how long the dev sentences are (median, 90th
+    percentile, [CLS] and [SEP] counted) beside the timed length."""
+    bench = _bench()
+    ids = [[0] * n for n in (5, 9, 27, 30, 42, 64)]
+    assert bench.dev_lengths(ids) == [28.5, 53.0]  # numpy's linear interpolation
+    res = _result({"packed 1-bit avx2": 2.0})
+    res.update(seq_len=32, n_dev=6, dev_tokens=bench.dev_lengths(ids),
+               accuracy={k: 0.8 for k in res["rows"]})
+    head = bench.table(res).splitlines()[0]
+    assert head.startswith("**bert-base**, seq_len 32; dev accuracy on Rotten Tomatoes "
+                           "(6 sentences; 28.5 tokens at the median, 53 at the 90th percentile)")
