@@ -27,7 +27,8 @@ MS = {"paddle fp32": [90.0, 80.0, 100.0], "onnxruntime fp32": [60.0, 70.0, 50.0]
 
 def test_rounds_rotate_the_order_and_time_each_best_setting_at_batch_one(monkeypatch):
     bench = _bench()
-    rows = {k: {"how": ("kind", f"/files/{k}", {"OMP_NUM_THREADS": "2"}, ["--threads", "2"])} for k in NAMES}
+    rows = {k: {"how": ("kind", f"/files/{k}", {"OMP_NUM_THREADS": "2"}, ["--threads", "2"]),
+                "best": {"1": "2 thr"}} for k in NAMES}
     calls = []
 
     def fake_worker(kind, path, env, extra, quick, batches=bench.BATCHES):
@@ -47,7 +48,36 @@ def test_rounds_rotate_the_order_and_time_each_best_setting_at_batch_one(monkeyp
     fp32 = ", ".join(f"{v:.1f}x" for v in np.array(MS["onnxruntime fp32"]) / p)  # median 60 < 90
     assert f"ONNX Runtime INT8, round by round: {int8};" in text
     assert f"best FP32 (onnxruntime fp32): {fp32}." in text
-    assert "3 interleaved rounds" in text and "packed 1-bit avx512 5.00 (4.00-6.00)" in text
+    assert "3 interleaved rounds" in text and "packed 1-bit avx512 [2 thr] 5.00 (4.00-6.00)" in text
+
+
+def test_rounds_time_each_graphs_best_and_keep_the_lowest_median(monkeypatch):
+    """A backend with two graphs (ONNX Runtime plain and fused) is timed at both graphs' best
+    settings every round; the one with the lower median is its row in the ratios, even where
+    the settings pass ranked the other first."""
+    bench = _bench()
+    how = lambda k, g: ("ort", f"/files/{k}/{g}", {}, [])
+    rows = {k: {"how": how(k, "one"), "best": {"1": "one"}} for k in NAMES}
+    rows["onnxruntime int8"]["candidates"] = {"int8 plain 2 thr": how("onnxruntime int8", "plain"),
+                                              "int8 fused 2 thr": how("onnxruntime int8", "fused")}
+    ms = {**{f"/files/{k}/one": MS[k] for k in NAMES},
+          "/files/onnxruntime int8/plain": [26.0, 25.0, 27.0],
+          "/files/onnxruntime int8/fused": [21.0, 30.0, 22.0]}
+    seen = {}
+
+    def fake_worker(kind, path, env, extra, quick, batches=bench.BATCHES):
+        seen[path] = seen.get(path, -1) + 1
+        return {"latency_ms": {"1": ms[path][seen[path]]}}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    bench.interleaved_rounds(rows, 3, False, lambda m: None)
+    assert seen["/files/onnxruntime int8/plain"] == seen["/files/onnxruntime int8/fused"] == 2
+    int8 = rows["onnxruntime int8"]
+    assert int8["rounds_setting"] == "int8 fused 2 thr" and int8["rounds_ms"] == [21.0, 30.0, 22.0]
+    text = bench.rounds_text(rows)
+    ratios = ", ".join(f"{v:.1f}x" for v in np.array([21.0, 30.0, 22.0]) / np.array(MS["packed 1-bit avx512"]))
+    assert f"onnxruntime int8 [int8 fused 2 thr] 22.00 (21.00-30.00)" in text
+    assert f"ONNX Runtime INT8, round by round: {ratios};" in text
 
 
 def test_no_rounds_no_paragraph():
@@ -77,8 +107,10 @@ def test_every_timed_process_gets_the_sequence_length(monkeypatch):
     """--seq_len reaches each worker of the settings pass and of the interleaved rounds, the
     worker's inputs have that length, and the report's header says it."""
     bench = _bench()
-    files = {k: ("ort", {f"{k.split()[-1]} plain": f"/files/{k}"}) if "onnx" in k else
-             ("packed" if "packed" in k else "paddle", {"": f"/files/{k}"}) for k in NAMES}
+    files = {k: ("ort", {f"{k.split()[-1]} plain": f"/files/{k}", f"{k.split()[-1]} fused": f"/files/{k}"})
+             if "onnx" in k else ("packed" if "packed" in k else "paddle", {"": f"/files/{k}"})
+             for k in NAMES}
+    files["paddle fp32"][1]["inference"] = "/files/paddle fp32"
     monkeypatch.setattr(bench, "prepare", lambda shape, workdir, trained, seq_len: (files, {}))
     calls = []
 
@@ -90,7 +122,11 @@ def test_every_timed_process_gets_the_sequence_length(monkeypatch):
     monkeypatch.setattr(bench, "run_worker", fake_worker)
     monkeypatch.setattr(bench, "file_mib", lambda path: 1.0)
     res = bench.run_shape("bert-base", "/tmp", None, True, 2, lambda m: None, seq_len=24)
-    rounds = 2 * len(NAMES)
+    cands = {k: sorted(r["candidates"]) for k, r in res["rows"].items()}
+    assert [c.split()[:2] for c in cands["onnxruntime int8"]] == [["int8", "fused"], ["int8", "plain"]]
+    assert [c.startswith("inference") for c in cands["paddle fp32"]] == [False, True]
+    assert len(cands["packed 1-bit avx512"]) == 1
+    rounds = 2 * sum(len(c) for c in cands.values())
     assert len(calls) > rounds and all(e[-2:] == ["--seq_len", "24"] for e in calls)
     assert res["seq_len"] == 24 and bench.table(res).startswith("**bert-base**, seq_len 24;")
     assert bench._inputs(3, 24)[0].shape == (3, 24)
