@@ -429,8 +429,10 @@ def rounds_text(rows):
     ratios = lambda k: ", ".join(f"{v:.1f}x" for v in np.array(ms[k]) / p)
     med = "; ".join(f"{k} [{rows[k].get('rounds_setting', rows[k].get('best', {}).get('1', ''))}] "
                     f"{np.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for k, v in ms.items())
-    return (f"Batch 1 again, {len(p)} interleaved rounds (a process per setting per round; each "
-            f"backend's graphs at their best setting, the one with the lowest median shown): "
+    how = ("a process per setting per round; each backend's graphs at their best setting, the "
+           "one with the lowest median shown" if any("rounds_setting" in rows[k] for k in ms) else
+           "a process per backend per round, each at its best setting")  # (runs before the graphs)
+    return (f"Batch 1 again, {len(p)} interleaved rounds ({how}): "
             f"median ms (range) {med}. Packed 1-bit ({isa}) against "
             f"ONNX Runtime INT8, round by round: {ratios('onnxruntime int8')}; against the best "
             f"FP32 ({fp32}): {ratios(fp32)}.")

@@ -208,3 +208,15 @@ def test_report_gives_the_dev_sentences_lengths():
     head = bench.table(res).splitlines()[0]
     assert head.startswith("**bert-base**, seq_len 32; dev accuracy on Rotten Tomatoes "
                            "(6 sentences; 28.5 tokens at the median, 53 at the 90th percentile)")
+
+
+def test_rounds_of_a_run_saved_before_the_graphs_are_told_as_they_ran():
+    """A JSON saved before the rounds timed each graph (no rounds_setting) is reprinted with
+    the way its rounds ran: the settings pass's best setting of each backend."""
+    bench = _bench()
+    rows = {k: {"rounds_ms": MS[k], "best": {"1": "2 thr"}} for k in NAMES}
+    text = bench.rounds_text(rows)
+    assert "(a process per backend per round, each at its best setting)" in text
+    assert "packed 1-bit avx512 [2 thr] 5.00 (4.00-6.00)" in text
+    rows["onnxruntime int8"]["rounds_setting"] = "int8 fused 2 thr"
+    assert "each backend's graphs at their best setting" in bench.rounds_text(rows)
