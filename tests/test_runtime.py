@@ -803,7 +803,7 @@ def test_kernels_match_numpy_at_any_thread_count(rng, threads):
 def test_short_products_cut_finer_give_numpy_numbers(rng, threads, n, k):
     """A product of a few rows is cut into at least two chunks a thread: by rows where its
     weights are small, by channels where they are not (both with the nibble panels and
-    without); every row count from 1 to 40 gives numpy's counts, floats and bits."""
+    without); row counts from 1 to 40 give numpy's counts, floats and bits."""
     before = Kernels("c").num_threads
     kern = Kernels("c", num_threads=threads)
     try:
@@ -826,6 +826,29 @@ def test_short_products_cut_finer_give_numpy_numbers(rng, threads, n, k):
     finally:
         kern.tables = True
         Kernels("c", num_threads=before)
+
+
+@needs_c
+def test_products_of_no_rows_at_two_threads_return():
+    """The compiled products of an empty batch (the Python wrappers refuse one first) return at
+    two threads instead of dividing by an empty job's chunk count (a signal, so in a process
+    of its own)."""
+    code = """
+import numpy as np
+from paddle_bibert.export import pack_signs
+from paddle_bibert.runtime import Kernels
+from paddle_bibert.runtime.kernels import _C
+Kernels("c", num_threads=2)
+rng = np.random.default_rng(0)
+for n, k in ((77, 700), (700, 3072)):  # weights under and over the split size
+    w = pack_signs(rng.standard_normal((n, k)).astype(np.float32))
+    a = np.zeros((0, w.shape[1]), np.uint64)
+    for nib in (None, Kernels.prepare_nibbles(w)):
+        _C.popcount_gemm(a, 0, a.shape[1], Kernels.prepare(w), n, 0, np.empty((0, n), np.int32), nib)
+print("returned")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "returned", (r.returncode, r.stderr[-500:])
 
 
 @pytest.mark.parametrize("recipe", ["bibert_elastic", "bit"])

@@ -140,7 +140,7 @@ static void chunk_shape(gemm_job *g) {
     g->tiles = ROW_BLOCK / TM;
     g->panels = g->a4 ? NIB_PANELS : GEMM_PANELS;
     const long groups = (g->nmt + g->tiles - 1) / g->tiles;
-    if (want <= 2 || groups * ((g->nnt + g->panels - 1) / g->panels) >= want) return;
+    if (want <= 2 || !groups || groups * ((g->nnt + g->panels - 1) / g->panels) >= want) return;
     const size_t bytes = g->N * g->kw * (g->a4 ? 16 : 8); /* nibble panels: twice the bits */
     if (bytes <= SPLIT_WEIGHTS) {
         g->tiles = (long)(row_block(g->M) / TM);

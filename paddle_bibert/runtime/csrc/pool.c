@@ -172,7 +172,7 @@ int pool_threads(void) { return P.want; }
 
 size_t row_block(size_t rows) {
     const size_t two = 2 * (size_t)P.want; /* chunks wanted: two a thread */
-    if (P.want <= 1 || rows >= two * ROW_BLOCK) return ROW_BLOCK;
+    if (P.want <= 1 || rows == 0 || rows >= two * ROW_BLOCK) return ROW_BLOCK;
     const size_t r = ((rows + two - 1) / two + ROW_UNIT - 1) / ROW_UNIT * ROW_UNIT;
     return r < ROW_BLOCK ? r : ROW_BLOCK;
 }
