@@ -350,7 +350,8 @@ def accuracy(models, chosen):
 
 def dev_lengths(ids):
     """The dev sentences' token counts (with [CLS] and [SEP]): median and 90th percentile, the
-    lengths a user's inputs have, against the timed seq_len."""
+    lengths a user's inputs have, against the timed seq_len (of the ids as the accuracy pass
+    cuts them to the trained length: a percentile that reaches that length is a floor)."""
     import numpy as np
 
     return [float(np.percentile([len(x) for x in ids], q)) for q in (50, 90)]
@@ -387,6 +388,10 @@ def run_shape(shape, workdir, trained, quick, rounds, log, seq_len=SEQ_LEN):
         if kind == "packed":
             rows[backend]["kernels"] = runs[best["1"]]["backend"]
     interleaved_rounds(rows, rounds, quick, lambda m: log(f"  {shape} {m}"))
+    for k, r in rows.items():  # the graph the rounds kept is the one the ratios, size and accuracy are of
+        if files[k][0] == "ort" and r.get("rounds_setting"):
+            r["graph"] = " ".join(r["rounds_setting"].split()[:2])
+            r["mib"] = file_mib(files[k][1][r["graph"]])
     chosen = {k: r["graph"] for k, r in rows.items()}
     acc, n, lengths = (accuracy(models, chosen) if trained and shape == "minilm" else ({}, 0, None))
     return {"shape": shape, "seq_len": seq_len, "rows": rows, "accuracy": acc, "n_dev": n,

@@ -107,16 +107,20 @@ def test_every_timed_process_gets_the_sequence_length(monkeypatch):
     """--seq_len reaches each worker of the settings pass and of the interleaved rounds, the
     worker's inputs have that length, and the report's header says it."""
     bench = _bench()
-    files = {k: ("ort", {f"{k.split()[-1]} plain": f"/files/{k}", f"{k.split()[-1]} fused": f"/files/{k}"})
+    files = {k: ("ort", {f"{k.split()[-1]} plain": f"/files/{k}", f"{k.split()[-1]} fused": f"/files/{k}/fused"})
              if "onnx" in k else ("packed" if "packed" in k else "paddle", {"": f"/files/{k}"})
              for k in NAMES}
     files["paddle fp32"][1]["inference"] = "/files/paddle fp32"
     monkeypatch.setattr(bench, "prepare", lambda shape, workdir, trained, seq_len: (files, {}))
-    calls = []
+    calls, batches_seen = [], []
 
     def fake_worker(kind, path, env, extra, quick, batches=bench.BATCHES):
         calls.append(extra)
-        ms = MS[path.split("/")[-1]][0]
+        batches_seen.append(tuple(batches))
+        if path.endswith("/fused"):  # slower in the settings pass, faster in the rounds
+            ms = MS[path.split("/")[-2]][0] * (0.5 if tuple(batches) == (1,) else 2.0)
+        else:
+            ms = MS[path.split("/")[-1]][0]
         return {"latency_ms": {str(b): b * ms for b in batches}, "rss_mib": 1.0, "backend": "c-x"}
 
     monkeypatch.setattr(bench, "run_worker", fake_worker)
@@ -126,8 +130,13 @@ def test_every_timed_process_gets_the_sequence_length(monkeypatch):
     assert [c.split()[:2] for c in cands["onnxruntime int8"]] == [["int8", "fused"], ["int8", "plain"]]
     assert [c.startswith("inference") for c in cands["paddle fp32"]] == [False, True]
     assert len(cands["packed 1-bit avx512"]) == 1
-    rounds = 2 * sum(len(c) for c in cands.values())
-    assert len(calls) > rounds and all(e[-2:] == ["--seq_len", "24"] for e in calls)
+    assert all(e[-2:] == ["--seq_len", "24"] for e in calls)
+    assert sum(b == (1,) for b in batches_seen) == 2 * sum(len(c) for c in cands.values())  # the rounds
+    assert all(len(r["rounds_ms"]) == 2 for r in res["rows"].values())
+    # the graph the rounds kept is the row's (its file's size, its accuracy)
+    int8 = res["rows"]["onnxruntime int8"]
+    assert int8["best"]["1"].startswith("int8 plain") and int8["graph"] == "int8 fused"
+    assert int8["rounds_setting"].startswith("int8 fused")
     assert res["seq_len"] == 24 and bench.table(res).startswith("**bert-base**, seq_len 24;")
     assert bench._inputs(3, 24)[0].shape == (3, 24)
 
