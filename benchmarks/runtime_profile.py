@@ -5,6 +5,7 @@
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --threads 1,2
     python benchmarks/runtime_profile.py --shape bert-base --isa avx2 --compare_tables
     python benchmarks/runtime_profile.py student.bibert --compare_one_call --seq_len 1,128
+    python benchmarks/runtime_profile.py student.bibert --by_length --seq_len 1-32
 
 Batch ``--batch`` of ``--seq_len`` random token ids; after ``--warmup`` forwards, ``--repeats``
 forwards are timed and each kernel's share is its summed wall time per forward. The model runs
@@ -16,6 +17,9 @@ profiles each thread count twice, the binary products by table lookup (AVX2's de
 XOR and popcount, in alternating rounds, and prints the ratio of the two forwards.
 ``--compare_one_call`` times the forward as one call of the kernels (how a model runs) and
 kernel by kernel, in alternating rounds, at each ``--seq_len`` (comma-separated) and thread count.
+``--by_length`` times only the forward as a model runs it, at each ``--seq_len`` (comma-separated,
+``a-b`` for every length from a to b), the lengths in turn in each of ``--rounds`` rounds, and
+prints the median per length: how latency follows the input's length.
 """
 
 import argparse
@@ -94,7 +98,8 @@ def main(argv=None):
     ap.add_argument("--shape", help="profile a random model of this shape (packed.py's SHAPES)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq_len", default="128",
-                    help="tokens a sequence (comma-separated lengths with --compare_one_call)")
+                    help="tokens a sequence (comma-separated lengths, a-b for a range, with "
+                         "--compare_one_call or --by_length)")
     ap.add_argument("--isa", help="force a kernel set (avx512, avx2, popcnt, generic)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--warmup", type=int, default=3)
@@ -103,31 +108,33 @@ def main(argv=None):
                     help="also time the products without table lookup (AVX2), in alternating rounds")
     ap.add_argument("--compare_one_call", action="store_true",
                     help="time the forward as one call and kernel by kernel, in alternating rounds")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of either comparison")
+    ap.add_argument("--by_length", action="store_true",
+                    help="time the forward (one call) at each --seq_len, in rounds over the lengths")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of a comparison or --by_length")
     args = ap.parse_args(argv)
     if bool(args.path) == bool(args.shape):
         ap.error("give a .bibert file or --shape, not both and not neither")
     try:
         threads = [int(t) for t in args.threads.split(",")]
-        lengths = [int(n) for n in args.seq_len.split(",")]
+        lengths = parse_lengths(args.seq_len)
     except ValueError:
-        ap.error(f"--threads and --seq_len take comma-separated integers, got {args.threads!r} "
-                 f"and {args.seq_len!r}")
+        ap.error(f"--threads and --seq_len take comma-separated integers (--seq_len also a-b), "
+                 f"got {args.threads!r} and {args.seq_len!r}")
     if min(threads + lengths) < 1 or min(args.batch, args.repeats) < 1 or args.warmup < 0:
         ap.error("--threads, --batch, --seq_len and --repeats must be >= 1, --warmup >= 0")
-    if len(lengths) > 1 and not args.compare_one_call:
-        ap.error("several --seq_len lengths are for --compare_one_call; pass one")
-    if args.compare_tables and args.compare_one_call:
-        ap.error("pass --compare_tables or --compare_one_call, not both")
+    if len(lengths) > 1 and not (args.compare_one_call or args.by_length):
+        ap.error("several --seq_len lengths are for --compare_one_call or --by_length; pass one")
+    if args.compare_tables + args.compare_one_call + args.by_length > 1:
+        ap.error("pass one of --compare_tables, --compare_one_call and --by_length")
     if args.compare_one_call:
         from paddle_bibert.runtime import compiled_available
 
         if not compiled_available():
             ap.error("--compare_one_call: the compiled kernels are not built (the numpy backend "
                      "runs kernel by kernel only); run `pip install -e .` with a C compiler")
-        if args.warmup < 1:
-            ap.error("--compare_one_call: pass --warmup 1 or more (the first forward makes the "
-                     "plan)")
+    if (args.compare_one_call or args.by_length) and args.warmup < 1:
+        ap.error("--compare_one_call and --by_length: pass --warmup 1 or more (the first forward "
+                 "makes the plan)")
     args.seq_len = lengths[0]
     if args.compare_tables:
         from paddle_bibert.runtime import available_isas
@@ -145,6 +152,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         path = args.path or random_file(args.shape, os.path.join(tmp, "model.bibert"))
         for t in threads:
+            if args.by_length:
+                print(by_length(path, args, t, lengths) + "\n")
+                continue
             if args.compare_one_call:
                 for n in lengths:
                     compare_one_call(path, args, t, n)
@@ -155,6 +165,37 @@ def main(argv=None):
             rows, total, backend = profile(path, args.batch, args.seq_len, args.isa, t, args.warmup,
                                            args.repeats)
             print(table(rows, total, backend, t) + "\n")
+
+
+def parse_lengths(text):
+    """``"1,8,16-18"`` -> ``[1, 8, 16, 17, 18]`` (ValueError on anything else)."""
+    out = []
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        out += range(int(lo), int(hi) + 1) if sep else [int(lo)]
+    if not out:
+        raise ValueError(text)
+    return out
+
+
+def by_length(path, args, threads, lengths):
+    """The forward as a model runs it (one call) at each length, ``--rounds`` rounds over all
+    lengths in turn (a host's drift spreads over them alike); a table of the medians."""
+    import statistics
+
+    from paddle_bibert.runtime import load_packed
+
+    backend = load_packed(path, isa=args.isa, num_threads=threads).backend
+    times = {n: [] for n in lengths}
+    for _ in range(args.rounds):
+        for n in lengths:
+            times[n].append(forward_ms(path, args.batch, n, args.isa, threads, args.warmup,
+                                       args.repeats, one_call=True))
+    rows = [f"| {n} | {statistics.median(t):.3f} | {', '.join(f'{x:.3f}' for x in t)} |"
+            for n, t in times.items()]
+    return (f"**{backend}, {threads} thread(s)**, batch {args.batch}: ms a forward by length, "
+            f"median of {args.rounds} round(s)\n\n| tokens | ms a forward | by round |\n"
+            "|---|---|---|\n" + "\n".join(rows))
 
 
 def compare_tables(path, args, threads):

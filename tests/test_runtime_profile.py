@@ -43,8 +43,11 @@ def test_every_kernel_call_of_a_forward_is_counted(tmp_path):
     (["--shape", "bert-base", "--threads", "0"], "must be >= 1"),
     (["no-such-file.bibert"], "no such file"),
     (["--shape", "bert-base", "--compare_tables", "--isa", "generic"], "no table lookup"),
-    (["--shape", "bert-base", "--seq_len", "1,128"], "are for --compare_one_call"),
-    (["--shape", "bert-base", "--compare_tables", "--compare_one_call"], "not both"),
+    (["--shape", "bert-base", "--seq_len", "1,128"], "are for --compare_one_call or --by_length"),
+    (["--shape", "bert-base", "--seq_len", "8-x", "--by_length"], "a-b"),
+    (["--shape", "bert-base", "--compare_tables", "--compare_one_call"], "pass one of"),
+    (["--shape", "bert-base", "--by_length", "--compare_one_call"], "pass one of"),
+    (["--shape", "bert-base", "--by_length", "--warmup", "0"], "--warmup 1 or more"),
     (["--shape", "bert-base", "--compare_one_call", "--rounds", "0"], "--rounds must be >= 1"),
     (["--shape", "bert-base", "--compare_one_call", "--warmup", "0"], "--warmup 1 or more")])
 def test_bad_arguments_are_one_line(argv, message, capsys):
@@ -93,3 +96,28 @@ def test_compare_one_call_times_the_forward_both_ways_at_each_length(tmp_path, c
         m = re.search(rf"batch 1 x {n} tokens, 1 thread\(s\), ms a forward by round: one call "
                       r"([\d.]+), ([\d.]+); kernel by kernel ([\d.]+), ([\d.]+)\. Medians", out)
         assert m and all(float(x) > 0 for x in m.groups()), out
+
+
+def test_lengths_parse_as_lists_and_ranges():
+    assert _tool().parse_lengths("1,8,16-18") == [1, 8, 16, 17, 18]
+    for bad in ("", "3-", "a", "1,,2"):
+        with pytest.raises(ValueError):
+            _tool().parse_lengths(bad)
+
+
+def test_by_length_times_the_forward_at_each_length(tmp_path, capsys):
+    import re
+
+    model = make_model(seed=3)
+    binarize_model(model)
+    path = str(tmp_path / "m.bibert")
+    export_packed(model, path)
+    _tool().main([path, "--threads", "1", "--by_length", "--rounds", "2", "--repeats", "2",
+                  "--warmup", "1", "--seq_len", "3-5,9"])
+    out = capsys.readouterr().out
+    assert re.search(r"\*\*\S+, 1 thread\(s\)\*\*, batch 1: ms a forward by length, median of 2", out)
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+), ([\d.]+) \|$", out, re.M)
+    assert [int(r[0]) for r in rows] == [3, 4, 5, 9], out
+    for _, med, a, b in rows:  # the median of two rounds is their mean
+        assert float(a) > 0 and float(b) > 0
+        assert abs(float(med) - (float(a) + float(b)) / 2) < 2e-3
