@@ -829,6 +829,45 @@ def test_short_products_cut_finer_give_numpy_numbers(rng, threads, n, k):
 
 
 @needs_c
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_last_tile_of_fewer_rows_gives_numpy_numbers(rng, isa, threads):
+    """Where the rows do not fill the last tile of four, that tile runs through the full tiles'
+    fused kernels with zero rows added and only its own rows copied out: every remainder (1-3
+    rows, alone and after whole tiles), channels in fused pairs, a lone panel and a ragged end,
+    gives numpy's floats, sign bits, quantizer bits, count-cut bits and {0,1}-input outputs,
+    with the nibble panels and without."""
+    before = Kernels("c").num_threads
+    kern = Kernels("c", isa=isa, num_threads=threads)
+    n, k = 110, 384  # 64 + 32 channels fused, then 14 more
+    w = pack_signs(rng.standard_normal((n, k)).astype(np.float32))
+    w_il, nib = Kernels.prepare(w), Kernels.prepare_nibbles(w)
+    alpha = (rng.random(n) + 0.1).astype(np.float32)
+    bias = (0.3 * rng.standard_normal(n)).astype(np.float32)
+    cut = ref.sign_cut(k, alpha, bias)
+    quant = ((0.2 * rng.standard_normal(n)).astype(np.float32), 0.7, ref.Q_UNSIGNED, ref.ACT_RELU)
+    try:
+        for m in (1, 2, 3, 5, 6, 7, 11):
+            a = pack_signs(rng.standard_normal((m, k)).astype(np.float32))
+            a01 = pack_bits(rng.random((m, k)) > 0.6)
+            for tables in (True, False):
+                kern.tables = tables
+                panels = nib if kern.uses_nibbles else None
+                for x, unsigned in ((a, False), (a01, True)):
+                    args = (x, w_il, n, k, alpha, bias)
+                    for extra in ({}, {"signs": True}, {"quant": quant}):
+                        np.testing.assert_array_equal(
+                            kern.bin_linear(*args, unsigned=unsigned, nibbles=panels, **extra),
+                            NUMPY.bin_linear(*args, unsigned=unsigned, **extra))
+                np.testing.assert_array_equal(
+                    kern.bin_linear_cut(a, w_il, n, k, alpha, bias, cut, nibbles=panels),
+                    NUMPY.bin_linear_cut(a, w_il, n, k, alpha, bias, cut))
+    finally:
+        kern.tables = True
+        Kernels("c", isa=ISAS[0], num_threads=before)
+
+
+@needs_c
 def test_products_of_no_rows_at_two_threads_return():
     """The compiled products of an empty batch (the Python wrappers refuse one first) return at
     two threads instead of dividing by an empty job's chunk count (a signal, so in a process

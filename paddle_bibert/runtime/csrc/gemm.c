@@ -16,7 +16,9 @@ typedef struct {
     int unsig; /* a holds {0,1} bits: dot = popcount(a_m) - 2 popcount(a_m AND w) (op AND) */
     const long *ones; /* unsig: popcount(a_m) of each row, counted once */
     const outq_t *q;  /* out_bits through this quantizer instead of the sign (NULL: the sign) */
-    const uint8_t *w4, *a4; /* the table-lookup path: nibble panels and row offsets, or NULL */
+    const uint8_t *w4, *a4; /* the table-lookup path: nibble panels and row offsets (of whole
+                             * tiles: the rows past M zero), or NULL */
+    const uint64_t *tail;   /* M % TM: the last tile's rows, then zero rows up to TM; or NULL */
     long nmt, nnt, NB, groups; /* row tiles, weight panels, 8-channel blocks, row chunks */
     long tiles, panels;        /* a chunk's row tiles and weight panels (chunk_shape) */
 } gemm_job;
@@ -66,6 +68,25 @@ static void tile_out(const gemm_job *g, const int32_t *loc, size_t ldl, size_t m
     }
 }
 
+/* A last tile of mr < TM rows goes through the full tiles' fused kernels as TM rows, the rows
+ * past M zero (g->tail, or the zero offsets of g->a4), its outputs here, then its mr rows copied
+ * out. (Short tiles' own route, the counts then an epilogue output by output, made a product of
+ * 27 rows take longer than one of 28.) */
+typedef struct {
+    float f[TM * 64];       /* ldo 64 */
+    uint32_t bits[TM * 2];  /* ldb 2 */
+} tail_out;
+
+static void tail_copy(const gemm_job *g, const tail_out *t, size_t m0, int mr, size_t n0,
+                      size_t nch) {
+    const size_t N = g->N, ldb = 2 * nwords(N);
+    for (int r = 0; r < mr; r++) {
+        if (g->out_f) memcpy(g->out_f + (m0 + r) * N + n0, t->f + r * 64, nch * sizeof(float));
+        if (g->out_bits)
+            memcpy(g->out_bits + (m0 + r) * ldb + n0 / 32, t->bits + r * 2, nch / 32 * sizeof(uint32_t));
+    }
+}
+
 /* The quantizer of the 32 channels from n0 (a fused epilogue's view of g->q), or NULL. */
 static const outq_t *panel_q(const gemm_job *g, size_t n0, outq_t *qt) {
     const outq_t *q = g->out_bits ? g->q : NULL;
@@ -90,22 +111,26 @@ static int nib_chunk(const gemm_job *g, long it0, long it1, long jt0, long jt1) 
     for (long it = it0; it < it1; it++) {
         const size_t m0 = (size_t)it * TM;
         const int mr = (int)(M - m0 < TM ? M - m0 : TM);
-        /* a full tile's pairs of panels read the pair tables; a lone panel or short tile the
-         * single rows' */
-        if (mr == TM) g_isa->nib_pair_tables(g->a4 + m0 * nk, nk, &NIB_PAIRS[g->op][0][0][0], tab2);
+        /* a full tile's pairs of panels read the pair tables (a short one's too, as TM rows
+         * through the fused kernel); a lone panel or short tile the single rows' */
+        g_isa->nib_pair_tables(g->a4 + m0 * nk, nk, &NIB_PAIRS[g->op][0][0][0], tab2);
         if (mr < TM || (jt1 - jt0) % 2)
             g_isa->nib_tile_tables(g->a4 + m0 * nk, nk, mr, &NIB_TABLES[g->op][0][0], tab);
         for (long jt = jt0; jt < jt1; jt += 2) {
             int32_t loc[TM * 2 * 32];
             const int nv = jt + 1 < jt1 ? 2 : 1;
             const size_t c0 = (size_t)jt * 32; /* the pair's first channel */
-            if (fused && mr == TM && nv == 2 && c0 + 64 <= N) {
+            if (fused && nv == 2 && c0 + 64 <= N) {
+                const int tail = mr < TM;
+                tail_out t; /* (the kernels store every output word) */
                 outq_t qt;
                 g_isa->nib_lin(tab2, nk, g->w4 + (size_t)jt * nk * 32, nk * 32,
-                               g->out_f ? g->out_f + m0 * N + c0 : NULL, N, g->alpha + c0,
-                               g->bias + c0, g->K, g->unsig ? g->ones + m0 : NULL,
-                               g->out_bits ? g->out_bits + m0 * ldb + c0 / 32 : NULL, ldb,
-                               panel_q(g, c0, &qt));
+                               !g->out_f ? NULL : tail ? t.f : g->out_f + m0 * N + c0,
+                               tail ? 64 : N, g->alpha + c0, g->bias + c0, g->K,
+                               g->unsig ? g->ones + m0 : NULL,
+                               !g->out_bits ? NULL : tail ? t.bits : g->out_bits + m0 * ldb + c0 / 32,
+                               tail ? 2 : ldb, panel_q(g, c0, &qt));
+                if (tail) tail_copy(g, &t, m0, mr, c0, 64);
                 continue;
             }
             g_isa->nib_tile(tab, tab2, nk, g->w4 + (size_t)jt * nk * 32, loc, 64, mr, nv);
@@ -172,13 +197,17 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
             const int linear = g->out_f || g->out_bits;
             const size_t ldb = 2 * nwords(N); /* uint32 per output row */
             const outq_t *q = g->out_bits ? g->q : NULL;
-            if (linear && lin && mr == TM && nb == TN && n0 + TN * 8 <= N &&
+            const int tail = mr < TM;
+            if (linear && lin && (!tail || g->tail) && nb == TN && n0 + TN * 8 <= N &&
                 !(q && q->act == ACT_GELU)) {
+                tail_out t; /* (the kernels store every output word) */
                 outq_t qt;
-                lin(g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
-                    g->out_f ? g->out_f + m0 * N + n0 : NULL, N, g->alpha + n0, g->bias + n0, g->K,
-                    g->unsig ? g->ones + m0 : NULL,
-                    g->out_bits ? g->out_bits + m0 * ldb + n0 / 32 : NULL, ldb, panel_q(g, n0, &qt));
+                lin(tail ? g->tail : g->a + m0 * kw, kw, g->b + n0 * kw, g->op,
+                    !g->out_f ? NULL : tail ? t.f : g->out_f + m0 * N + n0, tail ? 64 : N,
+                    g->alpha + n0, g->bias + n0, g->K, g->unsig ? g->ones + m0 : NULL,
+                    !g->out_bits ? NULL : tail ? t.bits : g->out_bits + m0 * ldb + n0 / 32,
+                    tail ? 2 : ldb, panel_q(g, n0, &qt));
+                if (tail) tail_copy(g, &t, m0, mr, n0, TN * 8);
                 continue;
             }
             tile(g->a + m0 * kw, kw, g->b + n0 * kw, g->op, loc, TN * 8, mr, nb);
@@ -211,14 +240,20 @@ void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t
                       out_bits ? out_bits + m0 * ldb : NULL, alpha, bias, K, unsig, q, w4);
         return;
     }
-    long ones[unsig ? M : 1]; /* per row, not once per (row, panel) */
-    for (size_t m = 0; unsig && m < M; m++) ones[m] = popcount_words(a + m * kw, kw);
+    const size_t Mt = (M + TM - 1) / TM * TM, full = M - M % TM; /* rows of whole tiles */
+    long ones[unsig ? Mt : 1]; /* per row, not once per (row, panel); 0 past M */
+    for (size_t m = 0; unsig && m < Mt; m++) ones[m] = m < M ? popcount_words(a + m * kw, kw) : 0;
     gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};
+    uint64_t *tail = NULL;
+    if (full < M && (out_f || out_bits) && g_isa->lin_tile && (tail = calloc(TM * kw, 8)))
+        memcpy(tail, a + full * kw, (M - full) * kw * sizeof(uint64_t));
+    g.tail = tail;
     uint8_t *a4 = NULL;
     /* the table-lookup path where the set has one, the caller gave the nibble panels and the
      * 16-bit sums cannot overflow (64 kw < 65536) */
-    if (w4 && g_isa->nib_tile && kw < 1024 && (a4 = malloc(M * kw * 16 + 16))) {
+    if (w4 && g_isa->nib_tile && kw < 1024 && (a4 = malloc(Mt * kw * 16 + 16))) {
         g_isa->nib_rows(a, M, kw, a4);
+        memset(a4 + M * kw * 16, 0, (Mt - M) * kw * 16); /* nibble 0's offset */
         g.a4 = a4;
         g.w4 = w4;
     }
@@ -229,4 +264,5 @@ void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t
     g.groups = (g.nmt + g.tiles - 1) / g.tiles;
     pool_run(gemm_chunk, &g, g.groups * ((g.nnt + g.panels - 1) / g.panels));
     free(a4);
+    free(tail);
 }
