@@ -6,18 +6,25 @@
 #include "softmax_map.h"
 
 /* In-place transpose of a 64 x 64 bit matrix: bit c of m[r] <-> bit r of m[c]. Swaps the
- * off-diagonal j x j blocks for j = 32, 16, ..., 1 (mask: bits whose index has bit j clear). */
+ * off-diagonal j x j blocks for j = 32, 16, ..., 1 (mask: bits whose index has bit j clear).
+ * Each stage a constant j and loops without branches, which the compiler vectorizes: with j a
+ * variable and a test per row it took most of a short input's attention (the keys and values
+ * of each head are transposed whatever the length). */
+#define TRANSPOSE_STAGE(m, j, mask)                                   \
+    for (int b = 0; b < 64; b += 2 * (j))                             \
+        for (int k = b; k < b + (j); k++) {                           \
+            const uint64_t t = (((m)[k] >> (j)) ^ (m)[k + (j)]) & (mask); \
+            (m)[k + (j)] ^= t;                                        \
+            (m)[k] ^= t << (j);                                       \
+        }
+
 static void transpose64(uint64_t m[64]) {
-    static const uint64_t masks[6] = {0x00000000FFFFFFFFULL, 0x0000FFFF0000FFFFULL,
-                                      0x00FF00FF00FF00FFULL, 0x0F0F0F0F0F0F0F0FULL,
-                                      0x3333333333333333ULL, 0x5555555555555555ULL};
-    for (int s = 0, j = 32; j; j >>= 1, s++)
-        for (int k = 0; k < 64; k++)
-            if (!(k & j)) {
-                uint64_t t = ((m[k] >> j) ^ m[k + j]) & masks[s];
-                m[k + j] ^= t;
-                m[k] ^= t << j;
-            }
+    TRANSPOSE_STAGE(m, 32, 0x00000000FFFFFFFFULL)
+    TRANSPOSE_STAGE(m, 16, 0x0000FFFF0000FFFFULL)
+    TRANSPOSE_STAGE(m, 8, 0x00FF00FF00FF00FFULL)
+    TRANSPOSE_STAGE(m, 4, 0x0F0F0F0F0F0F0F0FULL)
+    TRANSPOSE_STAGE(m, 2, 0x3333333333333333ULL)
+    TRANSPOSE_STAGE(m, 1, 0x5555555555555555ULL)
 }
 
 /* out[0..nwords(len)) = bits [start, start + len) of a packed row of rw words; pad bits 0. */
