@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import paddle
@@ -110,6 +111,65 @@ def test_binary_linear_output_has_the_exact_sign(kern):
     np.testing.assert_array_equal(y, np.broadcast_to(bias, y.shape))
     signs = kern.bin_linear(a, w_il, n, k, alpha, bias, signs=True)
     np.testing.assert_array_equal(signs, pack_signs(np.broadcast_to(bias, y.shape)))
+
+
+def _round_once(d, alpha, bias):
+    """The float32 nearest the exact d * alpha + bias (ties to even), by exact fractions."""
+    v = Fraction(int(d)) * Fraction(float(alpha)) + Fraction(float(bias))
+    x = np.float32(float(v))
+    near = [np.nextafter(x, np.float32(-np.inf)), x, np.nextafter(x, np.float32(np.inf))]
+    dist = [abs(Fraction(float(c)) - v) for c in near]
+    best = [c for c, e in zip(near, dist) if e == min(dist)]
+    return min(best, key=lambda c: int(np.array(c).view(np.int32)) & 1)
+
+
+# (d, alpha, bias) where the exact value lies just off the midpoint of two floats, by less than
+# a double's rounding: rounding to double and then to float lands on the wrong one
+TIES = [(3, 1 + 2.0 ** -23, -(2.0 ** -60)), (-3, 1 + 2.0 ** -23, 2.0 ** -60),
+        (5, 1 + 2.0 ** -22, 2.0 ** -58), (48, 1 + 2.0 ** -23, -(2.0 ** -50)),
+        (-1536, 1 + 2.0 ** -23, 2.0 ** -50)]
+
+
+def test_linear_y_rounds_the_exact_value_once(rng):
+    """The binary linear's output is the exact d * alpha + bias rounded once to float32 (as an
+    FMA gives it): against exact fractions on random values and on values where rounding to
+    double first lands on a float midpoint and rounds again the wrong way."""
+    for d, alpha, bias in TIES:
+        twice = np.float32(np.float64(d) * np.float32(alpha) + np.float32(bias))
+        assert twice != _round_once(d, alpha, bias)  # the case is one that catches double rounding
+        assert ref.linear_y(d, np.float32(alpha), np.float32(bias)) == _round_once(d, alpha, bias)
+    d = rng.integers(-3072, 3073, 400)
+    alpha = (rng.random(400) * 10.0 ** rng.integers(-8, 3, 400)).astype(np.float32)
+    bias = (rng.standard_normal(400) * 10.0 ** rng.integers(-12, 3, 400)).astype(np.float32)
+    y = ref.linear_y(d, alpha, bias)
+    np.testing.assert_array_equal(y, [_round_once(*t) for t in zip(d, alpha, bias)])
+
+
+@pytest.mark.parametrize("m, n", [(4, 64), (8, 128), (4, 32), (5, 70), (1, 8), (3, 64)])
+def test_binary_linear_rounds_once_on_every_route(kern, m, n):
+    """Every output route (fused tile pairs, a lone panel, a ragged end, short tiles; with the
+    nibble tables and without) gives the once-rounded value where double rounding would not, in
+    floats and in the outputs' signs through a quantizer's shift."""
+    for d, alpha, bias in TIES[:4]:  # |d| <= k
+        k = 67 if d % 2 else 68  # k - d even
+        a = pack_signs(np.ones((m, k), np.float32))
+        w = np.ones((n, k), np.float32)
+        w[:, : (k - d) // 2] = -1.0  # dot with the all-ones rows: d
+        w_il = kern.prepare(pack_signs(w))
+        al, bi = np.full(n, alpha, np.float32), np.full(n, bias, np.float32)
+        want = _round_once(d, alpha, bias)
+        shift = np.full(n, -want, np.float32)  # y + shift = 0 only for the once-rounded y
+        for tables in (True, False):
+            kern.tables = tables
+            nib = Kernels.prepare_nibbles(pack_signs(w)) if kern.uses_nibbles else None
+            y = kern.bin_linear(a, w_il, n, k, al, bi, nibbles=nib)
+            np.testing.assert_array_equal(y, np.full((m, n), want, np.float32))
+            bits = kern.bin_linear(a, w_il, n, k, al, bi, nibbles=nib,
+                                   quant=(shift, 1.0, ref.Q_SIGN, ref.ACT_NONE))
+            np.testing.assert_array_equal(bits, NUMPY.bin_linear(a, w_il, n, k, al, bi,
+                                                                 quant=(shift, 1.0, ref.Q_SIGN,
+                                                                        ref.ACT_NONE)))
+        kern.tables = True
 
 
 @pytest.mark.parametrize("b, l, h, heads", [(1, 1, 8, 2), (2, 7, 32, 4), (3, 70, 24, 2),

@@ -172,8 +172,8 @@ class Kernels:
     def bin_linear(self, a, w_il, n: int, k: int, alpha, bias, signs: bool = False,
                    unsigned: bool = False, quant: Optional[tuple] = None,
                    nibbles=None, check: bool = True) -> np.ndarray:
-        """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (evaluated in float64, rounded to
-        float32: its sign is the exact one), float32 ``[M, n]``; with
+        """``y = (k - 2 popcount(a XOR w)) * alpha + bias`` (rounded once to float32, as a
+        fused multiply-add: its sign is the exact one), float32 ``[M, n]``; with
         ``signs`` only the packed sign bits of y, ``[M, nwords(n)]`` uint64 (what the next
         binary layer consumes: 32x less memory traffic than writing y and packing it).
         ``quant = (shift, scale, kind, act)``: instead of the signs, the bits

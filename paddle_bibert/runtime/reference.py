@@ -3,7 +3,8 @@
 These are the definitions the kernels are tested against, and the runtime's fallback backend
 when the extension is not built. Integer results are exact in float32 here because every
 partial sum is an integer below 2**24. Float epilogues use the same operations in the same
-order as the C code (no FMA), so results agree bit for bit (LayerNorm: to float rounding).
+order as the C code (FMA only where named: the binary linear's output, ``linear_y``), so
+results agree bit for bit (LayerNorm: to float rounding).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..export.pack import pack_bits, pack_signs, unpack_bits
 
-__all__ = ["interleave8", "deinterleave8", "popcount_gemm", "bin_linear", "attention", "embed",
+__all__ = ["interleave8", "deinterleave8", "popcount_gemm", "bin_linear", "linear_y", "attention", "embed",
            "layer_norm", "pack_signs", "pack_act", "act_bits", "quant_cut", "sign_cut", "gelu32"]
 
 OP_XOR, OP_AND = 0, 1
@@ -76,8 +77,8 @@ def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarra
     """Binary linear layer on packed operands, ``[M, nwords(k)]`` x ``[N, nwords(k)]``:
 
         dot[m, n] = sum_i sign(a)_mi sign(w)_ni = k - 2 popcount(a_m XOR w_n)
-        y[m, n]   = float32(dot * alpha[n] + bias[n])   computed in float64 (dot * alpha exact),
-                                                          as in C: y has the exact value's sign
+        y[m, n]   = linear_y(dot, alpha[n], bias[n])    the exact value rounded once to
+                                                          float32: it has the exact value's sign
 
     ``unsigned``: the bits of ``a`` are {0, 1} values (bit 1 = 1; BiT's {0, a} activations), so
 
@@ -85,24 +86,42 @@ def bin_linear(a: np.ndarray, w_il: np.ndarray, n: int, k: int, alpha: np.ndarra
     """
     sa = _bits(a, k) if unsigned else 1 - 2 * _bits(a, k)
     sw = 1 - 2 * _bits(deinterleave8(w_il, n), k)
-    dot = (sa @ sw.T).astype(np.float64)
-    return (dot * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    return linear_y(sa @ sw.T, alpha, bias)
+
+
+def linear_y(dot, alpha, bias) -> np.ndarray:
+    """``dot * alpha + bias`` rounded once to float32, as a fused multiply-add gives it (the C
+    kernels' ``fmaf``), for integer ``dot`` (``|dot| < 2**24``) and float32 ``alpha``, ``bias``.
+
+    In float64 the product is exact and the sum ``s`` is off the exact value by ``e`` (found
+    exactly, TwoSum); rounding ``s`` to float32 could round twice where ``s`` lands on the midpoint
+    of two floats, so an inexact ``s`` is first rounded to odd (its last bit set, toward ``e``),
+    which 53 bits make safe for a rounding to 24 (Boldo and Melquiond, 2008).
+    """
+    p = np.asarray(np.asarray(dot, np.float64) * np.asarray(alpha, _F32).astype(np.float64))
+    b = np.broadcast_to(np.asarray(bias, _F32).astype(np.float64), p.shape)
+    s = np.asarray(p + b)
+    with np.errstate(invalid="ignore"):  # a bias of inf or nan: e is nan, s the output
+        bb = s - p
+        e = (p - (s - bb)) + (b - bb)  # p + b = s + e exactly
+    u = s.view(np.int64)
+    even = (e != 0) & np.isfinite(s) & (u & 1 == 0)
+    step = np.where((e > 0) == (s > 0), 1, -1)  # one unit in the last place toward s + e
+    return np.where(even, u + step, u).view(np.float64).astype(_F32)
 
 
 def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
     """The counts ``c = popcount(a XOR w_n)`` whose output has its sign bit set, per channel, as
     an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0).
 
-    y(c) = float32((k - 2c) alpha + bias), :func:`bin_linear`'s expression, is monotone in c,
-    and so is its sign bit: a double that rounds to a float32 zero keeps its sign, and where y is
+    y(c) = linear_y(k - 2c, alpha, bias), :func:`bin_linear`'s output, is monotone in c, and
+    so is its sign bit: a value that rounds to a float32 zero keeps its sign, and where y is
     a zero for several counts (alpha = 0, bias = -0.0) the sign of (k - 2c) * alpha orders them
     too. So the set runs from one end of 0..k, and a bisection per channel (all channels at
     once) finds where it stops, evaluating y only there.
     """
-    a64, b64 = alpha.astype(np.float64), bias.astype(np.float64)
-
     def neg(c):
-        return np.signbit(((k - 2 * c.astype(np.float64)) * a64 + b64).astype(np.float32))
+        return np.signbit(linear_y(k - 2 * c, alpha, bias))
 
     n = alpha.shape[0]
     first, last = neg(np.zeros(n, np.int64)), neg(np.full(n, k, np.int64))
@@ -120,7 +139,7 @@ def sign_cut(k: int, alpha: np.ndarray, bias: np.ndarray):
 def quant_cut(k: int, alpha: np.ndarray, bias: np.ndarray, shift, scale: float, kind: int,
               act: int = ACT_NONE):
     """The counts ``c = popcount(a XOR w_n)`` whose output's bit through a quantizer,
-    :func:`act_bits` of y(c) = float32((k - 2c) alpha + bias) (:func:`bin_linear`'s y), is 1,
+    :func:`act_bits` of y(c) = linear_y(k - 2c, alpha, bias) (:func:`bin_linear`'s y), is 1,
     per channel, as an interval ``lo[n] <= c <= hi[n]`` (int32; empty: lo = 1, hi = 0); None if
     for some channel they are not one interval.
 
@@ -128,8 +147,8 @@ def quant_cut(k: int, alpha: np.ndarray, bias: np.ndarray, shift, scale: float, 
     with v is exactly 0 keeps v (:func:`act_bits`), which can set one count's bit alone. So every
     count is evaluated, k + 1 rows of y, and the intervals are exact where they exist.
     """
-    c = np.arange(k + 1, dtype=np.float64)[:, None]
-    y = ((k - 2 * c) * alpha.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    c = np.arange(k + 1, dtype=np.int64)[:, None]
+    y = linear_y(k - 2 * c, alpha, bias)
     on = act_bits(y, shift, scale, kind, act)
     some = on.any(0)
     lo = np.where(some, on.argmax(0), 1)

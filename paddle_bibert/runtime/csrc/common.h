@@ -19,8 +19,9 @@
  * reads those bits: at batch 32 the float outputs would cost more memory traffic than the
  * popcounts cost time.
  *
- * Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off) so that the
- * epilogues give the same bits as the numpy reference (paddle_bibert/runtime/reference.py).
+ * Float arithmetic is plain (no FMA contraction: built with -ffp-contract=off; the binary
+ * linear's output is one fused multiply-add, written as such) so that the epilogues give the
+ * same bits as the numpy reference (paddle_bibert/runtime/reference.py).
  */
 #ifndef BIBERT_COMMON_H
 #define BIBERT_COMMON_H
@@ -64,6 +65,23 @@ static AI long popcount_words(const uint64_t *a, size_t n) {
     long c = 0;
     for (size_t w = 0; w < n; w++) c += __builtin_popcountll(a[w]);
     return c;
+}
+
+/* A binary linear's output d * alpha + bias rounded once to float32, as fmaf gives it (the
+ * vector kernels' FMA) without the instruction, for integer |d| < 2^24: in double the product is
+ * exact and the sum s is off by e (TwoSum, exact); an inexact s is rounded to odd (last bit set,
+ * toward e) before its rounding to float, which 53 bits make a single rounding. The numpy
+ * reference (linear_y) does the same. */
+static inline float lin_y(long d, float alpha, float bias) {
+    const double p = (double)d * alpha, b = bias, s = p + b, bb = s - p;
+    const double e = (p - (s - bb)) + (b - bb);
+    int64_t u;
+    memcpy(&u, &s, 8);
+    /* (a bias of inf or nan leaves e nan: s is then the output) */
+    if (e != 0.0 && isfinite(s) && !(u & 1)) u += (e > 0) == (s > 0) ? 1 : -1;
+    double r;
+    memcpy(&r, &u, 8);
+    return (float)r;
 }
 
 /* GELU as Paddle's float32 kernel evaluates it, x * 0.5 * (1 + erf(x * (1/sqrt 2))), each step

@@ -52,8 +52,7 @@ static void tile_out(const gemm_job *g, const int32_t *loc, size_t ldl, size_t m
             long K = g->K;
             if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
             for (size_t l = 0; l < nn; l++) {
-                double d = (double)(K - 2 * (long)lr[l]);
-                float y = (float)(d * (double)g->alpha[n0 + l] + (double)g->bias[n0 + l]);
+                const float y = lin_y(K - 2 * (long)lr[l], g->alpha[n0 + l], g->bias[n0 + l]);
                 if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
                 uint32_t bit;
                 if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
@@ -218,13 +217,13 @@ static void gemm_chunk(void *vctx, long chunk, int tid) {
 
 /* Popcount GEMM over [M, kw] x interleaved [NB, kw, 8]; with neither out_f nor out_bits,
  * writes the raw counts to cnt[M][N]; else the binary linear epilogue
- *     y[m, n] = (float)((K - 2 * count) * alpha[n] + bias[n])       (in double, no FMA)
+ *     y[m, n] = fmaf(K - 2 * count, alpha[n], bias[n])   (lin_y: rounded once)
  * (unsig: a holds {0,1} inputs, op is AND and K is popcount(a_m), so K - 2 count is the
  * {0,1} x {-1,+1} dot product)
- * The product of the integer dot (< 2^24) and a float is exact in double, so y is the exact
- * value rounded (twice: to double, to float), and its sign is the exact sign: a float32
- * evaluation (Paddle's GEMM summing +-alpha) can get it wrong where the exact value is within
- * its rounding error of 0 (e.g. a dot product of exactly 0 and a bias below ~1e-6).
+ * The integer dot (< 2^24) is exact as a float, so y is the exact value rounded once, and its
+ * sign is the exact sign: a float32 evaluation (Paddle's GEMM summing +-alpha) can get it wrong
+ * where the exact value is within its rounding error of 0 (e.g. a dot product of exactly 0 and
+ * a bias below ~1e-6).
  * to out_f, or only its sign bits, packed, to out_bits (words [M, nwords(N)], seen as uint32;
  * the caller zeroes it: the pad bits past N are never written); with q, the bits q's quantizer
  * gives y (act_bit: what pack_act would give the float output, without writing it).

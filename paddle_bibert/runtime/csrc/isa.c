@@ -23,9 +23,11 @@ int isa_supported(const isa_t *isa) {
     if (!strcmp(isa->name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma") &&
                __builtin_cpu_supports("popcnt");
     if (!strcmp(isa->name, "avx2"))
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("popcnt");
     if (!strcmp(isa->name, "popcnt")) return __builtin_cpu_supports("popcnt");
 #endif
     return !strcmp(isa->name, "generic");

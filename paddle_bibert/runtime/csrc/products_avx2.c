@@ -53,9 +53,8 @@ T256 void tile_avx2(const uint64_t *a, size_t kw, const uint64_t *b, int op, int
     }
 }
 
-/* Full 4 x 32 tile with the binary-linear epilogue, 4 channels at a time in double: the same
- * operations as popc_gemm's scalar epilogue ((K - 2 count) * alpha + bias, no FMA, rounded once
- * to float), so the same bits. */
+/* Full 4 x 32 tile with the binary-linear epilogue, 8 channels at a time: one FMA of the
+ * exact (K - 2 count) as float, popc_gemm's y rounded once (lin_y), so the same bits. */
 T256 void lin_epi_avx2(const int32_t *loc, size_t ldl, float *o, size_t ldo,
                        const float *alpha, const float *bias, long K, const long *Krow,
                        uint32_t *bits, size_t ldb, const outq_t *q) {
@@ -74,27 +73,14 @@ T256 void lin_epi_avx2(const int32_t *loc, size_t ldl, float *o, size_t ldo,
         return;
     }
     for (int r = 0; r < TM; r++) {
-        const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
+        const __m256i kk = _mm256_set1_epi32((int)(Krow ? Krow[r] : K));
         uint32_t sg = 0;
         for (int c = 0; c < TN * 8; c += 8) {
-            __m128 y[2];
-            for (int h = 0; h < 2; h++) {
-                const int c4 = c + 4 * h;
-                const __m128i cnt = _mm_loadu_si128((const __m128i *)(loc + r * ldl + c4));
-                const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
-                y[h] = _mm256_cvtpd_ps(_mm256_add_pd(
-                    _mm256_mul_pd(d, _mm256_cvtps_pd(_mm_loadu_ps(alpha + c4))),
-                    _mm256_cvtps_pd(_mm_loadu_ps(bias + c4))));
-            }
-            if (!bits) {
-                _mm_storeu_ps(o + (size_t)r * ldo + c, y[0]);
-                _mm_storeu_ps(o + (size_t)r * ldo + c + 4, y[1]);
-            } else if (q) {
-                sg |= act_bits8(_mm256_set_m128(y[1], y[0]), q->shift ? q->shift + c : NULL,
-                                q->scale, q->kind, q->act) << c;
-            } else { /* sign bits of y */
-                sg |= (uint32_t)(_mm_movemask_ps(y[0]) | _mm_movemask_ps(y[1]) << 4) << c;
-            }
+            const __m256i cnt = _mm256_loadu_si256((const __m256i *)(loc + r * ldl + c));
+            const __m256 y = lin_y8(_mm256_sub_epi32(kk, _mm256_add_epi32(cnt, cnt)), alpha + c, bias + c);
+            if (!bits) _mm256_storeu_ps(o + (size_t)r * ldo + c, y);
+            else if (q) sg |= act_bits8(y, q->shift ? q->shift + c : NULL, q->scale, q->kind, q->act) << c;
+            else sg |= (uint32_t)_mm256_movemask_ps(y) << c; /* sign bits of y */
         }
         if (bits) bits[(size_t)r * ldb] = sg;
     }

@@ -217,8 +217,8 @@ static AI T256 void nib_lanes16(const int32_t *v, __m256i out[2]) {
 
 /* The 4 x 64 tile of a binary linear straight from its 16-bit sums, without the int32 counts
  * in memory, with lin_epi_avx2's outputs: a sign-fed product's bits 1[lo <= count <= hi] (q->lo;
- * compared in 16 bits, so K < 32767), else y = (K - 2 count) * alpha + bias by the same
- * operations (so the same bits), written out (bits NULL), or its bits through q (not GELU), or
+ * compared in 16 bits, so K < 32767), else y = (K - 2 count) * alpha + bias, one FMA (lin_y8:
+ * the same bits as the others), written out (bits NULL), or its bits through q (not GELU), or
  * its sign bits. Rows' outputs ldo floats / ldb uint32 apart, from the tile's first channel. */
 T256 void nib_lin_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t pstride,
                       float *o, size_t ldo, const float *alpha, const float *bias, long K,
@@ -260,13 +260,8 @@ T256 void nib_lin_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t 
         }
         return;
     }
-    double ad[64] __attribute__((aligned(32))), bd[64] __attribute__((aligned(32)));
-    for (int c = 0; c < 64; c += 4) {
-        _mm256_store_pd(ad + c, _mm256_cvtps_pd(_mm_loadu_ps(alpha + c)));
-        _mm256_store_pd(bd + c, _mm256_cvtps_pd(_mm_loadu_ps(bias + c)));
-    }
     for (int r = 0; r < TM; r++) {
-        const __m128i kk = _mm_set1_epi32((int)(Krow ? Krow[r] : K));
+        const __m256i kk = _mm256_set1_epi32((int)(Krow ? Krow[r] : K));
         for (int v = 0; v < 2; v++) {
             const __m256i *c = s16[2 * r + v];
             /* channels [0..8) [8..16) [16..24) [24..32) of the panel */
@@ -277,22 +272,12 @@ T256 void nib_lin_4x2(const uint8_t *tab2, size_t nk, const uint8_t *w4, size_t 
             for (int g = 0; g < 4; g++) {
                 const __m256i c32 = _mm256_cvtepu16_epi32(q16[g]);
                 const int ch = 32 * v + 8 * g;
-                __m128 y[2];
-                for (int h = 0; h < 2; h++) {
-                    const __m128i cnt = h ? _mm256_extracti128_si256(c32, 1) : _mm256_castsi256_si128(c32);
-                    const __m256d d = _mm256_cvtepi32_pd(_mm_sub_epi32(kk, _mm_add_epi32(cnt, cnt)));
-                    y[h] = _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(d, _mm256_load_pd(ad + ch + 4 * h)),
-                                                         _mm256_load_pd(bd + ch + 4 * h)));
-                }
-                if (!bits) {
-                    _mm_storeu_ps(o + (size_t)r * ldo + ch, y[0]);
-                    _mm_storeu_ps(o + (size_t)r * ldo + ch + 4, y[1]);
-                } else if (q) {
-                    sg |= act_bits8(_mm256_set_m128(y[1], y[0]), q->shift ? q->shift + ch : NULL,
-                                    q->scale, q->kind, q->act) << (8 * g);
-                } else { /* sign bits of y */
-                    sg |= (uint32_t)(_mm_movemask_ps(y[0]) | _mm_movemask_ps(y[1]) << 4) << (8 * g);
-                }
+                const __m256 y = lin_y8(_mm256_sub_epi32(kk, _mm256_add_epi32(c32, c32)),
+                                        alpha + ch, bias + ch);
+                if (!bits) _mm256_storeu_ps(o + (size_t)r * ldo + ch, y);
+                else if (q) sg |= act_bits8(y, q->shift ? q->shift + ch : NULL, q->scale, q->kind,
+                                            q->act) << (8 * g);
+                else sg |= (uint32_t)_mm256_movemask_ps(y) << (8 * g); /* sign bits of y */
             }
             if (bits) bits[(size_t)r * ldb + v] = sg;
         }

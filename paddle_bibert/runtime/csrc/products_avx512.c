@@ -26,7 +26,7 @@ static AI T512 void mk512(const uint64_t *a, size_t kw, const uint64_t *b, const
 }
 
 /* Full 4 x 32 tile with the binary-linear epilogue fused (no count round trip through memory):
- * o[r, 8j + l] = (float)((K - 2 count) * alpha + bias) in double, as popc_gemm. */
+ * o[r, 8j + l] = (K - 2 count) * alpha + bias rounded once (lin_y8), as popc_gemm. */
 static AI T512 void lin_tile512_body(const uint64_t *a, size_t kw, const uint64_t *b, const int op,
                                      float *o, size_t ldo, const float *alpha, const float *bias,
                                      long K, const long *Krow, uint32_t *bits, size_t ldb,
@@ -60,11 +60,10 @@ static AI T512 void lin_tile512_body(const uint64_t *a, size_t kw, const uint64_
     __m512i kk[TM];
     for (int r = 0; r < TM; r++) kk[r] = _mm512_set1_epi64(Krow ? Krow[r] : K);
     for (int j = 0; j < TN; j++) {
-        __m512d al = _mm512_cvtps_pd(_mm256_loadu_ps(alpha + 8 * j));
-        __m512d bi = _mm512_cvtps_pd(_mm256_loadu_ps(bias + 8 * j));
         for (int r = 0; r < TM; r++) {
-            __m512d d = _mm512_cvtepi64_pd(_mm512_sub_epi64(kk[r], _mm512_add_epi64(acc[r][j], acc[r][j])));
-            __m256 y = _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(d, al), bi));
+            /* K - 2 count fits 32 bits (|d| < 2^24) */
+            const __m256i d = _mm512_cvtepi64_epi32(_mm512_sub_epi64(kk[r], _mm512_add_epi64(acc[r][j], acc[r][j])));
+            const __m256 y = lin_y8(d, alpha + 8 * j, bias + 8 * j);
             if (!bits) _mm256_storeu_ps(o + (size_t)r * ldo + 8 * j, y);
             else if (q) sg[r] |= act_bits8(y, q->shift ? q->shift + 8 * j : NULL, q->scale, q->kind,
                                            q->act) << (8 * j);

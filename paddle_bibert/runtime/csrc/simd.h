@@ -8,8 +8,8 @@
 #include "common.h"
 
 #ifdef BB_X86
-#define T256 __attribute__((target("avx2,popcnt")))
-#define T512 __attribute__((target("avx512f,avx512dq,avx512vpopcntdq,avx2,popcnt")))
+#define T256 __attribute__((target("avx2,fma,popcnt")))
+#define T512 __attribute__((target("avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")))
 
 /* Per-byte popcount (nibble lookup); a byte holds at most 8, so BYTE_WORDS words add up in
  * bytes before they must be summed into 64-bit lanes (vpsadbw). */
@@ -21,6 +21,11 @@ static AI T256 __m256i popcnt8_256(__m256i v) {
     const __m256i low = _mm256_set1_epi8(0x0f);
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
                            _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+}
+
+/* lin_y of 8 channels: d * alpha + bias rounded once (one FMA; d exact as a float, |d| < 2^24). */
+static AI T256 __m256 lin_y8(__m256i d, const float *alpha8, const float *bias8) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_loadu_ps(alpha8), _mm256_loadu_ps(bias8));
 }
 
 /* The bits pack_act gives 8 float32 values (not GELU: its erf is scalar): see act_bit. */
