@@ -68,15 +68,18 @@ static AI long popcount_words(const uint64_t *a, size_t n) {
 }
 
 /* A binary linear's output d * alpha + bias rounded once to float32, as fmaf gives it (the
- * vector kernels' FMA) without the instruction, for integer |d| < 2^24: in double the product is
- * exact and the sum s is off by e (TwoSum, exact); an inexact s is rounded to odd (last bit set,
- * toward e) before its rounding to float, which 53 bits make a single rounding. The numpy
- * reference (linear_y) does the same. */
+ * vector kernels' FMA) without the instruction, for integer |d| < 2^24. In double the product
+ * is exact and the sum s is the exact value rounded; rounding s to float rounds twice only where
+ * s is the midpoint of two floats (its low 29 bits 1 << 28 in float's normal range). There the
+ * sum's error e is found exactly (TwoSum) and an inexact s rounded to odd (last bit set, toward
+ * e) before its rounding to float, which 53 bits make a single rounding. The numpy reference
+ * (linear_y) rounds every value so. */
 static inline float lin_y(long d, float alpha, float bias) {
-    const double p = (double)d * alpha, b = bias, s = p + b, bb = s - p;
-    const double e = (p - (s - bb)) + (b - bb);
+    const double p = (double)d * alpha, b = bias, s = p + b;
     int64_t u;
     memcpy(&u, &s, 8);
+    if ((u & 0x1fffffff) != 0x10000000 && fabs(s) >= 0x1p-126) return (float)s;
+    const double bb = s - p, e = (p - (s - bb)) + (b - bb);
     /* (a bias of inf or nan leaves e nan: s is then the output) */
     if (e != 0.0 && isfinite(s) && !(u & 1)) u += (e > 0) == (s > 0) ? 1 : -1;
     double r;

@@ -52,11 +52,14 @@ static void tile_out(const gemm_job *g, const int32_t *loc, size_t ldl, size_t m
             long K = g->K;
             if (g->unsig) K = g->ones[m0 + r]; /* K = popcount(A_m) */
             for (size_t l = 0; l < nn; l++) {
+                uint32_t bit;
+                if (q && q->lo && !g->out_f) { /* a count cut: y is not needed */
+                    sg |= (uint32_t)(q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l]) << l;
+                    continue;
+                }
                 const float y = lin_y(K - 2 * (long)lr[l], g->alpha[n0 + l], g->bias[n0 + l]);
                 if (g->out_f) g->out_f[(m0 + r) * N + n0 + l] = y;
-                uint32_t bit;
-                if (q && q->lo) bit = q->lo[n0 + l] <= lr[l] && lr[l] <= q->hi[n0 + l];
-                else if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
+                if (q) bit = (uint32_t)act_bit(y, q->shift, n0 + l, q->scale, q->kind, q->act);
                 else memcpy(&bit, &y, 4), bit >>= 31;
                 sg |= bit << l; /* n0 is a multiple of 32: l < 32 */
             }
