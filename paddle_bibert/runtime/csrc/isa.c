@@ -20,6 +20,11 @@ const isa_t *g_isa = &ISAS[sizeof ISAS / sizeof ISAS[0] - 1];
 int isa_supported(const isa_t *isa) {
 #ifdef BB_X86
     __builtin_cpu_init();
+#ifdef BB_EMULATE_AVX512
+    if (!strcmp(isa->name, "avx512")) /* SIMDe's AVX-512 on AVX2 (simd.h) */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("popcnt");
+#endif
     if (!strcmp(isa->name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx2") &&

@@ -9,7 +9,11 @@
 
 #ifdef BB_X86
 #define T256 __attribute__((target("avx2,fma,popcnt")))
+#ifdef BB_EMULATE_AVX512
+#include "avx512_emulated.h" /* a test build: the AVX-512 set without AVX-512 */
+#else
 #define T512 __attribute__((target("avx512f,avx512dq,avx512vpopcntdq,avx2,fma,popcnt")))
+#endif
 
 /* Per-byte popcount (nibble lookup); a byte holds at most 8, so BYTE_WORDS words add up in
  * bytes before they must be summed into 64-bit lanes (vpsadbw). */
