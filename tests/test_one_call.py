@@ -2,6 +2,8 @@
 bit, as the model run one kernel call at a time, on every recipe the format holds and every
 kernel set; the cases it leaves to that path; the plans and inputs it refuses."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,8 @@ from test_export import ONE_BIT, padded_ids, trained_1bit_model
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="extension not built")
 
 ISAS = available_isas()
+#: the set a runtime starts on: BIBERT_ISA's (the whole suite can run on one set), else the fastest
+DEFAULT_ISA = os.environ.get("BIBERT_ISA") or (ISAS[0] if ISAS else "generic")
 
 
 # Each kernel set; and AVX2 with its products on XOR and popcount, the path the AVX-512 set
@@ -23,7 +27,7 @@ ISA_CASES = (ISAS or ["generic"]) + (["avx2-no-tables"] if "avx2" in ISAS else [
 @pytest.fixture(params=ISA_CASES)
 def isa(request):
     yield request.param
-    Kernels("c", isa=ISAS[0]).tables = True  # process-wide: the fastest set again after
+    Kernels("c", isa=DEFAULT_ISA).tables = True  # process-wide: the default set again after
 
 
 def _load(path, isa):
@@ -95,7 +99,7 @@ def test_one_call_plan_follows_the_kernel_sets_table_lookup(tmp_path, rng):
         np.testing.assert_array_equal(runtime(ids), first)
         assert runtime._plan_nibbles is False and runtime.backend == "c-generic"
     finally:
-        Kernels("c", isa=ISAS[0])
+        Kernels("c", isa=DEFAULT_ISA)
 
 
 def test_one_call_forwards_run_side_by_side_and_the_model_pickles(tmp_path, rng):

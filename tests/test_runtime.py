@@ -19,6 +19,8 @@ from test_export import padded_ids, trained_1bit_model
 from test_surgery import IDS, make_model, np_bibert_logits
 
 ISAS = available_isas()
+#: the set a runtime starts on: BIBERT_ISA's (the whole suite can run on one set), else the fastest
+DEFAULT_ISA = os.environ.get("BIBERT_ISA") or (ISAS[0] if ISAS else "generic")
 needs_c = pytest.mark.skipif(not compiled_available(), reason="extension not built")
 
 
@@ -69,7 +71,7 @@ def kern(request):
         pytest.skip("extension not built")
     k = Kernels("c", isa=request.param)
     yield k
-    Kernels("c", isa=ISAS[0])
+    Kernels("c", isa=DEFAULT_ISA)
 
 
 NUMPY = Kernels("numpy")
@@ -407,7 +409,7 @@ def test_gelu_underflow_keeps_the_sign_of_h(tmp_path):
 def _packed_runtime(model, path, backend):
     export_packed(model, path)
     runtime = load_packed(path, backend=backend)
-    assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{ISAS[0]}")
+    assert runtime.backend == ("numpy" if backend == "numpy" else f"c-{DEFAULT_ISA}")
     return runtime
 
 
@@ -924,7 +926,7 @@ def test_a_last_tile_of_fewer_rows_gives_numpy_numbers(rng, isa, threads):
                     NUMPY.bin_linear_cut(a, w_il, n, k, alpha, bias, cut))
     finally:
         kern.tables = True
-        Kernels("c", isa=ISAS[0], num_threads=before)
+        Kernels("c", isa=DEFAULT_ISA, num_threads=before)
 
 
 @needs_c
