@@ -255,10 +255,9 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
             /* every key kept runs over all keys as no key kept does, without reading the mask */
             const long cut = softmax_map_row(ci, L, (long)dh, kp, any && kept < L, sscale, E,
                                              mscale, on, Ai);
-            if (cut != NO_CUT) { /* 1[count < thr], from the counts or by the scores kernel; */
+            if (cut != NO_CUT) { /* 1[count < thr], from the counts; */
                 const long thr = sscale >= 0.0 ? cut + 1 : cut;
-                if (K4) g_isa->nib_below(ci, L, thr, Ai);
-                else g_isa->scores(Qb + i * dw, dw, Kil, LB, thr, Ai);
+                g_isa->below(ci, L, thr, Ai);
                 /* then the kept (or all) keys < L */
                 for (size_t w = 0; w < Lw; w++)
                     Ai[w] = (sscale >= 0.0 ? map_word(Ai, w) : ~map_word(Ai, w)) & sbits[w];

@@ -1,5 +1,5 @@
 /* The attention's per-query kernels of every set: a query's map row against the keys
- * (scores_fn) and its context row (context_fn); see isa.h. */
+ * (scores_fn) or from its counts (below_fn), and its context row (context_fn); see isa.h. */
 #include "isa.h"
 
 static AI void scores_scalar_body(const uint64_t *q, size_t dw, const uint64_t *kil, size_t LB,
@@ -20,6 +20,14 @@ static AI void context_scalar_body(const uint64_t *A, size_t Lw, const uint64_t 
         long c = 0;
         for (size_t w = 0; w < Lw; w++) c += __builtin_popcountll(A[w] & vil[((d / 8) * Lw + w) * 8 + d % 8]);
         out[d] = (float)(pa - 2 * c);
+    }
+}
+
+void below_generic(const int32_t *c, size_t n, long thr, uint64_t *bits) {
+    for (size_t w = 0; w < nwords(n); w++) { /* a word in a register, stored once */
+        uint64_t word = 0;
+        for (size_t l = 0; l < 64 && 64 * w + l < n; l++) word |= (uint64_t)(c[64 * w + l] < thr) << l;
+        bits[w] = word;
     }
 }
 
@@ -67,6 +75,20 @@ T256 void scores_avx2(const uint64_t *q, size_t dw, const uint64_t *kil, size_t 
             A[jb / 8] |= word;
             word = 0;
         }
+    }
+}
+
+T256 void below_avx2(const int32_t *c, size_t n, long thr, uint64_t *bits) {
+    const __m256i t = _mm256_set1_epi32((int)thr);
+    for (size_t w = 0; w < nwords(n); w++) {
+        uint64_t word = 0;
+        for (size_t q = 0; q < 8 && 64 * w + 8 * q < n; q++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 * w + 8 * q));
+            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, v)))
+                    << (8 * q);
+        }
+        if (n - 64 * w < 64) word &= (1ULL << (n - 64 * w)) - 1;
+        bits[w] = word;
     }
 }
 

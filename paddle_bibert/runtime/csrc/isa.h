@@ -44,6 +44,9 @@ typedef void count_range_fn(const int32_t *cnt, size_t L, const uint8_t *kp, int
 /* Softmax denominator lanes (see softmax_map.c). */
 typedef size_t table_lanes_fn(const int32_t *cnt, size_t L, const uint8_t *kp, int any,
                               const double *e, double lane[8]);
+/* A map row from its counts: bit j of bits[j / 64] = 1[c[j] < thr], j < n (c readable up to a
+ * multiple of 8; the last word's pad bits 0). */
+typedef void below_fn(const int32_t *c, size_t n, long thr, uint64_t *bits);
 /* The table-lookup products (see products_avx2_tables.c). */
 typedef void nib_tile_fn(const uint8_t *tab, const uint8_t *tab2, size_t nk, const uint8_t *w4,
                          int32_t *c, size_t ldc, int mr, int nv);
@@ -52,7 +55,6 @@ typedef void nib_tile_tables_fn(const uint8_t *a4, size_t nk, int mr, const uint
                                 uint8_t *tab);
 typedef void nib_pair_tables_fn(const uint8_t *a4, size_t nk, const uint8_t *pairs, uint8_t *tab2);
 typedef void nib_panel_fn(const uint64_t *rows, size_t stride, int sh, size_t nk, uint8_t *panel);
-typedef void nib_below_fn(const int32_t *c, size_t n, long thr, uint64_t *bits);
 /* The fused binary-linear epilogue of a full TM x 32 tile of counts (see lin_tile_fn). */
 typedef void lin_epi_fn(const int32_t *loc, size_t ldl, float *o, size_t ldo, const float *alpha,
                         const float *bias, long K, const long *Krow, uint32_t *bits, size_t ldb,
@@ -74,13 +76,13 @@ typedef struct {
     embed_row_fn *embed_row;
     count_range_fn *count_range;
     table_lanes_fn *table_lanes;
+    below_fn *below;
     /* the table-lookup products (NULL: this set has none) and their rows' offsets */
     nib_tile_fn *nib_tile;
     nib_rows_fn *nib_rows;
     nib_tile_tables_fn *nib_tile_tables;
     nib_pair_tables_fn *nib_pair_tables;
     nib_panel_fn *nib_panel;
-    nib_below_fn *nib_below;
     lin_epi_fn *lin_epi;
     nib_lin_fn *nib_lin;
 } isa_t;
@@ -108,6 +110,7 @@ pack_act_row_fn pack_act_row_generic;
 embed_row_fn embed_row_generic;
 count_range_fn count_range_generic;
 table_lanes_fn table_lanes_generic;
+below_fn below_generic;
 #ifdef BB_X86
 tile_fn tile_popcnt;
 scores_fn scores_popcnt;
@@ -124,12 +127,12 @@ pack_act_row_fn pack_act_row_avx2;
 embed_row_fn embed_row_avx2;
 count_range_fn count_range_avx2;
 table_lanes_fn table_lanes_avx2;
+below_fn below_avx2;
 nib_tile_fn nib_tile_avx2;
 nib_rows_fn nib_rows_avx2;
 nib_tile_tables_fn nib_tile_tables;
 nib_pair_tables_fn nib_pair_tables;
 nib_panel_fn nib_panel_avx2;
-nib_below_fn nib_below_avx2;
 nib_lin_fn nib_lin_4x2;
 
 tile_fn tile_avx512;

@@ -84,22 +84,6 @@ T256 void nib_panel_avx2(const uint64_t *rows, size_t stride, int sh, size_t nk,
     }
 }
 
-/* bit j of bits[j / 64] = 1[c[j] < thr], j < n (c readable up to a multiple of 8; pad bits
- * of the last word 0). */
-T256 void nib_below_avx2(const int32_t *c, size_t n, long thr, uint64_t *bits) {
-    const __m256i t = _mm256_set1_epi32((int)thr);
-    for (size_t w = 0; w < (n + 63) / 64; w++) {
-        uint64_t word = 0;
-        for (size_t q = 0; q < 8 && 64 * w + 8 * q < n; q++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(c + 64 * w + 8 * q));
-            word |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, v)))
-                    << (8 * q);
-        }
-        if (n - 64 * w < 64) word &= (1ULL << (n - 64 * w)) - 1;
-        bits[w] = word;
-    }
-}
-
 /* Byte sums -> the 16-bit sums: lanes hold channels [0..8) [16..24) (lo) and [8..16) [24..32)
  * (hi); and those, at the end, -> the 32 int32 counts in channel order. */
 static AI T256 void nib_widen(__m256i byt, __m256i s16[2]) {
