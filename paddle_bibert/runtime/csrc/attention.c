@@ -197,8 +197,8 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
  * With K4 the block's scores are one table-lookup product (att_nib): MODE_BOOL's A rows, or
  * the counts MODE_SOFTMAX's map is cut from; with V4 so is its context; else each query's come
  * from the tile, scores and context kernels (K_il, V_il).
- * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [8 ceil(L/8)] and a flag
- * per count value [dh + 1]; work: att_nib's.
+ * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [TM, 8 ceil(L/8)] and a
+ * flag per count value [dh + 1]; work: att_nib's.
  */
 static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, size_t L, size_t H,
                          size_t dh, size_t b, size_t h, size_t i0, size_t i1, int mode,
@@ -208,7 +208,7 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
     const size_t dw = nwords(dh), Lw = nwords(L), LB = (L + 7) / 8;
     uint64_t *Qb = scratch, *A = Qb + L * dw;
     int32_t *cnt = (int32_t *)(A + L * Lw);
-    uint8_t *on = (uint8_t *)(cnt + 8 * LB);
+    uint8_t *on = (uint8_t *)(cnt + TM * 8 * LB);
     uint64_t kbits[Lw];
     const uint8_t *kp = keep + b * L;
 
@@ -241,16 +241,17 @@ static void attention_bh(const uint64_t *qkvb, size_t rw, const uint8_t *keep, s
         const att_out o = {.cnt = cnts, .ldc = ldc};
         att_nib(Qb, dw, nq, i0, i1, K4, L, OP_XOR, &o, work);
     }
-    /* else one query at a time */
+    /* else one query at a time (their counts TM queries a tile: a key block loaded once for TM) */
     for (size_t i = i0; i < i1 && !(K4 && mode == MODE_BOOL); i++) {
         uint64_t *Ai = A + i * Lw;
         if (mode == MODE_KEEP) {
             memcpy(Ai, kbits, Lw * sizeof(uint64_t));
         } else if (mode == MODE_SOFTMAX) {
-            const int32_t *ci = K4 ? cnts + (i - i0) * ldc : cnt; /* popcount(q_i XOR k_j) */
-            for (size_t jb = 0; !K4 && jb < LB; jb += TN)
-                g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * TN, 1,
-                            LB - jb < TN ? (int)(LB - jb) : TN);
+            /* popcount(q_i XOR k_j) */
+            const int32_t *ci = K4 ? cnts + (i - i0) * ldc : cnt + (i - i0) % TM * 8 * LB;
+            for (size_t jb = 0; !K4 && (i - i0) % TM == 0 && jb < LB; jb += TN)
+                g_isa->tile(Qb + i * dw, dw, Kil + jb * dw * 8, OP_XOR, cnt + 8 * jb, 8 * LB,
+                            i1 - i < TM ? (int)(i1 - i) : TM, LB - jb < TN ? (int)(LB - jb) : TN);
             memset(Ai, 0, Lw * sizeof(uint64_t));
             /* every key kept runs over all keys as no key kept does, without reading the mask */
             const long cut = softmax_map_row(ci, L, (long)dh, kp, any && kept < L, sscale, E,
@@ -346,7 +347,7 @@ int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, siz
               const double *table, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
-    const size_t bh = L * dw + L * Lw + ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
+    const size_t bh = L * dw + L * Lw + TM * ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
     /* by table lookup where the set has it (the 16-bit sums of nib_lin hold L's counts) */
     const int tables = g_isa->nib_lin != NULL && L < 32767;
     const int ktab = tables && mode != MODE_KEEP, vtab = tables && dh % 64 == 0;
