@@ -13,8 +13,9 @@ one kernel call at a time (``one_call`` off; a forward is otherwise one call of 
 the same logits), so what no kernel accounts for (Python between the calls, numpy glue) is the
 last row: what the one-call forward saves, roughly. Thread counts run one after
 the other in this process (the kernels' pool is resized between them). ``--compare_tables``
-profiles each thread count twice, the binary products by table lookup (AVX2's default) and by
-XOR and popcount, in alternating rounds, and prints the ratio of the two forwards.
+profiles each thread count twice, the binary products and the attention by table lookup (AVX2's
+default) and by XOR and popcount (the AVX-512 set's way, with AVX2's popcount), in alternating
+rounds, and prints the ratio of the two forwards.
 ``--compare_one_call`` times the forward as one call of the kernels (how a model runs) and
 kernel by kernel, in alternating rounds, at each ``--seq_len`` (comma-separated) and thread count.
 ``--by_length`` times only the forward as a model runs it, at each ``--seq_len`` (comma-separated,
@@ -105,7 +106,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--compare_tables", action="store_true",
-                    help="also time the products without table lookup (AVX2), in alternating rounds")
+                    help="also time the products and attention without table lookup (AVX2), in "
+                    "alternating rounds")
     ap.add_argument("--compare_one_call", action="store_true",
                     help="time the forward as one call and kernel by kernel, in alternating rounds")
     ap.add_argument("--by_length", action="store_true",

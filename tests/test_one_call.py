@@ -19,8 +19,8 @@ ISAS = available_isas()
 DEFAULT_ISA = os.environ.get("BIBERT_ISA") or (ISAS[0] if ISAS else "generic")
 
 
-# Each kernel set; and AVX2 with its products on XOR and popcount, the path the AVX-512 set
-# takes (fused tiles, no nibble panels in the plan), so AVX2-only CPUs test it too.
+# Each kernel set; and AVX2 with its products and attention on XOR and popcount, the path the
+# AVX-512 set takes (fused tiles, no nibble panels in the plan), so AVX2-only CPUs test it too.
 ISA_CASES = (ISAS or ["generic"]) + (["avx2-no-tables"] if "avx2" in ISAS else [])
 
 
@@ -163,16 +163,17 @@ def test_one_call_plans_and_inputs_that_do_not_fit_are_refused(tmp_path, rng):
     model = trained_1bit_model("bibert", seed=1)
     export_packed(model, str(tmp_path / "m.bibert"))
     runtime = load_packed(str(tmp_path / "m.bibert"), backend="c")
-    h, f, heads, emb, layers, pool = spec = plan_mod.spec(runtime, runtime.kernels)
+    h, f, heads, tab, emb, layers, pool = spec = plan_mod.spec(runtime, runtime.kernels)
     first = layers[0]
     qkv = first[1][0]
 
     def with_first_layer(*items):
-        return (h, f, heads, emb, (tuple(items),) + layers[1:], pool)
+        return (h, f, heads, tab, emb, (tuple(items),) + layers[1:], pool)
 
     bad = {
-        "word scales": (h, f, heads, emb[:4] + (runtime.word_alpha[:-1],) + emb[5:], layers, pool),
-        "a linear of": (h, f + 64, heads, emb, layers, pool),
+        "word scales": (h, f, heads, tab, emb[:4] + (runtime.word_alpha[:-1],) + emb[5:], layers,
+                        pool),
+        "a linear of": (h, f + 64, heads, tab, emb, layers, pool),
         "half a cut": with_first_layer(first[0], (qkv[:8] + (None,) + qkv[9:],), *first[2:]),
         "quantizer kind": with_first_layer(((None, 1.0, 5),), *first[1:]),
         "one Q/K/V product, or three": with_first_layer(first[0] * 2, first[1] * 2, *first[2:]),

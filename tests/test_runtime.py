@@ -64,13 +64,17 @@ def test_a_source_distribution_carries_every_kernel_source(tmp_path):
     assert sources <= packed, sorted(sources - packed)
 
 
-@pytest.fixture(params=ISAS or [None])
+@pytest.fixture(params=(ISAS + ["avx2-no-tables"] if "avx2" in ISAS else ISAS) or [None])
 def kern(request):
-    """Compiled kernels of each instruction set this CPU has (process-wide: restored after)."""
+    """Compiled kernels of each instruction set this CPU has, and AVX2 without table lookup (the
+    AVX-512 set's way: products and attention on XOR and popcount) (process-wide: restored
+    after)."""
     if request.param is None:
         pytest.skip("extension not built")
-    k = Kernels("c", isa=request.param)
+    k = Kernels("c", isa=request.param.split("-")[0])
+    k.tables = not request.param.endswith("no-tables")
     yield k
+    k.tables = True
     Kernels("c", isa=DEFAULT_ISA)
 
 
@@ -1088,6 +1092,7 @@ def test_every_instruction_set_gives_the_same_logits(rng, tmp_path, recipe, kern
     np_logits = load_packed(path, backend="numpy")(ids)
     want = load_packed(path, backend="c", isa="generic")(ids)  # sets the process's kernel set
     runtime = load_packed(path, backend="c", isa=isa)
+    runtime.kernels.tables = kern.tables
     np.testing.assert_allclose(want, np_logits, atol=1e-5)
     np.testing.assert_array_equal(runtime(ids), want)
     looked_up = [lin._nibbles is not None for layer in runtime.layers for lin in layer.values()

@@ -79,7 +79,8 @@ class Kernels:
             raise RuntimeError(f"the compiled kernels are not built ({_IMPORT_ERROR}); run "
                                "`pip install -e .` with a C compiler, or use backend='numpy'")
         self.compiled = backend != "numpy" and _C is not None
-        #: False keeps AVX2's products on XOR and popcount instead of table lookup (to compare)
+        #: False keeps AVX2's products and attention on XOR and popcount instead of table lookup
+        #: (to compare; the AVX-512 set's way)
         self.tables = True
         #: BiT's tables of exponentials by (head size, score scale): a model's layers call the
         #: attention with the same few, and a table costs (dh + 1)^2 exponentials
@@ -286,7 +287,7 @@ class Kernels:
         table = self.softmax_table(hidden // heads, float(score_scale)) \
             if mode == MODE_SOFTMAX else None
         _C.attention(qkv_bits, keep, b, l, hidden, heads, mode, out, float(score_scale),
-                     float(map_scale), float(context_scale), table)
+                     float(map_scale), float(context_scale), table, bool(self.tables))
         return out
 
     def softmax_table(self, dh: int, score_scale: float) -> np.ndarray:

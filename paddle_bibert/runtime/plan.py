@@ -26,14 +26,15 @@ def make_plan(model, kern: Kernels):
 
 
 def spec(model, kern: Kernels) -> tuple:
-    """What ``make_plan`` hands the kernels: (hidden, FFN size, heads, embeddings, layers,
-    pooler), each array as the kernels read it (see csrc/plan.c for the layout)."""
+    """What ``make_plan`` hands the kernels: (hidden, FFN size, heads, whether the attention may
+    use tables (``kern.tables``), embeddings, layers, pooler), each array as the kernels read it
+    (see csrc/plan.c for the layout)."""
     ffn = model.layers[0]["ffn_in"].n if model.layers else model.hidden
     emb = (model.word_alpha.shape[0], model.pos.shape[0], model.tok.shape[0], model.word_bits,
            model.word_alpha, model.pos, model.tok, _norm(model.emb_ln))
     layers = tuple(_layer(model, kern, i) for i in range(len(model.layers)))
     pool = (_quant(model.pooler.q), _linear(model.pooler, kern))
-    return (model.hidden, ffn, model.heads, emb, layers, pool)
+    return (model.hidden, ffn, model.heads, bool(kern.tables), emb, layers, pool)
 
 
 def run(plan, ids: np.ndarray, token_types: np.ndarray, keep: np.ndarray,

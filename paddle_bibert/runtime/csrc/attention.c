@@ -344,12 +344,13 @@ static void att_chunk(void *vctx, long t, int tid) {
 
 int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
               size_t heads, int mode, double sscale, float mscale, double cscale,
-              const double *table, float *ctx) {
+              const double *table, int tables, float *ctx) {
     const size_t dh = H / heads, dw = nwords(dh), Lw = nwords(L);
     /* per thread: attention_bh's Qb, A, counts and flags, or attention_kv's Vb */
     const size_t bh = L * dw + L * Lw + TM * ((L + 7) / 8) * 4 + dh / 8 + 1, vb = 64 * Lw * dw;
-    /* by table lookup where the set has it (the 16-bit sums of nib_lin hold L's counts) */
-    const int tables = g_isa->nib_lin != NULL && L < 32767;
+    /* by table lookup where the set has it and the caller allows it (the 16-bit sums of nib_lin
+     * hold L's counts) */
+    tables = tables && g_isa->nib_lin != NULL && L < 32767;
     const int ktab = tables && mode != MODE_KEEP, vtab = tables && dh % 64 == 0;
     const size_t words = bh > vb ? bh : vb,
                  kvw = ((L + 7) / 8) * dw * 8 + ((dh + 7) / 8) * Lw * 8 +

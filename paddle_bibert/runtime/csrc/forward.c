@@ -93,7 +93,7 @@ static int layer(const plan_t *p, size_t i, const uint8_t *keep, size_t B, size_
     const size_t T = B * L, H = p->H;
     qkv_bits(ly, f->xb, T, H, f->tmp, f->y3, f->qkv);
     if (attention(f->qkv, keep, B, L, H, p->heads, ly->mode, ly->sscale, ly->mscale, ly->cscale,
-                  ly->table, f->ctx))
+                  ly->table, p->att_tables, f->ctx))
         return -1;
     quant_bits(&ly->ctx_q, f->ctx, T, H, f->cb);
     linear_floats(&ly->out, f->cb, T, f->y);

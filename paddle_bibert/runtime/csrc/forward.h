@@ -50,6 +50,7 @@ typedef struct {
 
 typedef struct {
     size_t H, F, heads, nl;
+    int att_tables; /* 0: the attention never looks its counts up in tables (as attention's) */
     const uint64_t *word_bits;
     const float *word_alpha, *pos, *tok;
     plan_norm emb_ln;

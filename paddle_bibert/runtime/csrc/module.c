@@ -166,8 +166,9 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
     int mode;
     double sscale = 1.0, mscale = 1.0, cscale = 1.0;
     PyObject *tab_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|dddO", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
-                          &sscale, &mscale, &cscale, &tab_obj))
+    int tables = 1;
+    if (!PyArg_ParseTuple(args, "y*y*nnnniw*|dddOp", &qkv, &keep, &B, &L, &H, &heads, &mode, &out,
+                          &sscale, &mscale, &cscale, &tab_obj, &tables))
         return NULL;
     PyObject *ret = NULL;
     const int has_tab = tab_obj != Py_None;
@@ -184,7 +185,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args) {
         int rc;
         Py_BEGIN_ALLOW_THREADS rc = attention(qkv.buf, keep.buf, B, L, H, heads, mode, sscale,
                                               (float)mscale, cscale, has_tab ? tab.buf : NULL,
-                                              out.buf);
+                                              tables, out.buf);
         Py_END_ALLOW_THREADS if (rc) PyErr_NoMemory();
         else {
             ret = Py_None;
@@ -408,7 +409,7 @@ static PyMethodDef methods[] = {
      "pack_act(x, rows, n, shift, scale, kind, act, out): bits of act(x) + shift"},
     {"attention", py_attention, METH_VARARGS,
      "attention(qkv_bits, keep, B, L, H, heads, mode, out, score_scale=1, map_scale=1, "
-     "context_scale=1, table=None)"},
+     "context_scale=1, table=None, tables=True)"},
     {"softmax_table", py_softmax_table, METH_VARARGS, "softmax_table(dh, score_scale, out)"},
     {"make_plan", py_make_plan, METH_VARARGS,
      "make_plan(spec): a packed model's one-call forward plan (see paddle_bibert/runtime/plan.py)"},

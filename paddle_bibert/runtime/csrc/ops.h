@@ -16,10 +16,11 @@ void pack_rows(const float *x, size_t rows, size_t n, uint64_t *out);
 void pack_act(const float *x, size_t rows, size_t n, const float *shift, float scale, int kind,
               int act, uint64_t *out);
 /* attention.c: binary attention over B sequences of L tokens (MODE_SOFTMAX: table is
- * softmax_table(dh, sscale)'s, or NULL to make it); -1 when out of memory */
+ * softmax_table(dh, sscale)'s, or NULL to make it; tables 0: no table lookup, even where the
+ * kernel set has it); -1 when out of memory */
 int attention(const uint64_t *qkvb, const uint8_t *keep, size_t B, size_t L, size_t H,
               size_t heads, int mode, double sscale, float mscale, double cscale,
-              const double *table, float *ctx);
+              const double *table, int tables, float *ctx);
 /* embed.c: the binarized word embedding plus the position and token-type tables */
 void embed(const int64_t *ids, const int64_t *tt, size_t T, size_t L, const uint64_t *wbits,
            const float *walpha, size_t H, const float *pos, const float *tok, float *out);

@@ -151,14 +151,15 @@ static int parse_embeddings(plan_obj *po, PyObject *t) {
            parse_norm(po, ln, p->H, &p->emb_ln);
 }
 
-/* make_plan((H, F, heads, embeddings, layers, (pool_quant, pooler))) -> plan. Every level is
+/* make_plan((H, F, heads, att_tables, embeddings, layers, (pool_quant, pooler))) -> plan. Every level is
  * a tuple (its items live as long as it does, whatever Python code a conversion runs). */
 PyObject *py_make_plan(PyObject *self, PyObject *args) {
     Py_ssize_t H, F, heads;
+    int att_tables;
     PyObject *spec, *emb, *layers, *pool, *pool_q, *pooler;
     if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &spec) ||
-        !PyArg_ParseTuple(spec, "nnnO!O!O!", &H, &F, &heads, &PyTuple_Type, &emb, &PyTuple_Type,
-                          &layers, &PyTuple_Type, &pool) ||
+        !PyArg_ParseTuple(spec, "nnnpO!O!O!", &H, &F, &heads, &att_tables, &PyTuple_Type, &emb,
+                          &PyTuple_Type, &layers, &PyTuple_Type, &pool) ||
         !PyArg_ParseTuple(pool, "OO", &pool_q, &pooler))
         return NULL;
     if (H < 1 || F < 1 || heads < 1 || H % heads || H > (1 << 20) || F > (1 << 22))
@@ -167,6 +168,7 @@ PyObject *py_make_plan(PyObject *self, PyObject *args) {
     if (!po) return PyErr_NoMemory();
     plan_t *p = &po->p;
     p->H = H, p->F = F, p->heads = heads, p->nl = PyTuple_GET_SIZE(layers);
+    p->att_tables = att_tables;
     p->layers = calloc(p->nl + 1, sizeof(plan_layer));
     p->qkv_q = calloc(3 * p->nl + 3, sizeof(plan_quant));
     int ok = p->layers && p->qkv_q;
