@@ -195,8 +195,10 @@ static inline uint64_t map_word(const uint64_t *Ai, size_t w) {
  *                                                            MODE_SOFTMAX: softmax_map_row)
  *     ctx_id = sum_j A_ij Vb_jd = popcount(A_i) - 2 popcount(A_i AND v_d)   (v_d: sign bits)
  * With K4 the block's scores are one table-lookup product (att_nib): MODE_BOOL's A rows, or
- * the counts MODE_SOFTMAX's map is cut from; with V4 so is its context; else each query's come
- * from the tile, scores and context kernels (K_il, V_il).
+ * the counts MODE_SOFTMAX's map is cut from; with V4 so is its context; else from K_il and V_il:
+ * MODE_SOFTMAX's counts by the tile kernel (TM queries a call) and its map's bits by below,
+ * MODE_BOOL's bits by the scores kernel (a query a call: its counts stay in registers, which
+ * paid more than sharing key loads among TM queries), and each query's context.
  * Scratch: Qb [L, dw], A [L, Lw], then for MODE_SOFTMAX counts int32 [TM, 8 ceil(L/8)] and a
  * flag per count value [dh + 1]; work: att_nib's.
  */
