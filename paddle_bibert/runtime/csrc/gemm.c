@@ -178,6 +178,21 @@ static void chunk_shape(gemm_job *g) {
     g->panels = p < step ? step : p;
 }
 
+/* popcount_words by the POPCNT instruction where the set has it (every x86 set but the generic
+ * one): elsewhere each word's __builtin_popcountll is a libgcc call. */
+#ifdef BB_X86
+static __attribute__((target("popcnt"))) long ones_popcnt(const uint64_t *a, size_t n) {
+    return popcount_words(a, n);
+}
+#endif
+
+static long row_ones(const uint64_t *a, size_t n) {
+#ifdef BB_X86
+    if (g_isa->tile != tile_generic) return ones_popcnt(a, n);
+#endif
+    return popcount_words(a, n);
+}
+
 static void gemm_chunk(void *vctx, long chunk, int tid) {
     const gemm_job *g = vctx;
     tile_fn *const tile = g_isa->tile;
@@ -244,7 +259,7 @@ void popc_gemm(const uint64_t *a, size_t M, size_t kw, const uint64_t *b, size_t
     }
     const size_t Mt = (M + TM - 1) / TM * TM, full = M - M % TM; /* rows of whole tiles */
     long ones[unsig ? Mt : 1]; /* per row, not once per (row, panel); 0 past M */
-    for (size_t m = 0; unsig && m < Mt; m++) ones[m] = m < M ? popcount_words(a + m * kw, kw) : 0;
+    for (size_t m = 0; unsig && m < Mt; m++) ones[m] = m < M ? row_ones(a + m * kw, kw) : 0;
     gemm_job g = {a, b, M, kw, N, op, cnt, out_f, out_bits, alpha, bias, K, unsig, ones, q};
     uint64_t *tail = NULL;
     if (full < M && (out_f || out_bits) && g_isa->lin_tile && (tail = calloc(TM * kw, 8)))
