@@ -174,6 +174,15 @@ def lane_sum(e: np.ndarray) -> np.ndarray:
     return lanes[..., 0]
 
 
+def exp_table(dh: int, score_scale: float) -> np.ndarray:
+    """T[i, j] = exp(s_i - s_j), s_i = float64(2 i - dh) * score_scale (the scores a head of dh
+    takes), by the C library's exp (``math.exp``), which the kernels call: numpy's own SIMD exp
+    (on AVX-512 CPUs) can differ from it in the last bit, and a map bit on the 0.5 threshold
+    with it."""
+    s = [float(2 * i - dh) * score_scale for i in range(dh + 1)]
+    return np.array([[math.exp(a - b) for b in s] for a in s])
+
+
 def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
               mode: int, score_scale: float = 1.0, map_scale: float = 1.0) -> np.ndarray:
     """Binary attention from the sign bits of a layer's Q/K/V (``[B, L, nwords(3 * hidden)]``).
@@ -184,7 +193,7 @@ def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
         MODE_SOFTMAX (BiT: softmax map binarized to {0, a_p}), over the kept keys (over all keys
         of a sequence that keeps none), with score_scale = a_q a_k / sqrt(d_head) and
         map_scale = a_p:
-            p = float32(softmax(S * score_scale))      in float64, summed as ``lane_sum``
+            p = float32(softmax(S * score_scale))      in float64 (exp_table), summed as ``lane_sum``
             A = 1[float32(p / map_scale) > 0.5]        masked keys: p = 0, so A = 0
         context = A Vb                                  -> [B, L, hidden], integer valued
 
@@ -200,9 +209,11 @@ def attention(qkv_bits: np.ndarray, keep: np.ndarray, hidden: int, heads: int,
     if mode == MODE_KEEP:
         a = np.broadcast_to(keep, (b, heads, l, l))
     elif mode == MODE_SOFTMAX:
-        sc = np.where(keep, (s[0] @ s[1].transpose(0, 1, 3, 2)).astype(np.float64) * score_scale,
-                      -np.inf)
-        e = np.exp(sc - sc.max(-1, keepdims=True))
+        S = s[0] @ s[1].transpose(0, 1, 3, 2)  # dh - 2 count: small integers, exact in float32
+        sc = np.where(keep, S.astype(np.float64) * score_scale, -np.inf)
+        top = np.take_along_axis(S, sc.argmax(-1)[..., None], -1)  # the largest kept score
+        pair = ((S + dh) * ((dh + 1) / 2) + (top + dh) / 2).astype(np.intp)  # T's flat index
+        e = np.where(keep, exp_table(dh, score_scale).ravel().take(pair), 0.0)
         p = (e / lane_sum(e)[..., None]).astype(_F32)
         a = (p / _F32(map_scale) > _F32(0.5)) & keep
     else:
